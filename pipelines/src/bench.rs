@@ -1,0 +1,383 @@
+//! `taskstream bench`: throughput, latency and memory of a worker on an
+//! in-process mock Kafka cluster and a real Redis.
+//!
+//! A producer thread writes N realistic events in mixed dialects (keyed by task
+//! id) *while* the subject consumes them, staying at most a window ahead (the
+//! mock keeps only ~5 MB per partition). The clock runs from the first produce
+//! to the last event handled. Latency is handling time minus the message's
+//! Kafka timestamp (millisecond resolution). CPU and peak RSS are this
+//! process's (mock brokers and producer included; Redis and PostgreSQL run in
+//! their own processes and are not counted).
+//!
+//! Subjects: `baseline`, a bare consume-and-commit loop (the reference), or any
+//! [`Worker`] run through the full pipeline.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PipelineConfig;
+use crate::kafka::mock::MockKafka;
+use crate::runtime::Runtime;
+use crate::testing::{unique, RedisServer, TestProducer};
+use crate::worker::{BatchOutcome, Ctx, Inbound, Outcome, Worker, WorkerError};
+
+/// The mock broker answers a fetch at the end of the log only after the full
+/// `fetch.wait.max.ms` (a real broker answers as soon as data arrives), which
+/// would make every consumer here wait 500 ms per round; both subjects get the
+/// same lower value.
+const FETCH_WAIT_MS: &str = "10";
+
+/// The JSON line `taskstream bench` prints; scripts read exactly these keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub worker: String,
+    pub events: u64,
+    pub wall_seconds: f64,
+    pub events_per_second: f64,
+    pub cpu_seconds_per_event: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// What to measure.
+pub enum Subject {
+    Baseline,
+    Worker(Arc<dyn Worker>),
+}
+
+/// How to measure it.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub events: u64,
+    pub partitions: i32,
+    /// Redis to use; `None` starts a throwaway `redis-server`.
+    pub redis_url: Option<String>,
+    /// Base config (topics, tuning); Kafka and Redis settings are replaced.
+    pub config: PipelineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("bench: {0}")]
+pub struct BenchError(pub String);
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+#[derive(Default)]
+struct Progress {
+    handled: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+    done: AtomicBool,
+}
+
+impl Progress {
+    fn record(&self, timestamps_ms: impl Iterator<Item = Option<i64>>) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let lat: Vec<u32> = timestamps_ms
+            .map(|t| (now - t.unwrap_or(now)).max(0) as u32 * 1000)
+            .collect();
+        let n = lat.len() as u64;
+        if let Ok(mut l) = self.latencies_us.lock() {
+            l.extend(lat);
+        }
+        self.handled.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A worker that does nothing: measures the pipeline alone (decode,
+/// idempotency guard, offsets).
+pub struct NoopWorker;
+
+#[async_trait]
+impl Worker for NoopWorker {
+    fn name(&self) -> &'static str {
+        "pipeline"
+    }
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        vec![config.topics.task_events.clone()]
+    }
+    async fn handle(&self, _event: &Inbound, _ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        Ok(Outcome::Done)
+    }
+    async fn handle_batch(&self, events: &[Inbound], _ctx: &Ctx) -> BatchOutcome {
+        BatchOutcome {
+            outcomes: vec![Outcome::Done; events.len()],
+            failure: None,
+        }
+    }
+}
+
+/// Wraps the measured worker, counting what it finished.
+struct Measured {
+    inner: Arc<dyn Worker>,
+    progress: Arc<Progress>,
+}
+
+#[async_trait]
+impl Worker for Measured {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        vec![config.topics.task_events.clone()]
+    }
+    async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let r = self.inner.handle(event, ctx).await;
+        if r.is_ok() {
+            self.progress.record(std::iter::once(event.source.timestamp_ms));
+        }
+        r
+    }
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let out = self.inner.handle_batch(events, ctx).await;
+        let n = out.outcomes.len().min(events.len());
+        self.progress
+            .record(events[..n].iter().map(|e| e.source.timestamp_ms));
+        out
+    }
+    async fn tick(&self, ctx: &Ctx) -> Result<Option<Duration>, WorkerError> {
+        self.inner.tick(ctx).await
+    }
+    fn has_timer(&self) -> bool {
+        self.inner.has_timer()
+    }
+    fn uses_idempotency_guard(&self) -> bool {
+        self.inner.uses_idempotency_guard()
+    }
+    fn needs_state_store(&self) -> bool {
+        self.inner.needs_state_store()
+    }
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}
+
+/// Realistic events in every dialect, keyed by task id. Ids are unique per `i`.
+pub fn sample_event(i: u64) -> (String, String) {
+    let task = i % 50_000;
+    let user = i % 997;
+    let ts = format!(
+        "2026-11-{:02}T{:02}:{:02}:{:02}Z",
+        1 + (i / 86_400) % 28,
+        (i / 3600) % 24,
+        (i / 60) % 60,
+        i % 60
+    );
+    let payload = match i % 5 {
+        0 => format!(
+            r#"{{"event_id":"bench-{i}","event_type":"task.created","timestamp":"{ts}","version":"1.0","data":{{"task_id":{task},"user_id":"user-{user}","title":"Buy groceries {i}","description":"Milk, eggs, bread","completed":false,"created_at":"{ts}"}}}}"#
+        ),
+        1 => format!(
+            r#"{{"event_type":"updated","task_id":{task},"user_id":"user{user}","timestamp":"{ts}","task_data":{{"title":"Task {i}","description":"Task description","completed":false,"priority":"high","due_date":"2026-12-10T09:00:00Z","tags":["work","important"]}},"previous_task_data":{{"title":"Task {i}","completed":false,"priority":"medium","tags":["work"]}}}}"#
+        ),
+        2 => format!(
+            r#"{{"event_type":"task_status_changed","user_id":{user},"timestamp":"{ts}","data":{{"task_id":{task},"title":"Implement login {i}","status":"in_progress","priority":"high","action":"status_changed"}},"metadata":{{"source":"django_backend","version":"1.0"}}}}"#
+        ),
+        3 => format!(
+            r#"{{"eventType":"task.completed","taskId":{task},"teamId":1,"actorId":{user},"creatorId":1,"assigneeId":2,"timestamp":"{ts}","payload":{{"completed":true,"seq":{i}}}}}"#
+        ),
+        _ => format!(
+            r#"{{"specversion":"1.0","id":"ce-{i}","source":"todo-api","type":"com.dapr.event.sent","datacontenttype":"application/json","topic":"task-events","pubsubname":"pubsub","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","data":{{"event_id":"bench-{i}","event_type":"task.completed","timestamp":"{ts}","version":"1.0","data":{{"task_id":{task},"user_id":"user-{user}","title":"Task {i}","completed_at":"{ts}","duration_minutes":90}}}}}}"#
+        ),
+    };
+    (task.to_string(), payload)
+}
+
+fn rusage() -> (f64, u64) {
+    // SAFETY: getrusage writes into the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(u.ru_utime) + secs(u.ru_stime), (u.ru_maxrss as u64) * 1024)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// Runs one measurement.
+pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, BenchError> {
+    let mock = MockKafka::start(1).map_err(err)?;
+    let topic = spec.config.topics.task_events.clone();
+    mock.create_topic(&topic, spec.partitions).map_err(err)?;
+    let bootstrap = mock.bootstrap_servers().to_string();
+    let progress = Arc::new(Progress::default());
+    let label;
+
+    // Keep the producer at most this far ahead of the consumer.
+    let window = spec.partitions.max(1) as u64 * 8_000;
+    let total = spec.events;
+    let start_cpu = rusage().0;
+    let started = Instant::now();
+    let producer = {
+        let progress = progress.clone();
+        let bootstrap = bootstrap.clone();
+        let topic = topic.clone();
+        std::thread::spawn(move || -> Result<(), BenchError> {
+            let p = TestProducer::new(&bootstrap).map_err(err)?;
+            for i in 0..total {
+                while i.saturating_sub(progress.handled.load(Ordering::Relaxed)) > window {
+                    if progress.done.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    p.poll();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                let (key, payload) = sample_event(i);
+                p.send(&topic, key.as_bytes(), payload.as_bytes()).map_err(err)?;
+                if i % 1024 == 0 {
+                    p.poll();
+                }
+            }
+            p.flush().map_err(err)
+        })
+    };
+
+    let mut redis_server = None;
+    match subject {
+        Subject::Baseline => {
+            label = "baseline".to_string();
+            let progress2 = progress.clone();
+            let consumer = std::thread::spawn(move || baseline_loop(&bootstrap, &topic, total, &progress2));
+            consumer
+                .join()
+                .map_err(|_| BenchError("baseline consumer panicked".into()))??;
+        }
+        Subject::Worker(inner) => {
+            label = inner.name().to_string();
+            let url = match &spec.redis_url {
+                Some(u) => u.clone(),
+                None => {
+                    let s = RedisServer::start().map_err(err)?;
+                    let u = s.url();
+                    redis_server = Some(s);
+                    u
+                }
+            };
+            let mut config = spec.config.clone();
+            config.kafka.bootstrap_servers = bootstrap.clone();
+            config.kafka.properties.clear();
+            config
+                .kafka
+                .properties
+                .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
+            config.redis.url = url;
+            config.redis.key_prefix = format!("{}:", unique("bench"));
+            config.metrics.addr = String::new();
+            config.kafka.group_prefix = unique("bench");
+            let shutdown = CancellationToken::new();
+            let rt = Runtime::new(config, shutdown.clone()).await.map_err(err)?;
+            let measured: Arc<dyn Worker> = Arc::new(Measured {
+                inner,
+                progress: progress.clone(),
+            });
+            let run = tokio::spawn(async move { rt.run(vec![measured]).await });
+            let deadline = Instant::now() + Duration::from_secs(600 + total / 1000);
+            while progress.handled.load(Ordering::Relaxed) < total {
+                if Instant::now() > deadline || run.is_finished() {
+                    progress.done.store(true, Ordering::Relaxed);
+                    shutdown.cancel();
+                    return Err(BenchError(format!(
+                        "only {} of {} events were handled",
+                        progress.handled.load(Ordering::Relaxed),
+                        total
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let wall = started.elapsed();
+            let cpu = rusage().0 - start_cpu;
+            shutdown.cancel();
+            let _ = run.await;
+            progress.done.store(true, Ordering::Relaxed);
+            let _ = producer.join();
+            drop(redis_server);
+            return Ok(report(label, total, wall, cpu, &progress));
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = rusage().0 - start_cpu;
+    progress.done.store(true, Ordering::Relaxed);
+    producer
+        .join()
+        .map_err(|_| BenchError("producer panicked".into()))??;
+    Ok(report(label, total, wall, cpu, &progress))
+}
+
+fn report(label: String, total: u64, wall: Duration, cpu: f64, progress: &Progress) -> BenchReport {
+    let mut lat = progress
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    let secs = wall.as_secs_f64();
+    BenchReport {
+        worker: label,
+        events: total,
+        wall_seconds: (secs * 1000.0).round() / 1000.0,
+        events_per_second: (total as f64 / secs).round(),
+        cpu_seconds_per_event: cpu / total.max(1) as f64,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        peak_rss_bytes: rusage().1,
+    }
+}
+
+/// The reference: poll, store the offset, commit every second. Nothing else.
+fn baseline_loop(bootstrap: &str, topic: &str, total: u64, progress: &Progress) -> Result<(), BenchError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("bench-baseline"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()
+        .map_err(err)?;
+    consumer.subscribe(&[topic]).map_err(err)?;
+    let mut last_commit = Instant::now();
+    let mut batch_ts: Vec<Option<i64>> = Vec::with_capacity(1024);
+    let deadline = Instant::now() + Duration::from_secs(600 + total / 1000);
+    while progress.handled.load(Ordering::Relaxed) < total {
+        if Instant::now() > deadline {
+            return Err(BenchError("baseline timed out".into()));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let _ = consumer.store_offset_from_message(&m);
+                batch_ts.push(m.timestamp().to_millis());
+                if batch_ts.len() >= 512 {
+                    progress.record(batch_ts.drain(..));
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "baseline consume error"),
+            None => {
+                if !batch_ts.is_empty() {
+                    progress.record(batch_ts.drain(..));
+                }
+            }
+        }
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(())
+}

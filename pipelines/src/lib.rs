@@ -1,0 +1,28 @@
+//! `pipelines`: the shared runtime every taskstream worker runs on.
+//!
+//! A worker implements [`worker::Worker`] and receives decoded
+//! [`event::TaskEvent`]s; this crate owns everything else: configuration,
+//! decoding, the Kafka source and sink, idempotency and state, retries, dead
+//! letters, metrics, health and shutdown. It is the only crate that talks to
+//! Kafka or Redis directly.
+
+pub mod bench;
+pub mod config;
+pub mod dlq;
+pub mod event;
+pub mod health;
+pub mod idempotency;
+pub mod kafka;
+pub mod metrics;
+pub mod retry;
+pub mod runtime;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod testing;
+pub mod worker;
+
+pub use config::PipelineConfig;
+pub use event::TaskEvent;
+pub use runtime::Runtime;
+pub use worker::{BatchOutcome, Ctx, Inbound, Outcome, Source, Worker, WorkerError};

@@ -1,0 +1,280 @@
+//! The production [`StateStore`], on Redis.
+//!
+//! One multiplexed connection, managed: a dropped connection is re-established in
+//! the background while the failing call returns [`StateError::Unavailable`], and
+//! the pipeline's caller waits and retries. Batch operations are sent as one
+//! pipeline. `set_nx_get_many` uses `SET .. NX PX .. GET`, which needs Redis 7.0
+//! or later.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+
+use super::{Scored, StateError, StateStore};
+use crate::config::{mask_url, RedisConfig};
+
+/// A Redis-backed store. Cheap to clone (the connection is shared).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+    }
+}
+
+fn unavailable(e: RedisError) -> StateError {
+    StateError::Unavailable(e.to_string())
+}
+
+fn classify(key: &str, e: RedisError) -> StateError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        unavailable(e)
+    } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        || e.code().is_some()
+    {
+        StateError::Protocol {
+            key: key.to_string(),
+            message: e.to_string(),
+        }
+    } else {
+        unavailable(e)
+    }
+}
+
+impl RedisStore {
+    /// Prepares a managed connection. It connects lazily, so a worker can start
+    /// while Redis is down and report not-ready until it is back.
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, StateError> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+            StateError::Unavailable(format!("redis.url {}: {e}", mask_url(&cfg.url)))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(RedisStore {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    fn ms(d: Duration) -> u64 {
+        (d.as_millis() as u64).max(1)
+    }
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn ping(&self) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("GET")
+            .arg(self.key(key))
+            .query_async::<Option<Vec<u8>>>(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(Self::ms(ttl));
+        }
+        cmd.query_async::<()>(&mut c).await.map_err(|e| classify(key, e))
+    }
+
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value).arg("NX");
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(Self::ms(ttl));
+        }
+        let v: Value = cmd.query_async(&mut c).await.map_err(|e| classify(key, e))?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, StateError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        for k in keys {
+            cmd.arg(self.key(k));
+        }
+        cmd.query_async::<u64>(&mut c)
+            .await
+            .map_err(|e| classify(&keys[0], e))
+    }
+
+    async fn set_nx_get_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        let ms = Self::ms(ttl);
+        for k in keys {
+            pipe.cmd("SET")
+                .arg(self.key(k))
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .arg("GET");
+        }
+        let values: Vec<Value> = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(&keys[0], e))?;
+        if values.len() != keys.len() {
+            return Err(StateError::Protocol {
+                key: keys[0].clone(),
+                message: format!("{} replies for {} commands", values.len(), keys.len()),
+            });
+        }
+        keys.iter()
+            .zip(values)
+            .map(|(k, v)| match v {
+                Value::Nil => Ok(None),
+                Value::ServerError(e) => Err(StateError::Protocol {
+                    key: k.clone(),
+                    message: format!("{e:?}"),
+                }),
+                other => Ok(bytes(other)),
+            })
+            .collect()
+    }
+
+    async fn set_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<(), StateError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        let ms = Self::ms(ttl);
+        for k in keys {
+            pipe.cmd("SET").arg(self.key(k)).arg(value).arg("PX").arg(ms).ignore();
+        }
+        pipe.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| classify(&keys[0], e))
+    }
+
+    async fn incr_by(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, StateError> {
+        let mut c = self.conn.clone();
+        let k = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCRBY").arg(&k).arg(by);
+        if let Some(ttl) = ttl {
+            // NX: keep the expiry set when the counter was created.
+            pipe.cmd("PEXPIRE").arg(&k).arg(Self::ms(ttl)).arg("NX").ignore();
+        }
+        let (v,): (i64,) = pipe.query_async(&mut c).await.map_err(|e| classify(key, e))?;
+        Ok(v)
+    }
+
+    async fn zadd(&self, key: &str, member: &str, score: f64) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZADD")
+            .arg(self.key(key))
+            .arg(score)
+            .arg(member)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zrem(&self, key: &str, member: &str) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.key(key))
+            .arg(member)
+            .query_async::<u64>(&mut c)
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zrange_by_score(
+        &self,
+        key: &str,
+        min: f64,
+        max: f64,
+        limit: usize,
+    ) -> Result<Vec<Scored>, StateError> {
+        let mut c = self.conn.clone();
+        let bound = |x: f64| {
+            if x == f64::NEG_INFINITY {
+                "-inf".to_string()
+            } else if x == f64::INFINITY {
+                "+inf".to_string()
+            } else {
+                x.to_string()
+            }
+        };
+        let pairs: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key(key))
+            .arg(bound(min))
+            .arg(bound(max))
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(member, score)| Scored { member, score })
+            .collect())
+    }
+
+    async fn zfirst(&self, key: &str) -> Result<Option<Scored>, StateError> {
+        Ok(self
+            .zrange_by_score(key, f64::NEG_INFINITY, f64::INFINITY, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+}

@@ -1,0 +1,316 @@
+//! Test and benchmark harness, shared by every worker's tests: a throwaway
+//! `redis-server` on a free port (killable and restartable), and small Kafka
+//! producer/reader helpers for the mock cluster, so tests never import rdkafka.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A `redis-server` child process on a free loopback port, killed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// The harness could not do what a test asked.
+#[derive(Debug, thiserror::Error)]
+#[error("test harness: {0}")]
+pub struct HarnessError(pub String);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16, HarnessError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError(e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| HarnessError(e.to_string()))
+}
+
+/// A name no other test in this process (or a recent run) uses: for group ids,
+/// topics and key prefixes, so tests never share a consumer group.
+pub fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{name}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl RedisServer {
+    /// Starts a server with persistence off and waits until it answers.
+    pub fn start() -> Result<Self, HarnessError> {
+        let dir = std::env::temp_dir().join(unique("taskstream-redis"));
+        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
+        let mut server = RedisServer {
+            port: free_port()?,
+            dir,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                HarnessError(format!(
+                    "cannot start redis-server ({e}); install it with `apt-get install redis-server`"
+                ))
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 7];
+                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(HarnessError(format!("redis-server on port {} did not start", self.port)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: like a crash or a network cut).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (data is gone: persistence is off).
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain producer for tests and benchmarks.
+pub struct TestProducer {
+    producer: BaseProducer,
+}
+
+impl TestProducer {
+    pub fn new(bootstrap: &str) -> Result<Self, HarnessError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("batch.num.messages", "10000")
+            .create()
+            .map_err(|e| HarnessError(e.to_string()))?;
+        Ok(TestProducer { producer })
+    }
+
+    /// Queues one message (retrying while the local queue is full).
+    pub fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), HarnessError> {
+        self.send_to(topic, None, key, payload)
+    }
+
+    /// Queues one message to an explicit partition.
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), HarnessError> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(HarnessError(e.to_string())),
+            }
+        }
+    }
+
+    /// Serves delivery reports; call now and then while producing a lot.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    pub fn flush(&self) -> Result<(), HarnessError> {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| HarnessError(e.to_string()))
+    }
+}
+
+/// A message read back by [`read_topic`].
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadMessage {
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads every message of `topic` (all partitions, from the start) until
+/// `expected` were read or `timeout` passed. No consumer group is involved.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<ReadMessage>, HarnessError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| HarnessError(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    // Wait for the topic to exist and learn its partitions.
+    let partitions = loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| HarnessError(e.to_string()))?;
+        let n = md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if n > 0 {
+            break n;
+        }
+        if Instant::now() > deadline {
+            return Ok(Vec::new());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| HarnessError(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| HarnessError(e.to_string()))?;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(ReadMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pipeline config for tests: the given Kafka and Redis, a unique group
+/// prefix and key prefix, fast commits, short backoffs, no HTTP server.
+pub fn test_config(bootstrap: &str, redis_url: &str) -> crate::config::PipelineConfig {
+    let mut c = crate::config::PipelineConfig::default();
+    c.kafka.bootstrap_servers = bootstrap.to_string();
+    c.kafka.group_prefix = unique("test");
+    c.kafka.commit_interval = Duration::from_millis(200);
+    c.kafka.statistics_interval = Duration::from_millis(500);
+    c.kafka.session_timeout = Duration::from_secs(10);
+    c.redis.url = redis_url.to_string();
+    c.redis.key_prefix = format!("{}:", unique("t"));
+    c.redis.response_timeout = Duration::from_millis(500);
+    c.redis.connect_timeout = Duration::from_millis(500);
+    c.metrics.addr = String::new();
+    c.retry.initial_backoff = Duration::from_millis(20);
+    c.retry.max_backoff = Duration::from_millis(200);
+    c.retry.max_attempts = 3;
+    c.pipeline.idempotency_lease = Duration::from_secs(2);
+    c.pipeline.drain_timeout = Duration::from_secs(10);
+    c
+}
