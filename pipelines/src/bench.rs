@@ -134,7 +134,8 @@ impl Worker for Measured {
     async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
         let r = self.inner.handle(event, ctx).await;
         if r.is_ok() {
-            self.progress.record(std::iter::once(event.source.timestamp_ms));
+            self.progress
+                .record(std::iter::once(event.source.timestamp_ms));
         }
         r
     }
@@ -198,7 +199,10 @@ fn rusage() -> (f64, u64) {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(u.ru_utime) + secs(u.ru_stime), (u.ru_maxrss as u64) * 1024)
+    (
+        secs(u.ru_utime) + secs(u.ru_stime),
+        (u.ru_maxrss as u64) * 1024,
+    )
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -238,7 +242,8 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 let (key, payload) = sample_event(i);
-                p.send(&topic, key.as_bytes(), payload.as_bytes()).map_err(err)?;
+                p.send(&topic, key.as_bytes(), payload.as_bytes())
+                    .map_err(err)?;
                 if i % 1024 == 0 {
                     p.poll();
                 }
@@ -252,7 +257,8 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
         Subject::Baseline => {
             label = "baseline".to_string();
             let progress2 = progress.clone();
-            let consumer = std::thread::spawn(move || baseline_loop(&bootstrap, &topic, total, &progress2));
+            let consumer =
+                std::thread::spawn(move || baseline_loop(&bootstrap, &topic, total, &progress2));
             consumer
                 .join()
                 .map_err(|_| BenchError("baseline consumer panicked".into()))??;
@@ -339,7 +345,12 @@ fn report(label: String, total: u64, wall: Duration, cpu: f64, progress: &Progre
 }
 
 /// The reference: poll, store the offset, commit every second. Nothing else.
-fn baseline_loop(bootstrap: &str, topic: &str, total: u64, progress: &Progress) -> Result<(), BenchError> {
+fn baseline_loop(
+    bootstrap: &str,
+    topic: &str,
+    total: u64,
+    progress: &Progress,
+) -> Result<(), BenchError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("bench-baseline"))

@@ -320,10 +320,7 @@ impl PipelineConfig {
                 ));
             }
         }
-        if !matches!(
-            self.kafka.auto_offset_reset.as_str(),
-            "earliest" | "latest"
-        ) {
+        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
             return Err(ConfigError::invalid(
                 "kafka.auto_offset_reset",
                 &self.kafka.auto_offset_reset,
@@ -512,9 +509,16 @@ pub const MASK: &str = "********";
 /// Whether a librdkafka property (or any key) holds a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential", "ssl.key.pem", "private"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "ssl.key.pem",
+        "private",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// Masks the password of a URL (`redis://:pw@host` → `redis://:********@host`).
@@ -533,12 +537,7 @@ pub fn mask_url(url: &str) -> String {
         Some((user, _)) => format!("{user}:{MASK}"),
         None => userinfo.to_string(),
     };
-    format!(
-        "{}{}{}",
-        &url[..scheme_end + 3],
-        masked,
-        &rest[at..]
-    )
+    format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
 }
 
 /// Environment variables with a fixed name, and the key each one sets.
@@ -555,6 +554,29 @@ pub const WELL_KNOWN_ENV: &[(&str, &str)] = &[
 pub fn load<T>(path: Option<&Path>) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Serialize + Default,
+{
+    extract(&layered::<T>(path)?, None)
+}
+
+/// Extracts `T` from the whole config (`section` None) or from one section.
+/// Extract sections one by one rather than through `#[serde(flatten)]`: serde
+/// loses the key of a bad value inside a flattened struct.
+pub fn extract<T: DeserializeOwned>(
+    figment: &Figment,
+    section: Option<&str>,
+) -> Result<T, ConfigError> {
+    match section {
+        None => figment.extract::<T>(),
+        Some(s) => figment.extract_inner::<T>(s),
+    }
+    .map_err(|e| describe_figment_error(e, section))
+}
+
+/// The layered config (defaults of `T` < file < environment), not yet
+/// extracted. `path` falls back to `TASKSTREAM_CONFIG`.
+pub fn layered<T>(path: Option<&Path>) -> Result<Figment, ConfigError>
+where
+    T: Serialize + Default,
 {
     let env_path = std::env::var_os("TASKSTREAM_CONFIG").map(PathBuf::from);
     let path = path.map(Path::to_path_buf).or(env_path);
@@ -590,15 +612,19 @@ where
         .merge(
             Env::prefixed("TASKSTREAM_")
                 .ignore(&["CONFIG", "METRICS_ADDR"])
-                .map(|k| {
-                    let key = k.as_str().to_ascii_lowercase();
-                    // librdkafka property names use dots, env names cannot.
-                    match key.strip_prefix("kafka__properties__") {
-                        Some(prop) => format!("kafka.properties.{}", prop.replace('_', ".")).into(),
-                        None => key.replace("__", ".").into(),
-                    }
-                }),
+                .filter(|k| {
+                    !k.as_str()
+                        .to_ascii_lowercase()
+                        .starts_with("kafka__properties__")
+                })
+                .map(|k| k.as_str().to_ascii_lowercase().replace("__", ".").into()),
         )
+        // librdkafka property names contain dots, which figment would nest:
+        // merge them as one map instead.
+        .merge(Serialized::default(
+            "kafka.properties",
+            kafka_properties_from_env(),
+        ))
         .merge(Env::raw().only(&names).map(|k| {
             WELL_KNOWN_ENV
                 .iter()
@@ -606,13 +632,34 @@ where
                 .map(|(_, key)| (*key).into())
                 .unwrap_or_else(|| k.into())
         }));
-    figment.extract::<T>().map_err(describe_figment_error)
+    Ok(figment)
 }
 
-fn describe_figment_error(e: figment::Error) -> ConfigError {
+/// `TASKSTREAM_KAFKA__PROPERTIES__SASL_PASSWORD=x` → `sasl.password = "x"`.
+fn kafka_properties_from_env() -> BTreeMap<String, String> {
+    const PREFIX: &str = "taskstream_kafka__properties__";
+    std::env::vars()
+        .filter_map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let prop = lower.strip_prefix(PREFIX)?;
+            (!prop.is_empty()).then(|| (prop.replace('_', "."), v))
+        })
+        .collect()
+}
+
+fn describe_figment_error(e: figment::Error, section: Option<&str>) -> ConfigError {
     let mut messages = Vec::new();
     for err in e {
-        let key = err.path.join(".");
+        let mut key = err.path.join(".");
+        if let Some(s) = section {
+            if !(key == s || key.starts_with(&format!("{s}."))) {
+                key = if key.is_empty() {
+                    s.to_string()
+                } else {
+                    format!("{s}.{key}")
+                };
+            }
+        }
         let source = err
             .metadata
             .as_ref()

@@ -32,11 +32,17 @@ pub fn topic_for(topic: &str, suffix: &str) -> String {
 }
 
 /// Publishes a dead letter and waits for the broker's acknowledgement.
-pub async fn send(publisher: &Publisher, suffix: &str, dl: &DeadLetter<'_>) -> Result<(), PublishError> {
+pub async fn send(
+    publisher: &Publisher,
+    suffix: &str,
+    dl: &DeadLetter<'_>,
+) -> Result<(), PublishError> {
     let partition = dl.partition.to_string();
     let offset = dl.record.offset.to_string();
     let attempts = dl.attempts.to_string();
-    let first = dl.first_failure_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let first = dl
+        .first_failure_at
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut headers: Vec<(&str, &[u8])> = dl
         .record
         .headers

@@ -44,7 +44,10 @@ impl WorkerHealth {
             if up {
                 tracing::info!(worker = self.name, "state store reachable again");
             } else {
-                tracing::warn!(worker = self.name, "state store unreachable: consumption paused");
+                tracing::warn!(
+                    worker = self.name,
+                    "state store unreachable: consumption paused"
+                );
             }
         }
         self.publish();
@@ -111,7 +114,12 @@ impl Health {
     pub fn report(&self) -> String {
         self.workers
             .lock()
-            .map(|w| w.iter().map(|x| x.describe()).collect::<Vec<_>>().join("\n"))
+            .map(|w| {
+                w.iter()
+                    .map(|x| x.describe())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .unwrap_or_default()
     }
 }

@@ -71,7 +71,10 @@ impl IdempotencyGuard {
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<Claim>, StateError> {
         let keys = self.keys(ids);
-        let previous = self.store.set_nx_get_many(&keys, PENDING, self.lease).await?;
+        let previous = self
+            .store
+            .set_nx_get_many(&keys, PENDING, self.lease)
+            .await?;
         let mut claims: Vec<Claim> = previous
             .into_iter()
             .map(|p| match p.as_deref() {
@@ -90,13 +93,19 @@ impl IdempotencyGuard {
     }
 
     /// Marks ids handled, for the guard's ttl.
-    pub async fn complete<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<(), StateError> {
+    pub async fn complete<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), StateError> {
         let keys = self.keys(ids);
         self.store.set_many(&keys, DONE, self.ttl).await
     }
 
     /// Gives claims back so the ids can be handled again.
-    pub async fn release<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<(), StateError> {
+    pub async fn release<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), StateError> {
         let keys = self.keys(ids);
         if keys.is_empty() {
             return Ok(());
@@ -122,10 +131,16 @@ mod tests {
     #[tokio::test]
     async fn completed_event_is_a_duplicate_next_time() {
         let g = guard();
-        assert_eq!(g.claim(["a", "b"]).await.unwrap(), vec![Claim::Claimed, Claim::Claimed]);
+        assert_eq!(
+            g.claim(["a", "b"]).await.unwrap(),
+            vec![Claim::Claimed, Claim::Claimed]
+        );
         g.complete(["a"]).await.unwrap();
         g.release(["b"]).await.unwrap();
-        assert_eq!(g.claim(["a", "b"]).await.unwrap(), vec![Claim::Duplicate, Claim::Claimed]);
+        assert_eq!(
+            g.claim(["a", "b"]).await.unwrap(),
+            vec![Claim::Duplicate, Claim::Claimed]
+        );
     }
 
     #[tokio::test]

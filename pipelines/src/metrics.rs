@@ -93,8 +93,14 @@ fn describe() {
         HANDLED,
         "Messages finished, by outcome: ok, duplicate, skipped, retried, dead_lettered."
     );
-    describe_counter!(DECODE_FAILURES, "Messages no decoder could read, by reason.");
-    describe_counter!(UNKNOWN_EVENTS, "Decoded events of a type taskstream does not know; skipped.");
+    describe_counter!(
+        DECODE_FAILURES,
+        "Messages no decoder could read, by reason."
+    );
+    describe_counter!(
+        UNKNOWN_EVENTS,
+        "Decoded events of a type taskstream does not know; skipped."
+    );
     describe_histogram!(HANDLE_DURATION, Unit::Seconds, "Time to handle one batch.");
     describe_histogram!(BATCH_SIZE, "Messages per handled batch.");
     describe_gauge!(IN_FLIGHT, "Messages received but not yet finished.");
@@ -105,12 +111,18 @@ fn describe() {
     describe_gauge!(COMMITTED_OFFSET, "Per partition: last committed offset.");
     describe_gauge!(ASSIGNED_PARTITIONS, "Partitions assigned to this worker.");
     describe_gauge!(PAUSED_PARTITIONS, "Partitions paused for backpressure.");
-    describe_counter!(DEAD_LETTERS, "Messages sent to a dead-letter topic, by reason.");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages sent to a dead-letter topic, by reason."
+    );
     describe_counter!(REDIS_ERRORS, "Failed state store (Redis) operations.");
     describe_counter!(PUBLISHED, "Output events published to Kafka.");
     describe_counter!(COMMITS, "Offset commits, by result.");
     describe_counter!(TICKS, "Runs of a worker's timed work, by result.");
-    describe_gauge!(READY, "1 when the worker is ready (Kafka, Redis, partitions).");
+    describe_gauge!(
+        READY,
+        "1 when the worker is ready (Kafka, Redis, partitions)."
+    );
 }
 
 pub fn consumed(worker: &'static str, topic: &str, n: u64) {
@@ -142,7 +154,13 @@ pub fn in_flight(worker: &'static str, delta: f64) {
     gauge!(IN_FLIGHT, "worker" => worker).increment(delta);
 }
 
-pub fn partition_offsets(worker: &'static str, topic: &str, partition: i32, lag: i64, committed: i64) {
+pub fn partition_offsets(
+    worker: &'static str,
+    topic: &str,
+    partition: i32,
+    lag: i64,
+    committed: i64,
+) {
     let p = partition.to_string();
     gauge!(CONSUMER_LAG, "worker" => worker, "topic" => topic.to_string(), "partition" => p.clone())
         .set(lag.max(0) as f64);

@@ -57,7 +57,10 @@ mod tests {
         let p = policy(true);
         for _ in 0..200 {
             let d = backoff(&p, 3);
-            assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+                "{d:?}"
+            );
         }
     }
 }

@@ -58,7 +58,10 @@ pub struct Runtime {
 
 impl Runtime {
     /// Opens the state store and the producer a config names.
-    pub async fn new(config: PipelineConfig, shutdown: CancellationToken) -> Result<Self, RuntimeError> {
+    pub async fn new(
+        config: PipelineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
         let state = crate::state::open(&config.redis)
             .await
             .map_err(|e| RuntimeError::Setup(e.to_string()))?;
@@ -114,7 +117,8 @@ impl Runtime {
                 }
                 Err(e) => {
                     self.shutdown.cancel();
-                    first_err.get_or_insert(RuntimeError::Setup(format!("worker task panicked: {e}")));
+                    first_err
+                        .get_or_insert(RuntimeError::Setup(format!("worker task panicked: {e}")));
                 }
             }
         }
@@ -161,9 +165,14 @@ impl Runtime {
             health.clone(),
             stop_aux.clone(),
         ));
-        let timer = worker
-            .has_timer()
-            .then(|| tokio::spawn(run_timer(worker.clone(), ctx.clone(), self.config.retry.clone(), stop_aux.clone())));
+        let timer = worker.has_timer().then(|| {
+            tokio::spawn(run_timer(
+                worker.clone(),
+                ctx.clone(),
+                self.config.retry.clone(),
+                stop_aux.clone(),
+            ))
+        });
 
         let result = source::run(settings, pipeline, health, self.shutdown.clone()).await;
         stop_aux.cancel();
@@ -284,7 +293,12 @@ impl Pipeline {
     }
 
     /// Retries `op` while its dependency is down, until it succeeds or `stop`.
-    async fn until_available<T, F, Fut>(&self, stop: &CancellationToken, what: &str, mut op: F) -> Result<T, Stopped>
+    async fn until_available<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, Stopped>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, WorkerError>>,
@@ -300,7 +314,13 @@ impl Pipeline {
                 }
                 Err(e) => {
                     attempt += 1;
-                    if matches!(e, WorkerError::Unavailable { dependency: "redis", .. }) {
+                    if matches!(
+                        e,
+                        WorkerError::Unavailable {
+                            dependency: "redis",
+                            ..
+                        }
+                    ) {
                         metrics::redis_error(self.name());
                     }
                     self.health.set_store_up(false);
@@ -317,7 +337,11 @@ impl Pipeline {
         }
     }
 
-    async fn dead_letter(&self, stop: &CancellationToken, dl: DeadLetter<'_>) -> Result<(), Stopped> {
+    async fn dead_letter(
+        &self,
+        stop: &CancellationToken,
+        dl: DeadLetter<'_>,
+    ) -> Result<(), Stopped> {
         tracing::warn!(
             worker = self.name(),
             topic = %dl.topic,
@@ -423,7 +447,9 @@ impl Pipeline {
                     .collect();
                 if !ids.is_empty() {
                     self.until_available(stop, "idempotency complete", || async {
-                        g.complete(ids.iter().copied()).await.map_err(WorkerError::from)
+                        g.complete(ids.iter().copied())
+                            .await
+                            .map_err(WorkerError::from)
                     })
                     .await
                     .map_err(|_| finished)?;
@@ -432,7 +458,10 @@ impl Pipeline {
                     held[p] = false;
                 }
             }
-            let ok = outcome.outcomes[..done_count].iter().filter(|o| **o == Outcome::Done).count() as u64;
+            let ok = outcome.outcomes[..done_count]
+                .iter()
+                .filter(|o| **o == Outcome::Done)
+                .count() as u64;
             metrics::handled(name, topic, HandledOutcome::Ok, ok);
             metrics::handled(name, topic, HandledOutcome::Skipped, done_count as u64 - ok);
             if done_count > 0 || duplicates > 0 {
@@ -516,10 +545,7 @@ impl Pipeline {
                             backoff(&self.retry, attempts)
                         }
                     };
-                    failing = Some(Failing {
-                        attempts,
-                        ..f
-                    });
+                    failing = Some(Failing { attempts, ..f });
                     tokio::select! {
                         _ = stop.cancelled() => return Err(finished),
                         _ = tokio::time::sleep(wait) => {}

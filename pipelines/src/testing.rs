@@ -100,7 +100,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(HarnessError(format!("redis-server on port {} did not start", self.port)))
+        Err(HarnessError(format!(
+            "redis-server on port {} did not start",
+            self.port
+        )))
     }
 
     pub fn port(&self) -> u16 {
@@ -170,9 +173,12 @@ impl TestProducer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -251,7 +257,9 @@ pub fn read_topic(
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| HarnessError(e.to_string()))?;
     }
-    consumer.assign(&tpl).map_err(|e| HarnessError(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| HarnessError(e.to_string()))?;
     let mut out = Vec::new();
     while out.len() < expected && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
@@ -267,7 +275,8 @@ pub fn read_topic(
                             .map(|h| {
                                 (
                                     h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
                                 )
                             })
                             .collect()

@@ -189,7 +189,12 @@ impl Ctx {
             .as_ref()
             .ok_or_else(|| WorkerError::unavailable("kafka", "this worker has no producer"))?;
         publisher
-            .publish(topic, Some(key.as_bytes()), &payload, &[("content-type", b"application/json")])
+            .publish(
+                topic,
+                Some(key.as_bytes()),
+                &payload,
+                &[("content-type", b"application/json")],
+            )
             .await?;
         crate::metrics::published(self.worker, topic);
         Ok(())

@@ -47,7 +47,9 @@ impl Worker for Recorder {
     async fn handle(&self, e: &Inbound, _ctx: &Ctx) -> Result<Outcome, WorkerError> {
         let id = e.event.event_id.clone();
         if self.permanent.contains(&id) {
-            return Err(WorkerError::permanent(format!("task {id} has an impossible rule")));
+            return Err(WorkerError::permanent(format!(
+                "task {id} has an impossible rule"
+            )));
         }
         if let Some(left) = self.retryable.lock().unwrap().get_mut(&id) {
             if *left > 0 {
@@ -93,7 +95,8 @@ impl Env {
     fn produce(&self, msgs: &[(Option<i32>, String, String)]) {
         let p = TestProducer::new(&self.bootstrap()).unwrap();
         for (partition, key, payload) in msgs {
-            p.send_to(TOPIC, *partition, key.as_bytes(), payload.as_bytes()).unwrap();
+            p.send_to(TOPIC, *partition, key.as_bytes(), payload.as_bytes())
+                .unwrap();
         }
         p.flush().unwrap();
     }
@@ -125,11 +128,16 @@ impl Running {
 }
 
 fn committed_total(config: &PipelineConfig, partitions: i32) -> i64 {
-    committed_offsets(&config.kafka, &config.group_id("recorder"), TOPIC, partitions)
-        .unwrap()
-        .into_iter()
-        .map(|o| o.max(0))
-        .sum()
+    committed_offsets(
+        &config.kafka,
+        &config.group_id("recorder"),
+        TOPIC,
+        partitions,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|o| o.max(0))
+    .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +153,11 @@ async fn redelivered_events_do_not_repeat_side_effects() {
     let run = start(config.clone(), first.clone()).await;
     assert!(eventually(Duration::from_secs(30), || first.count() == 300).await);
     run.stop().await;
-    assert_eq!(committed_total(&config, 3), 300, "every offset committed on shutdown");
+    assert_eq!(
+        committed_total(&config, 3),
+        300,
+        "every offset committed on shutdown"
+    );
 
     // Every message delivered again, as after a crash before the commit: a new
     // consumer group reads from the start, but the idempotency keys remain.
@@ -160,11 +172,18 @@ async fn redelivered_events_do_not_repeat_side_effects() {
     let second = Arc::new(Recorder::default());
     let run = start(again.clone(), second.clone()).await;
     assert!(
-        eventually(Duration::from_secs(30), || committed_total(&again, 3) == 300).await,
+        eventually(Duration::from_secs(30), || committed_total(&again, 3)
+            == 300)
+        .await,
         "the redelivered messages are consumed and committed"
     );
     run.stop().await;
-    assert_eq!(second.count(), 0, "no side effect repeated: {:?}", second.seen());
+    assert_eq!(
+        second.count(),
+        0,
+        "no side effect repeated: {:?}",
+        second.seen()
+    );
     let unique: HashSet<_> = first.seen().into_iter().collect();
     assert_eq!(unique.len(), 300, "each event handled exactly once");
 }
@@ -189,7 +208,11 @@ async fn poison_message_goes_to_dlq_with_headers_and_partition_continues() {
     let env = Env::new(1);
     let msgs = vec![
         (Some(0), "a".into(), event("good-1", 1)),
-        (Some(0), "a".into(), r#"{"event_type": "task_created", "data": {"task_id": 9"#.to_string()),
+        (
+            Some(0),
+            "a".into(),
+            r#"{"event_type": "task_created", "data": {"task_id": 9"#.to_string(),
+        ),
         (Some(0), "a".into(), event("good-2", 2)),
         (Some(0), "a".into(), event("bad-rule", 3)),
         (Some(0), "a".into(), event("good-3", 4)),
@@ -220,7 +243,11 @@ async fn poison_message_goes_to_dlq_with_headers_and_partition_continues() {
     assert_eq!(poison.header("original-offset"), Some("1"));
     assert_eq!(poison.header("attempts"), Some("1"));
     assert_eq!(poison.header("error-class"), Some("decode:not_json"));
-    assert!(poison.header("error").unwrap().contains("line 1"), "{:?}", poison.header("error"));
+    assert!(
+        poison.header("error").unwrap().contains("line 1"),
+        "{:?}",
+        poison.header("error")
+    );
     assert!(poison.header("first-failure-at").unwrap().ends_with('Z'));
     let rule = &dead[1];
     assert_eq!(rule.header("original-offset"), Some("3"));
@@ -245,7 +272,11 @@ async fn retryable_failures_back_off_then_dead_letter_after_last_attempt() {
     });
     let run = start(env.config(), rec.clone()).await;
     assert!(eventually(Duration::from_secs(30), || rec.count() == 2).await);
-    assert_eq!(rec.seen(), vec!["flaky", "after"], "flaky succeeded on its third attempt");
+    assert_eq!(
+        rec.seen(),
+        vec!["flaky", "after"],
+        "flaky succeeded on its third attempt"
+    );
     let bootstrap = env.bootstrap();
     let dead = tokio::task::spawn_blocking(move || {
         read_topic(&bootstrap, "task-events.dlq", 1, Duration::from_secs(20)).unwrap()
@@ -280,7 +311,11 @@ async fn redis_outage_pauses_consumption_and_resumes_without_loss() {
         "not ready while Redis is down"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rec.count(), 100, "nothing handled without the idempotency guard");
+    assert_eq!(
+        rec.count(),
+        100,
+        "nothing handled without the idempotency guard"
+    );
 
     env.redis.restart().unwrap();
     assert!(
@@ -329,7 +364,10 @@ async fn shutdown_drains_in_flight_work_and_commits() {
     let mut all = rec.seen();
     all.extend(rest.seen());
     let expected: Vec<String> = (0..30).map(|i| format!("s-{i}")).collect();
-    assert_eq!(all, expected, "the restart continues exactly where the drain stopped");
+    assert_eq!(
+        all, expected,
+        "the restart continues exactly where the drain stopped"
+    );
 }
 
 #[tokio::test]
@@ -361,11 +399,14 @@ fn sasl_ssl_scram_configuration_is_accepted_by_the_kafka_client() {
     // librdkafka rejects SASL_SSL/SCRAM at creation when built without them.
     let publisher = pipelines::kafka::sink::Publisher::new(&kafka, "sasl-test");
     assert!(publisher.is_ok(), "{:?}", publisher.err());
-    let shown = format!("{:?}", PipelineConfig {
-        kafka: kafka.clone(),
-        ..Default::default()
-    }
-    .redacted());
+    let shown = format!(
+        "{:?}",
+        PipelineConfig {
+            kafka: kafka.clone(),
+            ..Default::default()
+        }
+        .redacted()
+    );
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("********"));
     assert_eq!(

@@ -3402,33 +3402,4 @@ mod tests {
             let _ = decode(&bytes, &TASK_EVENTS);
         }
     }
-
-    /// Not a pass/fail test: `cargo test --release -- --ignored --nocapture`
-    /// prints single-thread decode throughput over the bench's message mix.
-    #[test]
-    #[ignore]
-    fn throughput_of_mixed_dialects() {
-        let msgs: Vec<&[u8]> = [
-            SEED_001_CREATED,
-            SEED_003_PUBLISHED_RECURRING,
-            SEED_000_STANDARD,
-            SEED_004_TASK_COMPLETED,
-            SEED_001_DAPR_PUBLISHED,
-        ]
-        .iter()
-        .map(|s| s.as_bytes())
-        .collect();
-        let n = 500_000;
-        let start = std::time::Instant::now();
-        for i in 0..n {
-            let e = decode(msgs[i % msgs.len()], &TASK_EVENTS).unwrap();
-            std::hint::black_box(e);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{:.0} msgs/s ({:.2} µs/msg)",
-            n as f64 / secs,
-            secs * 1e6 / n as f64
-        );
-    }
 }

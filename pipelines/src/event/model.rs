@@ -179,7 +179,9 @@ impl Dialect {
 impl TaskEvent {
     /// The entity part of the dotted type (`task` for `task.completed`).
     pub fn entity(&self) -> &str {
-        self.kind.split_once('.').map_or(self.kind.as_str(), |(e, _)| e)
+        self.kind
+            .split_once('.')
+            .map_or(self.kind.as_str(), |(e, _)| e)
     }
 
     /// The action part of the dotted type (`completed` for `task.completed`).

@@ -40,7 +40,8 @@ impl MockKafka {
             .create()
             .map_err(|e| MockError(e.to_string()))?;
         // SAFETY: `owner` is a live handle; the cluster is destroyed in Drop before it.
-        let cluster = unsafe { rdsys::rd_kafka_mock_cluster_new(owner.client().native_ptr(), brokers) };
+        let cluster =
+            unsafe { rdsys::rd_kafka_mock_cluster_new(owner.client().native_ptr(), brokers) };
         if cluster.is_null() {
             return Err(MockError("rd_kafka_mock_cluster_new failed".into()));
         }
@@ -68,7 +69,9 @@ impl MockKafka {
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), MockError> {
         let name = CString::new(topic).map_err(|e| MockError(e.to_string()))?;
         // SAFETY: live cluster, NUL-terminated name.
-        let err = unsafe { rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1) };
+        let err = unsafe {
+            rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
+        };
         check(err, &format!("create topic {topic}"))
     }
 
@@ -76,7 +79,10 @@ impl MockKafka {
     pub fn set_group_initial_rebalance_delay(&self, delay: Duration) {
         // SAFETY: live cluster.
         unsafe {
-            rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(self.cluster, delay.as_millis() as i32)
+            rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(
+                self.cluster,
+                delay.as_millis() as i32,
+            )
         }
     }
 
@@ -95,7 +101,9 @@ impl MockKafka {
 
     /// A producer-side flush helper for tests: waits until `producer` delivered everything.
     pub fn flush<P: Producer>(producer: &P, timeout: Duration) -> Result<(), MockError> {
-        producer.flush(timeout).map_err(|e| MockError(e.to_string()))
+        producer
+            .flush(timeout)
+            .map_err(|e| MockError(e.to_string()))
     }
 }
 
@@ -104,7 +112,11 @@ fn check(err: rdsys::rd_kafka_resp_err_t, what: &str) -> Result<(), MockError> {
         Ok(())
     } else {
         // SAFETY: rd_kafka_err2str returns a static string.
-        let msg = unsafe { CStr::from_ptr(rdsys::rd_kafka_err2str(err)).to_string_lossy().into_owned() };
+        let msg = unsafe {
+            CStr::from_ptr(rdsys::rd_kafka_err2str(err))
+                .to_string_lossy()
+                .into_owned()
+        };
         Err(MockError(format!("{what}: {msg}")))
     }
 }

@@ -188,7 +188,11 @@ impl SourceContext {
                 .await
                 .is_err()
             {
-                tracing::warn!(worker, ?timeout, "in-flight work did not finish within drain_timeout");
+                tracing::warn!(
+                    worker,
+                    ?timeout,
+                    "in-flight work did not finish within drain_timeout"
+                );
             }
         });
     }
@@ -244,7 +248,8 @@ impl SourceContext {
             while let Some(batch) = lane.pending.pop_front() {
                 match lane.tx.try_send(batch) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(b)) | Err(mpsc::error::TrySendError::Closed(b)) => {
+                    Err(mpsc::error::TrySendError::Full(b))
+                    | Err(mpsc::error::TrySendError::Closed(b)) => {
                         lane.pending.push_front(b);
                         break;
                     }
@@ -276,13 +281,18 @@ fn pause(consumer: &SourceConsumer, key: &PartitionKey, pause: bool, worker: &'s
     };
     match r {
         Ok(()) => tracing::debug!(worker, topic = %key.0, partition = key.1, pause, "backpressure"),
-        Err(e) => tracing::warn!(worker, topic = %key.0, partition = key.1, error = %e, "pause/resume failed"),
+        Err(e) => {
+            tracing::warn!(worker, topic = %key.0, partition = key.1, error = %e, "pause/resume failed")
+        }
     }
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
-        let up = stats.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
         self.health.set_kafka_up(up);
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
@@ -300,10 +310,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error,
-            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.health.set_kafka_up(false);
         }
         tracing::warn!(worker = self.worker, error = %scrub(&self.kafka, &error.to_string()), reason = %scrub(&self.kafka, reason), "kafka client error");
@@ -410,7 +417,10 @@ pub async fn run(
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("partition.assignment.strategy", "cooperative-sticky"),
-        ("auto.offset.reset", settings.kafka.auto_offset_reset.as_str()),
+        (
+            "auto.offset.reset",
+            settings.kafka.auto_offset_reset.as_str(),
+        ),
         ("enable.partition.eof", "false"),
     ] {
         cfg.set(k, v);
@@ -502,7 +512,9 @@ fn poll_loop(
                             .headers()
                             .map(|h| {
                                 h.iter()
-                                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                    .map(|h| {
+                                        (h.key.to_string(), h.value.unwrap_or_default().to_vec())
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default(),

@@ -23,12 +23,23 @@ async fn ping_succeeds(s: &dyn StateStore) {
 }
 
 async fn get_set_delete_round_trip(s: &dyn StateStore) {
-    assert_eq!(s.get("conf:a").await.unwrap(), None, "absent key reads as None");
+    assert_eq!(
+        s.get("conf:a").await.unwrap(),
+        None,
+        "absent key reads as None"
+    );
     s.set("conf:a", b"1", None).await.unwrap();
     assert_eq!(s.get("conf:a").await.unwrap(), Some(b"1".to_vec()));
     s.set("conf:a", b"2", None).await.unwrap();
-    assert_eq!(s.get("conf:a").await.unwrap(), Some(b"2".to_vec()), "set overwrites");
-    let n = s.delete(&["conf:a".into(), "conf:none".into()]).await.unwrap();
+    assert_eq!(
+        s.get("conf:a").await.unwrap(),
+        Some(b"2".to_vec()),
+        "set overwrites"
+    );
+    let n = s
+        .delete(&["conf:a".into(), "conf:none".into()])
+        .await
+        .unwrap();
     assert_eq!(n, 1, "delete counts only keys that existed");
     assert_eq!(s.get("conf:a").await.unwrap(), None);
 }
@@ -46,9 +57,15 @@ async fn ttl_expires_keys(s: &dyn StateStore) {
         .unwrap();
     assert!(s.get("conf:ttl").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(s.get("conf:ttl").await.unwrap(), None, "key expires after its ttl");
+    assert_eq!(
+        s.get("conf:ttl").await.unwrap(),
+        None,
+        "key expires after its ttl"
+    );
     assert!(
-        s.set_nx("conf:ttl", b"y", Some(Duration::from_secs(5))).await.unwrap(),
+        s.set_nx("conf:ttl", b"y", Some(Duration::from_secs(5)))
+            .await
+            .unwrap(),
         "an expired key counts as absent for set_nx"
     );
     s.delete(&["conf:ttl".into()]).await.unwrap();
@@ -67,25 +84,40 @@ async fn set_nx_get_many_claims_each_key_once(s: &dyn StateStore) {
         "absent keys are claimed (None), present keys return their value, a repeat sees the claim"
     );
     assert_eq!(
-        s.set_nx_get_many(&[], b"p", Duration::from_secs(1)).await.unwrap(),
+        s.set_nx_get_many(&[], b"p", Duration::from_secs(1))
+            .await
+            .unwrap(),
         Vec::<Option<Vec<u8>>>::new()
     );
-    s.delete(&["conf:c1".into(), "conf:c2".into()]).await.unwrap();
+    s.delete(&["conf:c1".into(), "conf:c2".into()])
+        .await
+        .unwrap();
 }
 
 async fn set_many_overwrites_with_ttl(s: &dyn StateStore) {
     let keys: Vec<String> = vec!["conf:m1".into(), "conf:m2".into()];
     s.set("conf:m1", b"pending", None).await.unwrap();
-    s.set_many(&keys, b"done", Duration::from_millis(80)).await.unwrap();
+    s.set_many(&keys, b"done", Duration::from_millis(80))
+        .await
+        .unwrap();
     assert_eq!(s.get("conf:m1").await.unwrap(), Some(b"done".to_vec()));
     assert_eq!(s.get("conf:m2").await.unwrap(), Some(b"done".to_vec()));
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(s.get("conf:m1").await.unwrap(), None, "set_many applies the ttl");
+    assert_eq!(
+        s.get("conf:m1").await.unwrap(),
+        None,
+        "set_many applies the ttl"
+    );
 }
 
 async fn incr_by_counts_from_zero(s: &dyn StateStore) {
     assert_eq!(s.incr_by("conf:n", 2, None).await.unwrap(), 2);
-    assert_eq!(s.incr_by("conf:n", 3, Some(Duration::from_secs(5))).await.unwrap(), 5);
+    assert_eq!(
+        s.incr_by("conf:n", 3, Some(Duration::from_secs(5)))
+            .await
+            .unwrap(),
+        5
+    );
     assert_eq!(s.incr_by("conf:n", -1, None).await.unwrap(), 4);
     assert_eq!(s.get("conf:n").await.unwrap(), Some(b"4".to_vec()));
     s.delete(&["conf:n".into()]).await.unwrap();
@@ -105,7 +137,11 @@ async fn sorted_set_orders_by_score(s: &dyn StateStore) {
         .into_iter()
         .map(|x| x.member)
         .collect();
-    assert_eq!(due, vec!["early", "middle", "late"], "zadd moves an existing member");
+    assert_eq!(
+        due,
+        vec!["early", "middle", "late"],
+        "zadd moves an existing member"
+    );
     let limited = s.zrange_by_score("conf:z", 0.0, 100.0, 2).await.unwrap();
     assert_eq!(limited.len(), 2, "limit is honoured");
     assert!(s.zrem("conf:z", "early").await.unwrap());

@@ -78,7 +78,10 @@ impl StateStore for MemoryStore {
         let k = self.key(key);
         self.with(|m, now| match live(m, &k, now) {
             None => Ok(None),
-            Some(Entry { value: Value::Bytes(b), .. }) => Ok(Some(b.clone())),
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) => Ok(Some(b.clone())),
             Some(_) => Err(wrong_type(key)),
         })
     }
@@ -97,7 +100,12 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StateError> {
+    async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
         let k = self.key(key);
         Ok(self.with(|m, now| {
             if live(m, &k, now).is_some() {
@@ -136,7 +144,10 @@ impl StateStore for MemoryStore {
                 .map(|key| {
                     let k = self.key(key);
                     match live(m, &k, now) {
-                        Some(Entry { value: Value::Bytes(b), .. }) => Ok(Some(b.clone())),
+                        Some(Entry {
+                            value: Value::Bytes(b),
+                            ..
+                        }) => Ok(Some(b.clone())),
                         Some(_) => Err(wrong_type(key)),
                         None => {
                             m.insert(
@@ -154,7 +165,12 @@ impl StateStore for MemoryStore {
         })
     }
 
-    async fn set_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<(), StateError> {
+    async fn set_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StateError> {
         self.with(|m, now| {
             for key in keys {
                 m.insert(
@@ -174,7 +190,10 @@ impl StateStore for MemoryStore {
         self.with(|m, now| {
             let current = match live(m, &k, now) {
                 None => 0,
-                Some(Entry { value: Value::Bytes(b), .. }) => std::str::from_utf8(b)
+                Some(Entry {
+                    value: Value::Bytes(b),
+                    ..
+                }) => std::str::from_utf8(b)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
                     .ok_or_else(|| StateError::Protocol {
@@ -213,7 +232,10 @@ impl StateStore for MemoryStore {
                 );
             }
             match m.get_mut(&k) {
-                Some(Entry { value: Value::ZSet(z), .. }) => {
+                Some(Entry {
+                    value: Value::ZSet(z),
+                    ..
+                }) => {
                     z.insert(member.to_string(), score);
                     Ok(())
                 }
@@ -226,7 +248,10 @@ impl StateStore for MemoryStore {
         let k = self.key(key);
         self.with(|m, now| match live(m, &k, now) {
             None => Ok(false),
-            Some(Entry { value: Value::ZSet(z), .. }) => {
+            Some(Entry {
+                value: Value::ZSet(z),
+                ..
+            }) => {
                 let removed = z.remove(member).is_some();
                 if z.is_empty() {
                     m.remove(&k);
@@ -247,7 +272,10 @@ impl StateStore for MemoryStore {
         let k = self.key(key);
         self.with(|m, now| match live(m, &k, now) {
             None => Ok(Vec::new()),
-            Some(Entry { value: Value::ZSet(z), .. }) => {
+            Some(Entry {
+                value: Value::ZSet(z),
+                ..
+            }) => {
                 let mut v: Vec<Scored> = z
                     .iter()
                     .filter(|(_, s)| **s >= min && **s <= max)
@@ -257,7 +285,11 @@ impl StateStore for MemoryStore {
                     })
                     .collect();
                 // Redis orders by score, then lexicographically by member.
-                v.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.member.cmp(&b.member)));
+                v.sort_by(|a, b| {
+                    a.score
+                        .total_cmp(&b.score)
+                        .then_with(|| a.member.cmp(&b.member))
+                });
                 v.truncate(limit);
                 Ok(v)
             }

@@ -47,7 +47,12 @@ pub trait StateStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError>;
     /// Sets only if absent; true when this call set it.
-    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StateError>;
+    async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError>;
     /// Removes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> Result<u64, StateError>;
     /// For each key, `SET key value NX PX ttl GET`: sets it when absent and
@@ -59,7 +64,12 @@ pub trait StateStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError>;
     /// Sets every key to `value` with `ttl`, in one round trip.
-    async fn set_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<(), StateError>;
+    async fn set_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StateError>;
     /// Adds `by` to an integer key (created at 0) and returns the new value.
     async fn incr_by(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, StateError>;
     /// Adds or moves a sorted-set member.

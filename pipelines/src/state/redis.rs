@@ -24,7 +24,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -114,17 +116,27 @@ impl StateStore for RedisStore {
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(Self::ms(ttl));
         }
-        cmd.query_async::<()>(&mut c).await.map_err(|e| classify(key, e))
+        cmd.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
     }
 
-    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StateError> {
+    async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
         let mut c = self.conn.clone();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value).arg("NX");
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(Self::ms(ttl));
         }
-        let v: Value = cmd.query_async(&mut c).await.map_err(|e| classify(key, e))?;
+        let v: Value = cmd
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))?;
         Ok(!matches!(v, Value::Nil))
     }
 
@@ -186,7 +198,12 @@ impl StateStore for RedisStore {
             .collect()
     }
 
-    async fn set_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<(), StateError> {
+    async fn set_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StateError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -194,7 +211,12 @@ impl StateStore for RedisStore {
         let mut pipe = redis::pipe();
         let ms = Self::ms(ttl);
         for k in keys {
-            pipe.cmd("SET").arg(self.key(k)).arg(value).arg("PX").arg(ms).ignore();
+            pipe.cmd("SET")
+                .arg(self.key(k))
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .ignore();
         }
         pipe.query_async::<()>(&mut c)
             .await
@@ -208,9 +230,16 @@ impl StateStore for RedisStore {
         pipe.cmd("INCRBY").arg(&k).arg(by);
         if let Some(ttl) = ttl {
             // NX: keep the expiry set when the counter was created.
-            pipe.cmd("PEXPIRE").arg(&k).arg(Self::ms(ttl)).arg("NX").ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&k)
+                .arg(Self::ms(ttl))
+                .arg("NX")
+                .ignore();
         }
-        let (v,): (i64,) = pipe.query_async(&mut c).await.map_err(|e| classify(key, e))?;
+        let (v,): (i64,) = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))?;
         Ok(v)
     }
 

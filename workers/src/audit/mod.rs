@@ -1,0 +1,200 @@
+//! The audit worker: a complete, tamper-evident record of every task operation.
+//!
+//! Reads every configured event topic; each canonical event becomes one
+//! [`AuditRecord`], written in batches to an [`AuditStore`]:
+//! - [`pg_store::PgStore`] (PostgreSQL) in production;
+//! - [`file_store::FileStore`] (one JSON-lines file a day, hash-chained), the
+//!   embedded default.
+//!
+//! Durability and idempotency: a batch's offsets are stored only after the
+//! store's `append` returned (fsync / COMMIT); `append` skips event ids already
+//! stored, so a redelivered message never makes a second record. If the store is
+//! down the batch fails as *unavailable*: the partition pauses and the worker
+//! waits, nothing is dropped. Retention deletes whole days/partitions on a timer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Worker, WorkerError};
+
+pub mod cli;
+pub mod convert;
+pub mod file_store;
+pub mod metrics;
+pub mod pg_store;
+pub mod record;
+pub mod store;
+
+pub use record::AuditRecord;
+pub use store::{AuditQuery, AuditStore, StoreError};
+
+use crate::config::{AuditConfig, Config};
+
+/// The worker.
+pub struct AuditWorker {
+    store: Arc<dyn AuditStore>,
+    store_kind: &'static str,
+    config: AuditConfig,
+}
+
+impl AuditWorker {
+    pub fn new(store: Arc<dyn AuditStore>, store_kind: &'static str, config: AuditConfig) -> Self {
+        AuditWorker {
+            store,
+            store_kind,
+            config,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuditStore> {
+        &self.store
+    }
+}
+
+/// Opens the store the config names.
+pub async fn open_store(
+    config: &Config,
+) -> Result<(Arc<dyn AuditStore>, &'static str), StoreError> {
+    if config.audit_store_kind() == "postgres" {
+        let store = pg_store::PgStore::new(
+            &config.pipeline.database.url,
+            config.audit.pool_size,
+            &config.audit.schema,
+        )?;
+        // A database that is down now is waited for by the worker (not ready),
+        // not a reason to exit.
+        if let Err(e @ StoreError::Unavailable(_)) = store.ready().await {
+            tracing::warn!(error = %e, "audit store not reachable yet; will retry");
+        }
+        Ok((Arc::new(store), "postgres"))
+    } else {
+        let store = file_store::FileStore::open(&config.audit.dir)?;
+        Ok((Arc::new(store), "file"))
+    }
+}
+
+/// Topics the audit worker reads by default: every event topic.
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    let t = &config.topics;
+    vec![
+        t.task_events.clone(),
+        t.user_events.clone(),
+        t.project_events.clone(),
+        t.reminders.clone(),
+        t.schedule_events.clone(),
+        t.notification_events.clone(),
+    ]
+}
+
+fn classify(kind: &'static str, e: StoreError) -> WorkerError {
+    match e {
+        StoreError::Unavailable(reason) => {
+            metrics::store_error(kind, "unavailable");
+            WorkerError::Unavailable {
+                dependency: "audit store",
+                reason,
+            }
+        }
+        StoreError::Corrupt(reason) => {
+            metrics::store_error(kind, "corrupt");
+            // The store refuses to extend a broken chain: wait for an operator.
+            WorkerError::Unavailable {
+                dependency: "audit store",
+                reason,
+            }
+        }
+        StoreError::Invalid(reason) => {
+            metrics::store_error(kind, "invalid");
+            WorkerError::Permanent(reason)
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for AuditWorker {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        default_topics(config)
+    }
+
+    async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let out = self.handle_batch(std::slice::from_ref(event), ctx).await;
+        match out.failure {
+            Some(e) => Err(e),
+            None => Ok(Outcome::Done),
+        }
+    }
+
+    /// One store write for the whole batch: all records or none. If the store
+    /// rejects the batch's data, the records are written one by one so that
+    /// only the offending one fails (and is dead-lettered).
+    async fn handle_batch(&self, events: &[Inbound], _ctx: &Ctx) -> BatchOutcome {
+        let records: Vec<AuditRecord> = events.iter().map(convert::to_record).collect();
+        let started = Instant::now();
+        match self.store.append(&records).await {
+            Ok(new) => {
+                metrics::written(self.store_kind, records.len(), new, started.elapsed());
+                BatchOutcome {
+                    outcomes: vec![Outcome::Done; events.len()],
+                    failure: None,
+                }
+            }
+            Err(StoreError::Invalid(_)) if records.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(records.len());
+                for record in &records {
+                    let started = Instant::now();
+                    match self.store.append(std::slice::from_ref(record)).await {
+                        Ok(new) => {
+                            metrics::written(self.store_kind, 1, new, started.elapsed());
+                            outcomes.push(Outcome::Done);
+                        }
+                        Err(e) => {
+                            return BatchOutcome {
+                                outcomes,
+                                failure: Some(classify(self.store_kind, e)),
+                            }
+                        }
+                    }
+                }
+                BatchOutcome {
+                    outcomes,
+                    failure: None,
+                }
+            }
+            Err(e) => BatchOutcome {
+                outcomes: Vec::new(),
+                failure: Some(classify(self.store_kind, e)),
+            },
+        }
+    }
+
+    fn has_timer(&self) -> bool {
+        !self.config.retention.is_zero()
+    }
+
+    /// Retention: delete whole days/partitions older than the retention period.
+    async fn tick(&self, _ctx: &Ctx) -> Result<Option<Duration>, WorkerError> {
+        let retention = chrono::Duration::from_std(self.config.retention)
+            .map_err(|e| WorkerError::permanent(format!("audit.retention: {e}")))?;
+        let cutoff = Utc::now() - retention;
+        let n = self
+            .store
+            .enforce_retention(cutoff)
+            .await
+            .map_err(|e| classify(self.store_kind, e))?;
+        if n > 0 {
+            tracing::info!(deleted = n, %cutoff, "audit retention enforced");
+            metrics::retention_deleted(self.store_kind, n);
+        }
+        Ok(Some(self.config.retention_check_interval))
+    }
+
+    fn uses_idempotency_guard(&self) -> bool {
+        self.config.idempotency_guard
+    }
+}

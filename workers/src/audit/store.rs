@@ -1,0 +1,113 @@
+//! The audit store interface, and the query and report types both stores share.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::record::AuditRecord;
+
+/// A store failure. `Unavailable` is waited for (the worker pauses, nothing is
+/// dropped); `Corrupt` and `Invalid` are reported to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Filters for `taskstream audit query`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub task_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Exact canonical type (`task.updated`).
+    pub event_type: Option<String>,
+    /// occurred_at >= from
+    pub from: Option<DateTime<Utc>>,
+    /// occurred_at < to
+    pub to: Option<DateTime<Utc>>,
+    /// Most rows returned (newest last); None = no limit.
+    pub limit: Option<usize>,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        self.task_id
+            .as_ref()
+            .is_none_or(|t| r.task_id.as_ref() == Some(t))
+            && self
+                .user_id
+                .as_ref()
+                .is_none_or(|u| r.actor_id.as_ref() == Some(u))
+            && self.event_type.as_ref().is_none_or(|t| &r.event_type == t)
+            && self.from.is_none_or(|f| r.occurred_at >= f)
+            && self.to.is_none_or(|t| r.occurred_at < t)
+    }
+}
+
+/// One row of the compliance report: a user's count of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ActivityRow {
+    /// The actor; `(unknown)` when events carried no user.
+    pub user_id: String,
+    pub event_type: String,
+    pub count: u64,
+}
+
+/// Result of `taskstream audit verify`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub records_checked: u64,
+    /// The first broken record, if any: where and why.
+    pub first_break: Option<ChainBreak>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainBreak {
+    /// File name and line (file store) or chain and offset (PostgreSQL).
+    pub location: String,
+    pub reason: String,
+}
+
+/// Where audit records live. Both implementations promise:
+/// - `append` is durable when it returns (fsync / committed transaction);
+/// - `append` is idempotent on `event_id`: a record whose id is already stored
+///   is skipped, never written twice;
+/// - records are never modified; retention removes whole days/partitions.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends records in order; returns how many were new.
+    async fn append(&self, records: &[AuditRecord]) -> Result<usize, StoreError>;
+    /// Records matching `q`, ordered by occurred_at then event_id.
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Per-user counts by event type for occurred_at in [from, to).
+    async fn report(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<ActivityRow>, StoreError>;
+    /// Checks the tamper-evidence chain and reports the first broken record.
+    async fn verify(&self) -> Result<VerifyReport, StoreError>;
+    /// Deletes whole days/partitions entirely older than `cutoff`; returns how many.
+    async fn enforce_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+}
+
+/// The `prev_hash` of a chain's first record: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The tamper-evidence hash of one record: hex SHA-256 over its sequence
+/// number, the previous record's hash and the record's JSON, so that editing,
+/// deleting or reordering any record breaks every hash after it.
+pub fn chain_hash(seq: u64, prev_hash: &str, record_json: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(record_json);
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,59 @@
+//! `taskstream bench --worker NAME`: which subject each name measures.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Subject};
+
+use crate::audit::{pg_store::PgStore, AuditWorker};
+use crate::config::Config;
+
+/// Runs the benchmark of `worker` (`baseline`, `pipeline`, `audit`).
+pub async fn run(
+    config: &Config,
+    worker: &str,
+    events: u64,
+    partitions: i32,
+    redis_url: Option<String>,
+    database_url: Option<String>,
+) -> anyhow::Result<BenchReport> {
+    if events == 0 {
+        bail!("--events has value 0: expected a whole number above zero");
+    }
+    if partitions <= 0 {
+        bail!("--partitions has value {partitions}: expected a whole number above zero");
+    }
+    let subject = match worker {
+        "baseline" => Subject::Baseline,
+        "pipeline" => Subject::Worker(Arc::new(NoopWorker)),
+        "audit" => {
+            let url = database_url
+                .or_else(|| std::env::var("DATABASE_URL").ok())
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = pipelines::testing::unique("bench_audit").replace('-', "_");
+            let store = PgStore::connect_with_schema(&url, config.audit.pool_size, &schema)
+                .await
+                .context("connecting to PostgreSQL for the audit benchmark")?;
+            let store = Arc::new(store);
+            let worker = AuditWorker::new(store.clone(), "postgres", config.audit.clone());
+            let report = pipelines::bench::run(
+                spec(config, events, partitions, redis_url),
+                Subject::Worker(Arc::new(worker)),
+            )
+            .await;
+            store.drop_schema().await.ok();
+            return report.map_err(Into::into);
+        }
+        other => bail!("--worker has value {other:?}: expected baseline, pipeline or audit"),
+    };
+    Ok(pipelines::bench::run(spec(config, events, partitions, redis_url), subject).await?)
+}
+
+fn spec(config: &Config, events: u64, partitions: i32, redis_url: Option<String>) -> BenchSpec {
+    BenchSpec {
+        events,
+        partitions,
+        redis_url,
+        config: config.pipeline.clone(),
+    }
+}

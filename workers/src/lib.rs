@@ -1,0 +1,10 @@
+//! taskstream's workers and the glue of the `taskstream` binary.
+//!
+//! One folder per worker holds its whole logic; everything Kafka, Redis,
+//! retries, offsets and metrics lives in the `pipelines` crate.
+
+pub mod audit;
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod workers;

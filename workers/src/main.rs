@@ -1,0 +1,343 @@
+//! `taskstream`: the single binary. See `taskstream --help` and the README.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use pipelines::event::{decode, is_known_type, DecodeContext};
+use taskstream::audit::{self, cli::Format, AuditQuery};
+use taskstream::config::Config;
+use taskstream::{bench, demo, workers};
+
+#[derive(Parser)]
+#[command(
+    name = "taskstream",
+    version,
+    about = "Kafka consumer-group workers for task events"
+)]
+struct Cli {
+    /// Config file (TOML). Falls back to TASKSTREAM_CONFIG, then built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run workers in this process until SIGINT/SIGTERM (`all` = every worker).
+    Run {
+        #[arg(required = true, value_name = "WORKER")]
+        workers: Vec<String>,
+    },
+    /// Decode raw messages (one per stdin line) into canonical events (JSON lines).
+    Decode {
+        /// The topic the messages came from (a hint for topic-specific shapes).
+        #[arg(long, default_value = "task-events")]
+        topic: String,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Measure a worker on an in-process mock Kafka cluster and a real Redis.
+    Bench {
+        /// `baseline`, `pipeline`, or a worker name.
+        #[arg(long, default_value = "pipeline")]
+        worker: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Redis to use; default: start a throwaway redis-server.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// PostgreSQL for `--worker audit` (default: DATABASE_URL, then the
+        /// local server postgres://postgres@127.0.0.1:5432/test).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Run a standalone mock Kafka cluster; prints its bootstrap address first.
+    DevKafka {
+        /// Topics to create, `name[:partitions]`, comma-separated (default: every
+        /// configured topic, 3 partitions each).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
+    /// Run the main job end to end on embedded defaults (mock Kafka, in-memory
+    /// state, file audit store) with sample events from every dialect.
+    Demo {
+        /// Where the demo writes its audit trail.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+    /// Read the audit trail back.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config (the global `--config FILE`) and print the effective
+    /// config, secrets masked.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Records by task, user, type and time range.
+    Query {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Canonical type, e.g. task.updated.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// occurred_at >= FROM (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// occurred_at < TO.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Check the hash chain; exit code 1 and the first broken record if tampered.
+    Verify,
+    /// Per-user activity summary (counts by operation) as CSV.
+    Report {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli_path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Config::load(cli_path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { workers: names } => {
+            let config = load_config(&cli.config)?;
+            pipelines::telemetry::init(&config.pipeline.log);
+            let shutdown = pipelines::shutdown::on_signals();
+            workers::run(&config, &names, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decode { topic } => {
+            decode_stdin(&topic)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = load_config(&cli.config)?;
+            let text = toml::to_string_pretty(&config.redacted())
+                .context("cannot render the effective config")?;
+            println!("# effective configuration (secrets masked)\n{text}");
+            eprintln!("config ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            worker,
+            events,
+            partitions,
+            redis_url,
+            database_url,
+        } => {
+            let config = load_config(&cli.config)?;
+            pipelines::telemetry::init(&pipelines::config::LogConfig {
+                level: "warn".into(),
+                ..config.pipeline.log.clone()
+            });
+            let report = bench::run(
+                &config,
+                &worker,
+                events,
+                partitions,
+                redis_url,
+                database_url,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevKafka { topics, brokers } => {
+            let config = load_config(&cli.config)?;
+            dev_kafka(&config, &topics, brokers).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { out } => {
+            let config = load_config(&cli.config)?;
+            pipelines::telemetry::init(&pipelines::config::LogConfig {
+                level: "warn".into(),
+                ..config.pipeline.log.clone()
+            });
+            demo::run(config, &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            let config = load_config(&cli.config)?;
+            let (store, _) = audit::open_store(&config).await?;
+            match command {
+                AuditCommand::Query {
+                    task,
+                    user,
+                    event_type,
+                    from,
+                    to,
+                    limit,
+                    format,
+                } => {
+                    let q = AuditQuery {
+                        task_id: task,
+                        user_id: user,
+                        event_type,
+                        from: from
+                            .map(|f| audit::cli::parse_time("--from", &f))
+                            .transpose()
+                            .map_err(anyhow::Error::msg)?,
+                        to: to
+                            .map(|t| audit::cli::parse_time("--to", &t))
+                            .transpose()
+                            .map_err(anyhow::Error::msg)?,
+                        limit,
+                    };
+                    audit::cli::query(store.as_ref(), &q, format).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                AuditCommand::Verify => {
+                    let (ok, _) = audit::cli::verify(store.as_ref()).await?;
+                    Ok(if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                AuditCommand::Report { from, to } => {
+                    let from =
+                        audit::cli::parse_time("--from", &from).map_err(anyhow::Error::msg)?;
+                    let to = audit::cli::parse_time("--to", &to).map_err(anyhow::Error::msg)?;
+                    if to <= from {
+                        bail!("--to ({to}) must be after --from ({from})");
+                    }
+                    audit::cli::report(store.as_ref(), from, to).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
+}
+
+/// One canonical event (or error object) per input line. Per-line errors keep
+/// exit code 0: the output says which line failed and why.
+fn decode_stdin(topic: &str) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (n, line) in stdin.lock().split(b'\n').enumerate() {
+        let line = line.context("reading stdin")?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let ctx = DecodeContext {
+            topic,
+            kafka_timestamp_ms: None,
+        };
+        let value = match decode(line, &ctx) {
+            Ok(event) if is_known_type(&event.kind) => serde_json::to_value(&event)?,
+            Ok(event) => serde_json::json!({
+                "line": n + 1,
+                "error": format!("unknown event type {:?}: it would be counted and skipped", event.kind),
+                "reason": "unknown_type",
+                "event": event,
+            }),
+            Err(e) => serde_json::json!({
+                "line": n + 1,
+                "error": e.to_string(),
+                "reason": e.reason(),
+            }),
+        };
+        serde_json::to_writer(&mut out, &value)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn dev_kafka(config: &Config, topics: &[String], brokers: i32) -> anyhow::Result<()> {
+    let mock = pipelines::kafka::mock::MockKafka::start(brokers)?;
+    let t = &config.pipeline.topics;
+    let topics: Vec<String> = if topics.is_empty() {
+        [
+            &t.task_events,
+            &t.user_events,
+            &t.project_events,
+            &t.reminders,
+            &t.schedule_events,
+            &t.notification_events,
+            &t.analytics_events,
+            &t.task_metrics,
+        ]
+        .iter()
+        .map(|s| format!("{s}:3"))
+        .collect()
+    } else {
+        topics.to_vec()
+    };
+    for spec in &topics {
+        let (name, partitions) = match spec.split_once(':') {
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>().ok().filter(|p| *p > 0).with_context(|| {
+                    format!("--topics {spec:?}: partitions must be a whole number above zero")
+                })?,
+            ),
+            None => (spec.as_str(), 3),
+        };
+        mock.create_topic(name, partitions)?;
+    }
+    println!("{}", mock.bootstrap_servers());
+    std::io::stdout().flush()?;
+    eprintln!(
+        "mock Kafka cluster with {brokers} broker(s), topics: {}; Ctrl-C to stop",
+        topics.join(", ")
+    );
+    pipelines::shutdown::on_signals().cancelled().await;
+    drop(mock);
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The worker registry: names to instances, and `taskstream run`.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use pipelines::{Runtime, Worker};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, AuditWorker};
+use crate::config::Config;
+
+/// Every worker this binary can run, in `run all` order.
+pub const NAMES: &[&str] = &["audit"];
+
+/// Builds one worker by name.
+pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker>> {
+    match name {
+        "audit" => {
+            let (store, kind) = audit::open_store(config)
+                .await
+                .context("opening the audit store")?;
+            Ok(Arc::new(AuditWorker::new(
+                store,
+                kind,
+                config.audit.clone(),
+            )))
+        }
+        other => bail!(
+            "unknown worker {other:?}: expected one of {} or `all`",
+            NAMES.join(", ")
+        ),
+    }
+}
+
+/// Expands `all` and rejects unknown or repeated names.
+pub fn resolve(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for n in names {
+        if n == "all" {
+            out.extend(NAMES.iter().copied());
+            continue;
+        }
+        match NAMES.iter().find(|k| *k == n) {
+            Some(k) => out.push(k),
+            None => bail!(
+                "unknown worker {n:?}: expected one of {} or `all`",
+                NAMES.join(", ")
+            ),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `taskstream run`: runs the named workers until `shutdown`.
+pub async fn run(
+    config: &Config,
+    names: &[String],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let names = resolve(names)?;
+    let rt = Runtime::new(config.pipeline.clone(), shutdown)
+        .await
+        .context("starting the pipeline")?;
+    let mut workers = Vec::new();
+    for n in &names {
+        workers.push(build(n, config).await?);
+    }
+    let http = rt.serve_http();
+    tracing::info!(workers = ?names, "taskstream running");
+    let result = rt.run(workers).await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    result.context("a worker failed")?;
+    tracing::info!("taskstream stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! The audit worker end to end: the real binary on the mock Kafka cluster, a
+//! throwaway redis-server and the real PostgreSQL; crash and redelivery; diffs
+//! per dialect; queries, report and verify from the CLI.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use pipelines::event::{decode, DecodeContext};
+use pipelines::kafka::mock::MockKafka;
+use pipelines::kafka::source::committed_offsets;
+use pipelines::testing::{free_port, unique, RedisServer, TestProducer};
+use pipelines::{Inbound, Source};
+use taskstream::audit::convert::to_record;
+use taskstream::audit::file_store::FileStore;
+use taskstream::audit::pg_store::PgStore;
+use taskstream::audit::{AuditQuery, AuditRecord, AuditStore};
+
+fn database_url() -> String {
+    std::env::var("TASKSTREAM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn schema() -> String {
+    unique("audit_test").replace('-', "_")
+}
+
+fn taskstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_taskstream"));
+    for var in [
+        "TASKSTREAM_CONFIG",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "REDIS_URL",
+        "DATABASE_URL",
+        "TASKSTREAM_METRICS_ADDR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn inbound(payload: &str, offset: i64) -> Inbound {
+    let ctx = DecodeContext {
+        topic: "task-events",
+        kafka_timestamp_ms: Some(1_767_000_000_000),
+    };
+    Inbound {
+        event: decode(payload.as_bytes(), &ctx).expect("decodes"),
+        source: Source {
+            topic: Arc::from("task-events"),
+            partition: 0,
+            offset,
+            timestamp_ms: Some(1_767_000_000_000),
+            received_at: Utc::now(),
+        },
+    }
+}
+
+/// Mixed-dialect task events for task `t`, distinct per `i`.
+fn sample(i: u64) -> String {
+    pipelines::bench::sample_event(i).1
+}
+
+// ---------------------------------------------------------------- diffs
+
+#[test]
+fn update_diffs_are_right_for_each_dialect() {
+    // envelope: the message lists its changes.
+    let r = to_record(&inbound(
+        r#"{"event_id":"d1","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","version":"1.0","data":{"task_id":123,"user_id":"user-456","changes":{"title":{"old":"Buy groceries","new":"Buy groceries and cook dinner"}}}}"#,
+        1,
+    ));
+    assert_eq!(r.operation, "updated");
+    assert_eq!(r.changes.len(), 1);
+    assert_eq!(r.changes["title"].old, "Buy groceries");
+    assert_eq!(r.changes["title"].new, "Buy groceries and cook dinner");
+
+    // task_data: computed from previous_task_data; unchanged fields left out.
+    let r = to_record(&inbound(
+        r#"{"event_type":"updated","task_id":124,"user_id":"user123","timestamp":"2026-01-03T11:00:00Z","task_data":{"title":"T","priority":"high","due_date":"2026-01-12T09:00:00Z","tags":["work"]},"previous_task_data":{"title":"T","priority":"medium","due_date":"2026-01-10T09:00:00Z","tags":["work"]},"ip_address":"203.0.113.7","user_agent":"cli/1"}"#,
+        2,
+    ));
+    let fields: BTreeSet<&str> = r.changes.keys().map(String::as_str).collect();
+    assert_eq!(fields, BTreeSet::from(["due_at", "priority"]));
+    assert_eq!(r.changes["priority"].old, "medium");
+    assert_eq!(r.changes["priority"].new, "high");
+    assert_eq!(r.ip_address.as_deref(), Some("203.0.113.7"));
+    assert_eq!(r.user_agent.as_deref(), Some("cli/1"));
+    assert_eq!(r.actor_id.as_deref(), Some("user123"));
+
+    // standard: no previous state, no listed changes: no diff, snapshot kept.
+    let r = to_record(&inbound(
+        r#"{"event_type":"task_status_changed","user_id":123,"timestamp":"2025-09-07T11:30:00Z","data":{"task_id":456,"status":"in_progress"},"metadata":{"source":"django_backend","version":"1.0"}}"#,
+        3,
+    ));
+    assert!(r.changes.is_empty());
+    assert_eq!(r.details.as_ref().unwrap()["status"], "in_progress");
+    assert_eq!(r.event_type, "task.status_changed");
+
+    // camel_case: partial payload, actor from actorId.
+    let r = to_record(&inbound(
+        r#"{"eventType":"task.updated","taskId":1,"teamId":1,"actorId":9,"creatorId":1,"assigneeId":2,"timestamp":"2025-08-25T22:41:54.574Z","payload":{"title":"Updated Task Title","completed":false}}"#,
+        4,
+    ));
+    assert_eq!(r.actor_id.as_deref(), Some("9"));
+    assert_eq!(r.task_id.as_deref(), Some("1"));
+    assert!(r.changes.is_empty());
+    assert_eq!(r.source.dialect, "camel_case");
+
+    // CloudEvents around the envelope: same diff, dialect says it was wrapped.
+    let r = to_record(&inbound(
+        r#"{"specversion":"1.0","id":"ce-1","source":"api","type":"com.dapr.event.sent","datacontenttype":"application/json","data":{"event_id":"d5","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","data":{"task_id":7,"user_id":"u","changes":{"priority":{"old":"low","new":"high"}}}}}"#,
+        5,
+    ));
+    assert_eq!(r.changes["priority"].new, "high");
+    assert_eq!(r.source.dialect, "cloudevents/envelope");
+}
+
+// ---------------------------------------------------------------- end to end
+
+struct Process(Child);
+
+impl Process {
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+    fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "taskstream did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sum of a metric's samples whose line contains `filter`, from `/metrics`.
+fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn run_audit(
+    bootstrap: &str,
+    redis: &str,
+    schema: &str,
+    group: &str,
+    log: &Path,
+    port: u16,
+) -> Process {
+    let log = std::fs::File::create(log).unwrap();
+    Process(
+        taskstream()
+            .args(["run", "audit"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("REDIS_URL", redis)
+            .env("DATABASE_URL", database_url())
+            .env("TASKSTREAM_AUDIT__STORE", "postgres")
+            .env("TASKSTREAM_AUDIT__SCHEMA", schema)
+            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", group)
+            // Nothing is committed until shutdown: a kill is a crash before commit.
+            .env("TASKSTREAM_KAFKA__COMMIT_INTERVAL", "1h")
+            // The killed member holds its partitions until its session expires.
+            .env("TASKSTREAM_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000")
+            .env("TASKSTREAM_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("TASKSTREAM_WORKERS__AUDIT__TOPICS", "[\"task-events\"]")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_rows(store: &PgStore, n: usize, timeout: Duration) -> Vec<AuditRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = store.query(&AuditQuery::default()).await.unwrap();
+        if rows.len() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_becomes_one_row_across_crash_redelivery_and_sigterm() {
+    let mock = MockKafka::start(1).unwrap();
+    mock.create_topic("task-events", 3).unwrap();
+    let bootstrap = mock.bootstrap_servers().to_string();
+    let mut redis = RedisServer::start().unwrap();
+    let schema = schema();
+    let group = unique("audit-e2e");
+    let logs = std::env::temp_dir().join(unique("audit-logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+
+    let producer = TestProducer::new(&bootstrap).unwrap();
+    for i in 0..300 {
+        let (key, payload) = pipelines::bench::sample_event(i);
+        producer
+            .send("task-events", key.as_bytes(), payload.as_bytes())
+            .unwrap();
+    }
+    producer.flush().unwrap();
+
+    // 1. Write everything, then crash (SIGKILL) before any commit.
+    let port = free_port().unwrap();
+    let p = run_audit(
+        &bootstrap,
+        &redis.url(),
+        &schema,
+        &group,
+        &logs.join("1.log"),
+        port,
+    );
+    let rows = wait_rows(&store, 300, Duration::from_secs(60)).await;
+    assert_eq!(
+        rows.len(),
+        300,
+        "log: {}",
+        std::fs::read_to_string(logs.join("1.log")).unwrap()
+    );
+    p.signal(libc::SIGKILL);
+    p.wait(Duration::from_secs(10));
+    let committed: i64 = committed_offsets_for(&bootstrap, &group);
+    assert_eq!(committed, 0, "the crash happened before any commit");
+
+    // 2. Restart with Redis wiped too: all 300 are redelivered, and the store
+    //    alone must keep them to one row each.
+    redis.restart().unwrap();
+    let p = run_audit(
+        &bootstrap,
+        &redis.url(),
+        &schema,
+        &group,
+        &logs.join("2.log"),
+        port,
+    );
+    let (key, payload) = pipelines::bench::sample_event(300);
+    producer
+        .send("task-events", key.as_bytes(), payload.as_bytes())
+        .unwrap();
+    producer.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scrape(
+        port,
+        "taskstream_messages_handled_total",
+        "worker=\"audit\"",
+    ) < 301.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redelivered messages not handled; log: {}",
+            std::fs::read_to_string(logs.join("2.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(scrape(port, "taskstream_consumer_lag_messages", "worker=\"audit\"") >= 0.0);
+    let rows = store.query(&AuditQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 301, "redelivery made no second row");
+
+    // 3. SIGTERM drains and commits everything.
+    p.signal(libc::SIGTERM);
+    let status = p.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {}",
+        std::fs::read_to_string(logs.join("2.log")).unwrap()
+    );
+    assert_eq!(committed_offsets_for(&bootstrap, &group), 301);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rows = store.query(&AuditQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 301, "no second row for any event");
+    let ids: BTreeSet<_> = rows.iter().map(|r| r.event_id.clone()).collect();
+    assert_eq!(ids.len(), 301);
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    store.drop_schema().await.unwrap();
+}
+
+fn committed_offsets_for(bootstrap: &str, group: &str) -> i64 {
+    let kafka = pipelines::config::KafkaConfig {
+        bootstrap_servers: bootstrap.into(),
+        ..Default::default()
+    };
+    committed_offsets(&kafka, &format!("{group}-audit"), "task-events", 3)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.max(0))
+        .sum()
+}
+
+// ---------------------------------------------------------------- CLI
+
+fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let mut c = taskstream();
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn records() -> Vec<AuditRecord> {
+    (0..40u64)
+        .map(|i| {
+            let mut r = to_record(&inbound(&sample(i), i as i64));
+            r.occurred_at = Utc
+                .with_ymd_and_hms(2026, 3, 1 + (i % 10) as u32, 12, 0, 0)
+                .unwrap();
+            r
+        })
+        .collect()
+}
+
+async fn check_query_and_report(store: &dyn AuditStore, envs: &[(&str, String)]) {
+    let recs = records();
+    assert_eq!(store.append(&recs).await.unwrap(), 40);
+    assert_eq!(
+        store.append(&recs[..10]).await.unwrap(),
+        0,
+        "appending again writes nothing"
+    );
+
+    let task = recs[3].task_id.clone().unwrap();
+    let (ok, out) = cli(
+        &["audit", "query", "--task", &task, "--format", "json"],
+        envs,
+    );
+    assert!(ok, "{out}");
+    let got: Vec<AuditRecord> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<&AuditRecord> = recs
+        .iter()
+        .filter(|r| r.task_id.as_deref() == Some(&task))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got
+        .iter()
+        .all(|r| r.task_id.as_deref() == Some(task.as_str())));
+
+    let user = recs[2].actor_id.clone().unwrap();
+    let (ok, out) = cli(
+        &[
+            "audit",
+            "query",
+            "--user",
+            &user,
+            "--type",
+            "task.status_changed",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-03-05",
+            "--format",
+            "csv",
+        ],
+        envs,
+    );
+    assert!(ok, "{out}");
+    let want = recs
+        .iter()
+        .filter(|r| r.actor_id.as_deref() == Some(&user) && r.event_type == "task.status_changed")
+        .filter(|r| r.occurred_at < Utc.with_ymd_and_hms(2026, 3, 5, 0, 0, 0).unwrap())
+        .count();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("task.status_changed"))
+        .collect();
+    assert_eq!(lines.len(), want, "{out}");
+    assert!(out.starts_with("occurred_at,event_type,actor_id"), "{out}");
+
+    let (ok, out) = cli(&["audit", "query", "--type", "task.created"], envs);
+    assert!(ok && out.contains("(8 records)"), "{out}");
+
+    let (ok, out) = cli(
+        &[
+            "audit",
+            "report",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-04-01",
+        ],
+        envs,
+    );
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("user_id,event_type,count"));
+    let total: u64 = lines
+        .filter_map(|l| l.rsplit(',').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 40, "{out}");
+
+    let (ok, out) = cli(&["audit", "verify"], envs);
+    assert!(ok && out.contains("ok: 40 records"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queries_report_and_verify_on_postgres() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let envs = [
+        ("DATABASE_URL", database_url()),
+        ("TASKSTREAM_AUDIT__STORE", "postgres".to_string()),
+        ("TASKSTREAM_AUDIT__SCHEMA", schema.clone()),
+    ];
+    check_query_and_report(&store, &envs).await;
+    store.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queries_report_and_verify_on_files_and_detects_tampering() {
+    let dir = std::env::temp_dir().join(unique("audit-files"));
+    let store = FileStore::open(&dir).unwrap();
+    let envs = [
+        ("TASKSTREAM_AUDIT__STORE", "file".to_string()),
+        ("TASKSTREAM_AUDIT__DIR", dir.to_string_lossy().into_owned()),
+    ];
+    check_query_and_report(&store, &envs).await;
+
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("task.created", "task.deleted", 1)).unwrap();
+    let (ok, out) = cli(&["audit", "verify"], &envs);
+    assert!(!ok, "verify exits non-zero on a tampered trail");
+    assert!(
+        out.contains("BROKEN at") && out.contains(".jsonl:"),
+        "{out}"
+    );
+}
