@@ -2,25 +2,35 @@
 //! at-least-once delivery.
 //!
 //! Protocol, per worker and event id (key `idem:<worker>:<event_id>`):
-//! 1. **claim**: `SET key pending NX PX <lease> GET`, pipelined for the batch.
-//!    Absent → claimed, handle it. `done` → a duplicate, skip it. `pending` →
-//!    another consumer (or this worker before a crash) holds it: wait and retry
-//!    until it completes or the lease expires.
-//! 2. **complete** after the side effect: `SET key done PX <ttl>`, pipelined.
-//! 3. **release** when handling failed: `DEL key`, so a retry (or a replay from
-//!    the dead-letter topic) handles it again.
+//! 1. **claim** a batch: `SET key p:<now_ms>:<token> NX PX <ttl> GET`,
+//!    pipelined, where `token` is new for each claim call. The value that was
+//!    there decides:
+//!    - absent → claimed, handle it;
+//!    - `done`, or `p:…:<t>` whose claim `t` is complete (key `idem:<worker>:~<t>`
+//!      exists) → a duplicate, skip it;
+//!    - `p:<ms>:<t>` not complete and younger than the lease → someone (another
+//!      consumer, or this one before a crash) is handling it: wait and retry;
+//!    - older than the lease → abandoned: taken over with an atomic
+//!      compare-and-set, then handled.
+//! 2. **complete** after the side effect. When every event of a claim call was
+//!    handled (the usual case) one key marks the whole claim done:
+//!    `SET idem:<worker>:~<token> done PX <ttl>`; otherwise each handled id is
+//!    set to `done`. So a batch costs one Redis command per event plus one, not
+//!    two per event.
+//! 3. **release** when handling failed for good: `DEL key`, so a replay from the
+//!    dead-letter topic handles it again.
 //!
 //! A crash between the side effect and step 2 makes the event run again after
 //! the lease: the one window no broker-side protocol can close without the side
 //! effect itself being transactional. Stores with a unique key (the audit
 //! store's event id) close it themselves.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::state::{StateError, StateStore};
 
-const PENDING: &[u8] = b"pending";
 const DONE: &[u8] = b"done";
 
 /// What a claim found.
@@ -34,6 +44,15 @@ pub enum Claim {
     InProgress,
 }
 
+/// The result of one claim call.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// Identifies this call's claims, for [`IdempotencyGuard::complete_claims`].
+    pub token: String,
+    /// One per id, in order.
+    pub claims: Vec<Claim>,
+}
+
 /// The guard of one worker.
 #[derive(Clone)]
 pub struct IdempotencyGuard {
@@ -41,6 +60,19 @@ pub struct IdempotencyGuard {
     namespace: String,
     lease: Duration,
     ttl: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `p:<ms>:<token>` → (ms, token).
+fn parse_pending(v: &[u8]) -> Option<(u64, &str)> {
+    let s = std::str::from_utf8(v).ok()?.strip_prefix("p:")?;
+    let (ms, token) = s.split_once(':')?;
+    Some((ms.parse().ok()?, token))
 }
 
 impl IdempotencyGuard {
@@ -64,40 +96,88 @@ impl IdempotencyGuard {
             .collect()
     }
 
-    /// Claims every id in one round trip. Ids repeated within the call: the
-    /// first is claimed, the others are duplicates.
+    fn marker(&self, token: &str) -> String {
+        format!("{}~{token}", self.namespace)
+    }
+
+    /// Claims every id in one round trip (more only for ids found pending).
+    /// Ids repeated within the call: the first is claimed, the others are
+    /// duplicates.
     pub async fn claim<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Vec<Claim>, StateError> {
+    ) -> Result<Claims, StateError> {
         let keys = self.keys(ids);
+        let token = format!("{:016x}", rand::random::<u64>());
+        let now = now_ms();
+        let value = format!("p:{now}:{token}");
         let previous = self
             .store
-            .set_nx_get_many(&keys, PENDING, self.lease)
+            .set_nx_get_many(&keys, value.as_bytes(), self.ttl)
             .await?;
-        let mut claims: Vec<Claim> = previous
-            .into_iter()
-            .map(|p| match p.as_deref() {
+        let mut claims = Vec::with_capacity(keys.len());
+        // Pending claims of other calls, resolved below: (index, claimed at, token).
+        let mut pending: Vec<(usize, u64, String)> = Vec::new();
+        for (i, p) in previous.iter().enumerate() {
+            claims.push(match p.as_deref() {
                 None => Claim::Claimed,
                 Some(DONE) => Claim::Duplicate,
-                Some(_) => Claim::InProgress,
-            })
-            .collect();
-        // A later copy of an id claimed in this same call sees our own `pending`.
-        for i in 0..keys.len() {
-            if claims[i] == Claim::InProgress && keys[..i].contains(&keys[i]) {
-                claims[i] = Claim::Duplicate;
+                Some(v) => match parse_pending(v) {
+                    // A repeat of an id claimed earlier in this same call.
+                    Some((_, t)) if t == token => Claim::Duplicate,
+                    Some((ms, t)) => {
+                        pending.push((i, ms, t.to_string()));
+                        Claim::InProgress
+                    }
+                    None => Claim::InProgress,
+                },
+            });
+        }
+        if pending.is_empty() {
+            return Ok(Claims { token, claims });
+        }
+        let mut complete: HashMap<&str, bool> = HashMap::new();
+        for (_, _, t) in &pending {
+            if !complete.contains_key(t.as_str()) {
+                let done = self.store.get(&self.marker(t)).await?.is_some();
+                complete.insert(t, done);
             }
         }
-        Ok(claims)
+        let lease_ms = self.lease.as_millis() as u64;
+        for (i, ms, t) in &pending {
+            if complete[t.as_str()] {
+                claims[*i] = Claim::Duplicate;
+            } else if now.saturating_sub(*ms) >= lease_ms {
+                let expected = previous[*i].as_deref().unwrap_or_default();
+                let taken = self
+                    .store
+                    .compare_and_set(&keys[*i], expected, value.as_bytes(), Some(self.ttl))
+                    .await?;
+                if taken {
+                    claims[*i] = Claim::Claimed;
+                }
+            }
+        }
+        Ok(Claims { token, claims })
     }
 
-    /// Marks ids handled, for the guard's ttl.
+    /// Marks every id of a claim call handled: use when all of the call's
+    /// claimed ids were handled.
+    pub async fn complete_claims(&self, token: &str) -> Result<(), StateError> {
+        self.store
+            .set(&self.marker(token), DONE, Some(self.ttl))
+            .await
+    }
+
+    /// Marks ids handled one by one, for the guard's ttl.
     pub async fn complete<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StateError> {
         let keys = self.keys(ids);
+        if keys.is_empty() {
+            return Ok(());
+        }
         self.store.set_many(&keys, DONE, self.ttl).await
     }
 
@@ -128,26 +208,50 @@ mod tests {
         )
     }
 
+    async fn claim(g: &IdempotencyGuard, ids: &[&str]) -> Vec<Claim> {
+        g.claim(ids.iter().copied()).await.unwrap().claims
+    }
+
     #[tokio::test]
     async fn completed_event_is_a_duplicate_next_time() {
         let g = guard();
         assert_eq!(
-            g.claim(["a", "b"]).await.unwrap(),
+            claim(&g, &["a", "b"]).await,
             vec![Claim::Claimed, Claim::Claimed]
         );
         g.complete(["a"]).await.unwrap();
         g.release(["b"]).await.unwrap();
         assert_eq!(
-            g.claim(["a", "b"]).await.unwrap(),
+            claim(&g, &["a", "b"]).await,
             vec![Claim::Duplicate, Claim::Claimed]
         );
+    }
+
+    #[tokio::test]
+    async fn completing_a_claim_call_completes_all_its_ids() {
+        let g = guard();
+        let first = g.claim(["a", "b", "c"]).await.unwrap();
+        assert_eq!(first.claims, vec![Claim::Claimed; 3]);
+        g.complete_claims(&first.token).await.unwrap();
+        assert_eq!(
+            claim(&g, &["c", "b", "a", "d"]).await,
+            vec![
+                Claim::Duplicate,
+                Claim::Duplicate,
+                Claim::Duplicate,
+                Claim::Claimed
+            ]
+        );
+        // Long after the lease, still duplicates: completion is not a lease.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(claim(&g, &["a"]).await, vec![Claim::Duplicate]);
     }
 
     #[tokio::test]
     async fn repeated_id_in_one_batch_is_claimed_once() {
         let g = guard();
         assert_eq!(
-            g.claim(["x", "x", "y"]).await.unwrap(),
+            claim(&g, &["x", "x", "y"]).await,
             vec![Claim::Claimed, Claim::Duplicate, Claim::Claimed]
         );
     }
@@ -155,9 +259,11 @@ mod tests {
     #[tokio::test]
     async fn abandoned_claim_is_reclaimable_after_the_lease() {
         let g = guard();
-        assert_eq!(g.claim(["z"]).await.unwrap(), vec![Claim::Claimed]);
-        assert_eq!(g.claim(["z"]).await.unwrap(), vec![Claim::InProgress]);
+        assert_eq!(claim(&g, &["z"]).await, vec![Claim::Claimed]);
+        assert_eq!(claim(&g, &["z"]).await, vec![Claim::InProgress]);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(g.claim(["z"]).await.unwrap(), vec![Claim::Claimed]);
+        assert_eq!(claim(&g, &["z"]).await, vec![Claim::Claimed]);
+        // Taken over exactly once.
+        assert_eq!(claim(&g, &["z"]).await, vec![Claim::InProgress]);
     }
 }

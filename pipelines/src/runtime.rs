@@ -28,7 +28,7 @@ use crate::config::{PipelineConfig, RetryConfig};
 use crate::dlq::{self, DeadLetter};
 use crate::event::{decode, is_known_type, DecodeContext};
 use crate::health::{Health, WorkerHealth};
-use crate::idempotency::{Claim, IdempotencyGuard};
+use crate::idempotency::{Claim, Claims, IdempotencyGuard};
 use crate::kafka::sink::Publisher;
 use crate::kafka::source::{self, BatchProcessor, Processed, SourceSettings};
 use crate::kafka::RecordBatch;
@@ -378,20 +378,54 @@ impl Pipeline {
         indices: &[usize],
         events: &[Inbound],
     ) -> Result<(), usize> {
+        let mut held = vec![false; events.len()]; // claims this call holds
+        let result = self
+            .handle_claimed(stop, batch, indices, events, &mut held)
+            .await;
+        if result.is_err() {
+            // Stopped early: give back the claims of events not handled, so the
+            // partition's next owner need not wait out the lease.
+            if let Some(g) = &self.guard {
+                let ids: Vec<&str> = events
+                    .iter()
+                    .zip(&held)
+                    .filter(|(_, h)| **h)
+                    .map(|(e, _)| e.event.event_id.as_str())
+                    .collect();
+                if !ids.is_empty() {
+                    let release = g.release(ids.iter().copied());
+                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), release).await
+                    {
+                        tracing::debug!(worker = self.name(), error = %e, "could not release claims");
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn handle_claimed(
+        &self,
+        stop: &CancellationToken,
+        batch: &RecordBatch,
+        indices: &[usize],
+        events: &[Inbound],
+        held: &mut [bool],
+    ) -> Result<(), usize> {
         let topic = &batch.topic;
         let name = self.name();
         let mut finished = 0usize; // events of the segment finished, in order
-        let mut held = vec![false; events.len()]; // claims this call holds
         let mut failing: Option<Failing> = None;
         let mut start = 0usize;
         let mut subset: Vec<Inbound> = Vec::new();
         while start < events.len() {
             let slice = &events[start..];
             // Claim what is left; our own earlier claims count as ours.
-            let claims = match &self.guard {
-                None => vec![Claim::Claimed; slice.len()],
+            // `fresh[i]`: claimed by this very call (under `token`).
+            let (claims, token, fresh) = match &self.guard {
+                None => (vec![Claim::Claimed; slice.len()], None, Vec::new()),
                 Some(g) => {
-                    let mut claims = self
+                    let Claims { token, mut claims } = self
                         .until_available(stop, "idempotency claim", || async {
                             g.claim(slice.iter().map(|e| e.event.event_id.as_str()))
                                 .await
@@ -399,12 +433,16 @@ impl Pipeline {
                         })
                         .await
                         .map_err(|_| finished)?;
+                    let fresh: Vec<bool> = claims.iter().map(|c| *c == Claim::Claimed).collect();
                     for (i, c) in claims.iter_mut().enumerate() {
                         if *c == Claim::InProgress && held[start + i] {
                             *c = Claim::Claimed;
                         }
+                        if *c == Claim::Claimed {
+                            held[start + i] = true;
+                        }
                     }
-                    claims
+                    (claims, Some(token), fresh)
                 }
             };
             // Stop before the first event someone else is handling: order matters.
@@ -416,7 +454,6 @@ impl Pipeline {
             for (i, claim) in claims[..ready].iter().enumerate() {
                 if *claim == Claim::Claimed {
                     handled_pos.push(start + i);
-                    held[start + i] = true;
                 }
             }
             let duplicates = (ready - handled_pos.len()) as u64;
@@ -439,12 +476,26 @@ impl Pipeline {
                 self.worker.handle_batch(to_handle, &self.ctx).await
             };
             let done_count = outcome.outcomes.len().min(to_handle.len());
-            // Complete the claims of everything handled.
-            if let Some(g) = &self.guard {
-                let ids: Vec<&str> = to_handle[..done_count]
+            // Complete the claims of everything handled: with one marker for
+            // the whole claim call when all of its claims were handled, else id
+            // by id.
+            if let (Some(g), Some(token)) = (&self.guard, &token) {
+                let done_pos = &handled_pos[..done_count];
+                let fresh_total = fresh.iter().filter(|f| **f).count();
+                let fresh_done = done_pos.iter().filter(|&&p| fresh[p - start]).count();
+                let whole_call = fresh_total > 0 && fresh_done == fresh_total;
+                let ids: Vec<&str> = done_pos
                     .iter()
-                    .map(|e| e.event.event_id.as_str())
+                    .filter(|&&p| !(whole_call && fresh[p - start]))
+                    .map(|&p| events[p].event.event_id.as_str())
                     .collect();
+                if whole_call {
+                    self.until_available(stop, "idempotency complete", || async {
+                        g.complete_claims(token).await.map_err(WorkerError::from)
+                    })
+                    .await
+                    .map_err(|_| finished)?;
+                }
                 if !ids.is_empty() {
                     self.until_available(stop, "idempotency complete", || async {
                         g.complete(ids.iter().copied())
@@ -454,7 +505,7 @@ impl Pipeline {
                     .await
                     .map_err(|_| finished)?;
                 }
-                for &p in &handled_pos[..done_count] {
+                for &p in done_pos {
                     held[p] = false;
                 }
             }

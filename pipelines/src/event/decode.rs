@@ -353,12 +353,12 @@ fn dispatch(
     if obj.contains_key("type") && obj.contains_key("dialect") && obj.contains_key("event_id") {
         return decode_canonical(obj);
     }
-    if let Some(v) = obj.remove("eventType") {
+    if let Some(v) = take(&mut obj, "eventType") {
         let raw = event_type(v, "eventType")?;
         let kind = normalize_kind(&raw, None);
         return decode_fields(obj, kind, Dialect::CamelCase, &["payload", "data"]);
     }
-    if let Some(v) = obj.remove("event_type") {
+    if let Some(v) = take(&mut obj, "event_type") {
         let raw = event_type(v, "event_type")?;
         return if raw.contains('.') {
             let kind = normalize_kind(&raw, None);
@@ -379,7 +379,7 @@ fn dispatch(
             decode_fields(obj, kind, Dialect::Standard, &["data", "task_data"])
         };
     }
-    if let Some(v) = obj.remove("operation") {
+    if let Some(v) = take(&mut obj, "operation") {
         let raw = event_type(v, "operation")?;
         let kind = normalize_kind(&raw, Some("task"));
         return decode_fields(obj, kind, Dialect::TaskData, &["task_data", "data"]);
@@ -575,7 +575,7 @@ fn decode_cloudevent(mut ce: Object, topic: &str, depth: u8) -> Result<Draft, De
             ));
         }
     }
-    let (inner, within) = match ce.remove("data_base64") {
+    let (inner, within) = match take(&mut ce, "data_base64") {
         Some(Value::String(s)) => match base64_decode(&s) {
             Some(bytes) => (Some(parse_inner(&bytes, "data_base64")?), "data_base64"),
             None => {
@@ -586,7 +586,7 @@ fn decode_cloudevent(mut ce: Object, topic: &str, depth: u8) -> Result<Draft, De
                 })
             }
         },
-        None | Some(Value::Null) => match ce.remove("data") {
+        None | Some(Value::Null) => match take(&mut ce, "data") {
             Some(Value::Object(obj)) => (Some(obj), "data"),
             Some(Value::String(s)) => (Some(parse_inner(s.as_bytes(), "data")?), "data"),
             None | Some(Value::Null) => (None, "data"),
@@ -669,7 +669,7 @@ fn decode_traced(mut obj: Object, topic: &str, depth: u8) -> Result<Draft, Decod
             keys: format!("{} (wrappers nested too deep)", key_list(&obj, "")),
         });
     }
-    let inner = match obj.remove("event_data") {
+    let inner = match take(&mut obj, "event_data") {
         Some(Value::Object(inner)) => inner,
         _ => {
             return Err(DecodeError::UnrecognizedShape {
@@ -692,8 +692,8 @@ fn decode_traced(mut obj: Object, topic: &str, depth: u8) -> Result<Draft, Decod
 /// Dialect 7: taskstream's own output, so `taskstream decode` output and our
 /// own producers' messages decode back to the same event.
 fn decode_canonical(mut obj: Object) -> Result<Draft, DecodeError> {
-    let raw = event_type(obj.remove("type").unwrap_or(Value::Null), "type")?;
-    let dialect = match obj.remove("dialect") {
+    let raw = event_type(take(&mut obj, "type").unwrap_or(Value::Null), "type")?;
+    let dialect = match take(&mut obj, "dialect") {
         Some(Value::String(s)) => parse_dialect(&s).ok_or_else(|| DecodeError::InvalidField {
             field: "dialect".to_owned(),
             value: snippet(&s),
@@ -938,6 +938,18 @@ fn is_plain_dotted(t: &str) -> bool {
 
 // ---------------------------------------------------------------- fields
 
+/// Removes `key` from a small object. Most lookups are for aliases that are
+/// absent; comparing lengths first over the object's few keys rejects those
+/// far more cheaply than the map's ordered search, which showed up as a third
+/// of all decoding time.
+fn take(map: &mut Object, key: &str) -> Option<Value> {
+    if map.keys().any(|k| k.len() == key.len() && k == key) {
+        map.remove(key)
+    } else {
+        None
+    }
+}
+
 /// Where a field sits, for error messages; formatted only on the error path.
 #[derive(Clone, Copy)]
 struct Loc<'a> {
@@ -991,7 +1003,7 @@ fn fill<T>(
         return Ok(());
     }
     for &key in keys {
-        let Some(v) = map.remove(key) else { continue };
+        let Some(v) = take(map, key) else { continue };
         if is_blank(&v) {
             map.insert(key.to_owned(), v);
             continue;
@@ -1011,7 +1023,7 @@ fn fill_id(
     keys: &[&str],
 ) -> Result<(), DecodeError> {
     for &key in keys {
-        let Some(v) = map.remove(key) else { continue };
+        let Some(v) = take(map, key) else { continue };
         if is_blank(&v) {
             map.insert(key.to_owned(), v);
             continue;
@@ -1045,7 +1057,7 @@ fn take_object(
     strict: bool,
 ) -> Result<Option<(&'static str, Object)>, DecodeError> {
     for &key in keys {
-        match map.remove(key) {
+        match take(map, key) {
             None => {}
             Some(Value::Object(obj)) => return Ok(Some((key, obj))),
             Some(other) => {
@@ -1234,7 +1246,7 @@ fn take_recurrence(map: &mut Object, parent: &str) -> Result<Option<Recurrence>,
         return Ok(None);
     };
     let loc = Loc { parent, key };
-    let (rule, mut timezone) = match map.remove(key) {
+    let (rule, mut timezone) = match take(map, key) {
         Some(Value::String(rule)) => (rule, None),
         Some(Value::Object(mut o)) => {
             let mut rule = None;
@@ -1275,7 +1287,7 @@ fn take_recurrence(map: &mut Object, parent: &str) -> Result<Option<Recurrence>,
         conv_text,
     )?;
     if let Some(key) = flag_key {
-        map.remove(key);
+        take(map, key);
     }
     Ok(Some(Recurrence { rule, timezone }))
 }
@@ -1286,7 +1298,7 @@ fn take_changes(
     parent: &str,
 ) -> Result<BTreeMap<String, FieldChange>, DecodeError> {
     let mut out = BTreeMap::new();
-    let entries = match map.remove("changes") {
+    let entries = match take(map, "changes") {
         None | Some(Value::Null) => return Ok(out),
         Some(Value::Object(entries)) => entries,
         Some(other) => {
@@ -1303,8 +1315,8 @@ fn take_changes(
     for (field, entry) in entries {
         match entry {
             Value::Object(mut e) if e.contains_key("old") || e.contains_key("new") => {
-                let old = e.remove("old").unwrap_or(Value::Null);
-                let new = e.remove("new").unwrap_or(Value::Null);
+                let old = take(&mut e, "old").unwrap_or(Value::Null);
+                let new = take(&mut e, "new").unwrap_or(Value::Null);
                 out.insert(field, FieldChange { old, new });
             }
             other => {

@@ -11,9 +11,14 @@
 //!   the batch is finished; the poll thread commits stored offsets every
 //!   `commit_interval`, on revoke (after draining the revoked lanes) and on
 //!   shutdown. `enable.auto.commit=false`: nothing is committed behind our back.
-//! - Backpressure: when a lane's queue is full its partition is paused, and
-//!   resumed once the queue has room. The poll thread keeps polling, so the
-//!   member stays in its group; nothing is dropped or skipped.
+//! - Backpressure, in two steps. When a lane's queue is full, its batch is
+//!   parked and the poll thread stops polling until the lane has room, so
+//!   librdkafka's own prefetch limits stop fetching (cheap: nothing is thrown
+//!   away). If a lane stays full for longer than [`PAUSE_AFTER`], its partition
+//!   alone is paused and polling resumes for the others; it is resumed once its
+//!   backlog is gone. (Pausing is kept for stuck partitions because librdkafka
+//!   discards a paused partition's prefetched messages and may take up to a
+//!   second to fetch again after a resume.) Nothing is dropped or skipped.
 //! - Assignment is `cooperative-sticky`: a rebalance moves only the partitions
 //!   that must move, and the others keep flowing.
 
@@ -80,10 +85,16 @@ struct Lane {
     tx: mpsc::Sender<RecordBatch>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    /// Batches that did not fit in the queue, in order; the partition is
-    /// paused while this is non-empty.
+    /// Batches that did not fit in the queue, in order.
     pending: VecDeque<RecordBatch>,
+    /// Since when `pending` is non-empty.
+    parked_since: Option<Instant>,
+    /// Whether the partition is paused (it was parked too long).
+    paused: bool,
 }
+
+/// How long a partition may hold up polling before it is paused on its own.
+pub const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
@@ -148,6 +159,8 @@ impl SourceContext {
                     stop,
                     task,
                     pending: VecDeque::new(),
+                    parked_since: None,
+                    paused: false,
                 },
             );
         }
@@ -209,10 +222,10 @@ impl SourceContext {
         }
     }
 
-    /// Hands a batch to its lane, or parks it and pauses the partition when the
-    /// lane is full. Batches of a partition that is no longer ours are dropped:
-    /// their offsets were never stored, so the new owner reads them again.
-    fn dispatch(&self, consumer: &SourceConsumer, batch: RecordBatch) {
+    /// Hands a batch to its lane, or parks it when the lane is full. Batches
+    /// of a partition that is no longer ours are dropped: their offsets were
+    /// never stored, so the new owner reads them again.
+    fn dispatch(&self, batch: RecordBatch) {
         let mut lanes = self.lanes();
         let key = (batch.topic.clone(), batch.partition);
         let Some(lane) = lanes.get_mut(&key) else {
@@ -226,9 +239,7 @@ impl SourceContext {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(batch)) => {
                 lane.pending.push_back(batch);
-                pause(consumer, &key, true, self.worker);
-                let paused = lanes.values().filter(|l| !l.pending.is_empty()).count();
-                metrics::paused_partitions(self.worker, paused);
+                lane.parked_since = Some(Instant::now());
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!(worker = self.worker, topic = %key.0, partition = key.1, "lane closed while assigned");
@@ -236,11 +247,13 @@ impl SourceContext {
         }
     }
 
-    /// Moves parked batches into lanes that have room; resumes partitions whose
-    /// backlog is gone.
-    fn flush_pending(&self, consumer: &SourceConsumer) {
+    /// Moves parked batches into lanes that have room, resumes partitions whose
+    /// backlog is gone and pauses those parked longer than [`PAUSE_AFTER`].
+    /// Returns whether polling must wait: some partition is parked, not paused.
+    fn flush_pending(&self, consumer: &SourceConsumer) -> bool {
         let mut lanes = self.lanes();
         let mut changed = false;
+        let mut hold = false;
         for (key, lane) in lanes.iter_mut() {
             if lane.pending.is_empty() {
                 continue;
@@ -256,18 +269,30 @@ impl SourceContext {
                 }
             }
             if lane.pending.is_empty() {
-                pause(consumer, key, false, self.worker);
-                changed = true;
+                lane.parked_since = None;
+                if lane.paused {
+                    lane.paused = false;
+                    pause(consumer, key, false, self.worker);
+                    changed = true;
+                }
+            } else if !lane.paused {
+                if lane
+                    .parked_since
+                    .is_some_and(|t| t.elapsed() >= PAUSE_AFTER)
+                {
+                    lane.paused = true;
+                    pause(consumer, key, true, self.worker);
+                    changed = true;
+                } else {
+                    hold = true;
+                }
             }
         }
         if changed {
-            let paused = lanes.values().filter(|l| !l.pending.is_empty()).count();
+            let paused = lanes.values().filter(|l| l.paused).count();
             metrics::paused_partitions(self.worker, paused);
         }
-    }
-
-    fn has_pending(&self) -> bool {
-        self.lanes().values().any(|l| !l.pending.is_empty())
+        hold
     }
 }
 
@@ -422,6 +447,10 @@ pub async fn run(
             settings.kafka.auto_offset_reset.as_str(),
         ),
         ("enable.partition.eof", "false"),
+        // librdkafka's default (1 s) idles a partition for a whole second each
+        // time its fetch queue was full, i.e. whenever handling is the
+        // bottleneck; a short backoff keeps a busy consumer fed.
+        ("fetch.queue.backoff.ms", "20"),
     ] {
         cfg.set(k, v);
     }
@@ -488,8 +517,11 @@ fn poll_loop(
     let mut last_commit = Instant::now();
     let per_cycle = max_batch.saturating_mul(8);
     while !shutdown.is_cancelled() {
-        if ctx.has_pending() {
-            ctx.flush_pending(consumer);
+        // Backpressure: while a lane is full (and not yet paused), wait for it
+        // instead of fetching more; a short park keeps the wait responsive.
+        if ctx.flush_pending(consumer) {
+            std::thread::park_timeout(Duration::from_millis(1));
+            continue;
         }
         let mut timeout = Duration::from_millis(100);
         let mut taken = 0;
@@ -524,14 +556,11 @@ fn poll_loop(
                     if records.len() >= max_batch {
                         let records = std::mem::take(records);
                         metrics::consumed(ctx.worker, &key.0, records.len() as u64);
-                        ctx.dispatch(
-                            consumer,
-                            RecordBatch {
-                                topic: key.0,
-                                partition: key.1,
-                                records,
-                            },
-                        );
+                        ctx.dispatch(RecordBatch {
+                            topic: key.0,
+                            partition: key.1,
+                            records,
+                        });
                     }
                 }
             }
@@ -543,14 +572,11 @@ fn poll_loop(
             }
             let records = std::mem::take(records);
             metrics::consumed(ctx.worker, topic, records.len() as u64);
-            ctx.dispatch(
-                consumer,
-                RecordBatch {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    records,
-                },
-            );
+            ctx.dispatch(RecordBatch {
+                topic: topic.clone(),
+                partition: *partition,
+                records,
+            });
         }
         if last_commit.elapsed() >= commit_interval {
             ctx.commit(consumer, CommitMode::Async);

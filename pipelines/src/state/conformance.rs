@@ -14,8 +14,37 @@ pub async fn run_all(store: &dyn StateStore) {
     ttl_expires_keys(store).await;
     set_nx_get_many_claims_each_key_once(store).await;
     set_many_overwrites_with_ttl(store).await;
+    compare_and_set_swaps_only_the_expected_value(store).await;
     incr_by_counts_from_zero(store).await;
     sorted_set_orders_by_score(store).await;
+}
+
+async fn compare_and_set_swaps_only_the_expected_value(s: &dyn StateStore) {
+    assert!(
+        !s.compare_and_set("conf:cas", b"a", b"b", None)
+            .await
+            .unwrap(),
+        "an absent key is not the expected value"
+    );
+    s.set("conf:cas", b"a", None).await.unwrap();
+    assert!(
+        !s.compare_and_set("conf:cas", b"x", b"b", None)
+            .await
+            .unwrap(),
+        "a different value is left alone"
+    );
+    assert_eq!(s.get("conf:cas").await.unwrap(), Some(b"a".to_vec()));
+    assert!(s
+        .compare_and_set("conf:cas", b"a", b"b", Some(Duration::from_millis(200)))
+        .await
+        .unwrap());
+    assert_eq!(s.get("conf:cas").await.unwrap(), Some(b"b".to_vec()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.get("conf:cas").await.unwrap(),
+        None,
+        "the new value carries the new ttl"
+    );
 }
 
 async fn ping_succeeds(s: &dyn StateStore) {

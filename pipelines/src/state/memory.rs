@@ -122,6 +122,26 @@ impl StateStore for MemoryStore {
         }))
     }
 
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
+        let k = self.key(key);
+        Ok(self.with(|m, now| match live(m, &k, now) {
+            Some(e) if matches!(&e.value, Value::Bytes(b) if b.as_slice() == expected) => {
+                *e = Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires_at: ttl.map(|t| now + t),
+                };
+                true
+            }
+            _ => false,
+        }))
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<u64, StateError> {
         Ok(self.with(|m, now| {
             keys.iter()

@@ -53,6 +53,15 @@ pub trait StateStore: Send + Sync + 'static {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StateError>;
+    /// Sets `key` to `value` (with `ttl`) only if it currently holds
+    /// `expected`; true when this call set it. Atomic.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError>;
     /// Removes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> Result<u64, StateError>;
     /// For each key, `SET key value NX PX ttl GET`: sets it when absent and

@@ -15,6 +15,21 @@ use redis::{RedisError, Value};
 use super::{Scored, StateError, StateStore};
 use crate::config::{mask_url, RedisConfig};
 
+/// `compare_and_set`: GET and SET as one atomic step.
+static COMPARE_AND_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  return 1
+end
+return 0",
+    )
+});
+
 /// A Redis-backed store. Cheap to clone (the connection is shared).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -152,6 +167,26 @@ impl StateStore for RedisStore {
         cmd.query_async::<u64>(&mut c)
             .await
             .map_err(|e| classify(&keys[0], e))
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        let ms = ttl.map_or(0, Self::ms);
+        COMPARE_AND_SET
+            .key(self.key(key))
+            .arg(expected)
+            .arg(value)
+            .arg(ms)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| classify(key, e))
     }
 
     async fn set_nx_get_many(
