@@ -465,3 +465,119 @@ async fn cli_queries_report_and_verify_on_files_and_detects_tampering() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------- PostgreSQL tamper evidence and retention
+
+async fn sql(schema: &str, statement: &str) {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path TO {schema}; {statement}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
+    let recs = records();
+    let cases = [
+        // (tampering, what verify must say)
+        ("UPDATE audit_records SET actor_id = 'mallory' WHERE chain_seq = 5", "edited"),
+        ("DELETE FROM audit_records WHERE chain_seq = 7", "deleted"),
+        ("DELETE FROM audit_records WHERE chain_seq = 40", "deleted from the end"),
+        ("UPDATE audit_records SET chain_seq = CASE chain_seq WHEN 3 THEN 4 ELSE 3 END WHERE chain_seq IN (3, 4)", "moved"),
+    ];
+    for (tamper, expected) in cases {
+        let schema = schema();
+        let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+            .await
+            .unwrap();
+        assert_eq!(store.append(&recs).await.unwrap(), 40);
+        let ok = store.verify().await.unwrap();
+        assert_eq!(ok.records_checked, 40);
+        assert!(ok.first_break.is_none(), "{ok:?}");
+        sql(&schema, tamper).await;
+        let report = store.verify().await.unwrap();
+        let b = report
+            .first_break
+            .unwrap_or_else(|| panic!("`{tamper}` went unnoticed"));
+        assert!(b.reason.contains(expected), "`{tamper}`: {b:?}");
+        store.drop_schema().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let recs = records();
+    assert_eq!(store.append(&recs[..20]).await.unwrap(), 20);
+    // A cutoff before this month's start drops nothing.
+    assert_eq!(
+        store
+            .enforce_retention(Utc::now() - chrono::Duration::days(40))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.query(&AuditQuery::default()).await.unwrap().len(), 20);
+    // A cutoff after this month's end drops the month's partition, whole.
+    assert_eq!(
+        store
+            .enforce_retention(Utc::now() + chrono::Duration::days(40))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .query(&AuditQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let report = store.verify().await.unwrap();
+    assert!(
+        report.first_break.is_none(),
+        "an emptied chain still verifies: {report:?}"
+    );
+    // New records continue the chain from where retention left it.
+    assert_eq!(store.append(&recs[20..]).await.unwrap(), 20);
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.records_checked, 20);
+    assert!(report.first_break.is_none(), "{report:?}");
+    store.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let mut recs = records();
+    recs[1].actor_id = Some("nul\u{0}byte".into());
+    match store.append(&recs[..3]).await {
+        Err(taskstream::audit::StoreError::Invalid(reason)) => {
+            assert!(reason.contains("audit records"), "{reason}")
+        }
+        other => panic!("expected Invalid (dead-letter the record), got {other:?}"),
+    }
+    // Nothing of the failed batch was written; the good records still go in.
+    assert!(store
+        .query(&AuditQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .append(&[recs[0].clone(), recs[2].clone()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.verify().await.unwrap().first_break.is_none());
+    store.drop_schema().await.unwrap();
+}

@@ -1,28 +1,30 @@
 -- The audit trail: one row per canonical event, never updated.
+-- Identifiers compare bytewise (COLLATE "C"): cheaper index maintenance than a
+-- linguistic collation, and ids have no linguistic order anyway.
 --
 -- Partitioned by month of received_at (when the store wrote the record), so
 -- retention drops whole partitions and each hash chain loses only its oldest
 -- records. Partitions are created on demand by the writer
 -- (audit_records_YYYYMM).
 CREATE TABLE IF NOT EXISTS audit_records (
-    event_id         text        NOT NULL,
-    event_type       text        NOT NULL,
-    operation        text        NOT NULL,
-    actor_id         text,
-    task_id          text,
-    project_id       text,
+    event_id         text COLLATE "C"        NOT NULL,
+    event_type       text COLLATE "C"        NOT NULL,
+    operation        text COLLATE "C"        NOT NULL,
+    actor_id         text COLLATE "C",
+    task_id          text COLLATE "C",
+    project_id       text COLLATE "C",
     occurred_at      timestamptz NOT NULL,
     received_at      timestamptz NOT NULL,
     changes          jsonb,
     details          jsonb,
-    source_topic     text        NOT NULL,
+    source_topic     text COLLATE "C"        NOT NULL,
     source_partition integer     NOT NULL,
     source_offset    bigint      NOT NULL,
-    dialect          text        NOT NULL,
+    dialect          text COLLATE "C"        NOT NULL,
     ip_address       text,
     user_agent       text,
     -- Tamper evidence: one SHA-256 chain per source (topic/partition).
-    chain            text        NOT NULL,
+    chain            text COLLATE "C"        NOT NULL,
     chain_seq        bigint      NOT NULL,
     prev_hash        text        NOT NULL,
     hash             text        NOT NULL,
@@ -38,14 +40,14 @@ CREATE INDEX IF NOT EXISTS audit_records_occurred_idx ON audit_records (occurred
 
 -- The last record of each chain, so a deleted last row is detected.
 CREATE TABLE IF NOT EXISTS audit_chain_heads (
-    chain text   PRIMARY KEY,
+    chain text COLLATE "C" PRIMARY KEY,
     seq   bigint NOT NULL,
     hash  text   NOT NULL
 );
 
 -- Where each chain starts after retention dropped its oldest records.
 CREATE TABLE IF NOT EXISTS audit_chain_anchors (
-    chain     text   PRIMARY KEY,
+    chain     text COLLATE "C" PRIMARY KEY,
     seq       bigint NOT NULL,
     prev_hash text   NOT NULL
 );
