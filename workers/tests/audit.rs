@@ -581,3 +581,148 @@ async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage()
     assert!(store.verify().await.unwrap().first_break.is_none());
     store.drop_schema().await.unwrap();
 }
+
+// ---------------------------------------------------------------- store outage
+
+/// A TCP proxy to the real PostgreSQL that can refuse connections ("down").
+struct PgProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PgProxy {
+    async fn start() -> PgProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        PgProxy { port, up }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/test", self.port)
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_pauses_the_worker_and_nothing_is_lost() {
+    let mock = MockKafka::start(1).unwrap();
+    mock.create_topic("task-events", 3).unwrap();
+    let bootstrap = mock.bootstrap_servers().to_string();
+    let redis = RedisServer::start().unwrap();
+    let proxy = PgProxy::start().await;
+    let schema = schema();
+    let group = unique("audit-outage");
+    let logs = std::env::temp_dir().join(unique("audit-outage-logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("run.log");
+    let port = free_port().unwrap();
+
+    // Start with the database unreachable.
+    let p = Process(
+        taskstream()
+            .args(["run", "audit"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_URL", proxy.url())
+            .env("TASKSTREAM_AUDIT__STORE", "postgres")
+            .env("TASKSTREAM_AUDIT__SCHEMA", &schema)
+            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", &group)
+            .env("TASKSTREAM_RETRY__MAX_BACKOFF", "500ms")
+            .env("TASKSTREAM_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("TASKSTREAM_WORKERS__AUDIT__TOPICS", "[\"task-events\"]")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let producer = TestProducer::new(&bootstrap).unwrap();
+    for i in 0..60 {
+        let (key, payload) = pipelines::bench::sample_event(i);
+        producer
+            .send("task-events", key.as_bytes(), payload.as_bytes())
+            .unwrap();
+    }
+    producer.flush().unwrap();
+
+    // While it is down: not ready, nothing handled, nothing committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(
+        port,
+        "taskstream_audit_store_errors_total",
+        "kind=\"unavailable\"",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no store error seen; log: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(port, "/readyz") != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready while the audit store is down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(scrape(port, "taskstream_messages_handled_total", "outcome=\"ok\"") <= 0.0);
+    assert!(
+        scrape(port, "taskstream_dead_letters_total", "") <= 0.0,
+        "an outage dead-letters nothing"
+    );
+
+    // Back up: everything is written, once.
+    proxy.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let rows = wait_rows(&store, 60, Duration::from_secs(60)).await;
+    assert_eq!(
+        rows.len(),
+        60,
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(port, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "ready again once the store is back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+    assert_eq!(committed_offsets_for(&bootstrap, &group), 60);
+    assert_eq!(store.query(&AuditQuery::default()).await.unwrap().len(), 60);
+    store.drop_schema().await.unwrap();
+}
