@@ -481,6 +481,11 @@ impl Pipeline {
             // by id.
             if let (Some(g), Some(token)) = (&self.guard, &token) {
                 let done_pos = &handled_pos[..done_count];
+                // Their side effects happened: never give these claims back,
+                // even if completing them is interrupted.
+                for &p in done_pos {
+                    held[p] = false;
+                }
                 let fresh_total = fresh.iter().filter(|f| **f).count();
                 let fresh_done = done_pos.iter().filter(|&&p| fresh[p - start]).count();
                 let whole_call = fresh_total > 0 && fresh_done == fresh_total;
@@ -504,9 +509,6 @@ impl Pipeline {
                     })
                     .await
                     .map_err(|_| finished)?;
-                }
-                for &p in done_pos {
-                    held[p] = false;
                 }
             }
             let ok = outcome.outcomes[..done_count]
