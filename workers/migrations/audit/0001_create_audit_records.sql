@@ -15,8 +15,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
     project_id       text COLLATE "C",
     occurred_at      timestamptz NOT NULL,
     received_at      timestamptz NOT NULL,
-    changes          jsonb,
-    details          jsonb,
+    changes          json,   -- json, not jsonb: stored as written, cheaper to write; nothing queries inside it
+    details          json,
     source_topic     text COLLATE "C"        NOT NULL,
     source_partition integer     NOT NULL,
     source_offset    bigint      NOT NULL,
