@@ -943,6 +943,9 @@ fn is_plain_dotted(t: &str) -> bool {
 /// far more cheaply than the map's ordered search, which showed up as a third
 /// of all decoding time.
 fn take(map: &mut Object, key: &str) -> Option<Value> {
+    if map.is_empty() {
+        return None;
+    }
     if map.keys().any(|k| k.len() == key.len() && k == key) {
         map.remove(key)
     } else {
