@@ -29,7 +29,9 @@ pub async fn run(
         "audit" => {
             let url = database_url
                 .or_else(|| std::env::var("DATABASE_URL").ok())
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+                .unwrap_or_else(|| {
+                    "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into()
+                });
             let schema = pipelines::testing::unique("bench_audit").replace('-', "_");
             let store = PgStore::connect_with_schema(&url, config.audit.pool_size, &schema)
                 .await

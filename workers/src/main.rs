@@ -56,7 +56,8 @@ enum Command {
         #[arg(long)]
         redis_url: Option<String>,
         /// PostgreSQL for `--worker audit` (default: DATABASE_URL, then the
-        /// local server postgres://postgres@127.0.0.1:5432/test).
+        /// local server postgres://postgres@127.0.0.1:5432/test?sslmode=disable,
+        /// as TLS on loopback would only measure the encryption).
         #[arg(long)]
         database_url: Option<String>,
     },

@@ -726,3 +726,45 @@ async fn postgres_outage_pauses_the_worker_and_nothing_is_lost() {
     assert_eq!(store.query(&AuditQuery::default()).await.unwrap().len(), 60);
     store.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_tls_when_the_url_asks_for_it() {
+    let (plain, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ssl_on: String = plain.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let app = unique("tls_check").replace('-', "_");
+    let sep = if database_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!(
+        "{}{sep}sslmode=require&application_name={app}",
+        database_url()
+    );
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&url, 1, &schema).await;
+    if ssl_on == "on" {
+        let store = store.expect("sslmode=require connects to a server with TLS on");
+        let encrypted: bool = plain
+            .query_one(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "the store's connection is encrypted");
+        store.drop_schema().await.unwrap();
+    } else {
+        let err = store
+            .err()
+            .expect("sslmode=require must not fall back to plain text");
+        assert!(
+            err.to_string().contains("TLS") || err.to_string().contains("SSL"),
+            "{err}"
+        );
+    }
+}

@@ -15,6 +15,9 @@
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
 //!   canonical JSON; `verify` recomputes every chain.
 //!
+//! Connections use TLS as the URL's `sslmode` says (`prefer` by default), like
+//! libpq: encrypted, the server certificate not verified.
+//!
 //! The store sets `received_at` to the moment it writes (microseconds, as
 //! PostgreSQL keeps them), and truncates `occurred_at` to microseconds, so the
 //! hash covers exactly what is stored.
@@ -29,7 +32,7 @@ use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, TimeZone, Utc};
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use super::record::{AuditRecord, Change, RecordSource};
 use super::store::{
@@ -83,6 +86,9 @@ pub struct PgStore {
     partitions: StdMutex<HashSet<(i32, u32)>>,
     /// Set once the migrations have been applied.
     migrated: tokio::sync::OnceCell<()>,
+    /// TLS as the URL's `sslmode` asks (`prefer` by default: TLS when the
+    /// server offers it), verified against the system's CA certificates.
+    tls: postgres_openssl::MakeTlsConnector,
 }
 
 /// Maps a driver error: data errors are the record's fault (`Invalid`);
@@ -179,6 +185,24 @@ fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     })
 }
 
+/// TLS as libpq does it for `sslmode=prefer` (the default: TLS when the server
+/// offers it) and `require` (TLS or fail): encrypted, the server certificate
+/// not verified. tokio-postgres knows no `verify-ca`/`verify-full`.
+fn tls_connector() -> Result<postgres_openssl::MakeTlsConnector, StoreError> {
+    let fail = |e: openssl::error::ErrorStack| {
+        StoreError::Invalid(format!("cannot set up TLS for PostgreSQL: {e}"))
+    };
+    let mut builder =
+        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).map_err(fail)?;
+    builder.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let mut connector = postgres_openssl::MakeTlsConnector::new(builder.build());
+    connector.set_callback(|config, _| {
+        config.set_verify_hostname(false);
+        Ok(())
+    });
+    Ok(connector)
+}
+
 fn chain_of(r: &AuditRecord) -> String {
     format!("{}/{}", r.source.topic, r.source.partition)
 }
@@ -221,6 +245,7 @@ impl PgStore {
             next: AtomicUsize::new(0),
             partitions: StdMutex::new(HashSet::new()),
             migrated: tokio::sync::OnceCell::new(),
+            tls: tls_connector()?,
         })
     }
 
@@ -231,7 +256,7 @@ impl PgStore {
     async fn connect_client(&self) -> Result<Client, StoreError> {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| pg_err("connecting to PostgreSQL", e))?;
         tokio::spawn(async move {
