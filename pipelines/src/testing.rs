@@ -16,6 +16,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 /// A `redis-server` child process on a free loopback port, killed on drop.
 pub struct RedisServer {
     port: u16,
+    /// With [`RedisServer::start_tls`]: the TLS port (the plain one stays open).
+    tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -56,6 +58,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
         let mut server = RedisServer {
             port: free_port()?,
+            tls_port: None,
             dir,
             child: None,
         };
@@ -63,8 +66,64 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// Like [`RedisServer::start`], also listening with TLS (a self-signed
+    /// certificate made with the `openssl` command) on [`RedisServer::tls_url`].
+    pub fn start_tls() -> Result<Self, HarnessError> {
+        let dir = std::env::temp_dir().join(unique("taskstream-redis-tls"));
+        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| {
+                HarnessError(format!(
+                    "cannot run openssl ({e}); install it with `apt-get install openssl`"
+                ))
+            })?;
+        if !status.success() {
+            return Err(HarnessError(
+                "openssl could not make a test certificate".into(),
+            ));
+        }
+        let mut server = RedisServer {
+            port: free_port()?,
+            tls_port: Some(free_port()?),
+            dir,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `rediss://` URL of the TLS port; the certificate is self-signed, so the
+    /// client is told not to verify it (`#insecure`).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|p| format!("rediss://127.0.0.1:{p}/#insecure"))
+    }
+
     fn spawn(&mut self) -> Result<(), HarnessError> {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(tls_port) = self.tls_port {
+            command
+                .args(["--tls-port", &tls_port.to_string()])
+                .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+                .args(["--tls-ca-cert-file", "cert.pem", "--tls-auth-clients", "no"])
+                .current_dir(&self.dir);
+        }
+        let child = command
             .args([
                 "--port",
                 &self.port.to_string(),

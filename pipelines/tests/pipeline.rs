@@ -382,6 +382,18 @@ async fn redis_store_passes_the_conformance_suite() {
     pipelines::state::conformance::run_all(&store).await;
 }
 
+#[tokio::test]
+async fn redis_store_over_tls_passes_the_conformance_suite() {
+    let redis = RedisServer::start_tls().unwrap();
+    let cfg = pipelines::config::RedisConfig {
+        url: redis.tls_url().unwrap(),
+        key_prefix: "{tls}:".into(),
+        ..Default::default()
+    };
+    let store = pipelines::state::RedisStore::connect(&cfg).await.unwrap();
+    pipelines::state::conformance::run_all(&store).await;
+}
+
 #[test]
 fn sasl_ssl_scram_configuration_is_accepted_by_the_kafka_client() {
     let mut kafka = pipelines::config::KafkaConfig {
