@@ -309,7 +309,9 @@ impl FileStore {
             seq: 1,
             hash: GENESIS.into(),
         });
+        let start = expect.clone();
         let mut checked = 0u64;
+        let mut hash_at_head: Option<String> = None;
         let mut first_break: Option<ChainBreak> = None;
         let mut last_location = String::from("(empty trail)");
         let files = day_files(dir)?;
@@ -328,6 +330,9 @@ impl FileStore {
                         Some("hash does not match the record's content: the record was edited".into())
                     }
                     Ok(raw) => {
+                        if head.as_ref().is_some_and(|h| h.seq == raw.seq) {
+                            hash_at_head = Some(raw.hash.clone());
+                        }
                         checked += 1;
                         last_location = location(path, n);
                         expect = ChainPoint {
@@ -363,6 +368,15 @@ impl FileStore {
                             "the trail ends at record {} but {HEAD} says {} records were written: records were deleted from the end",
                             expect.seq - 1,
                             head.seq
+                        ),
+                    });
+                } else if head.seq + 1 == start.seq && head.hash != start.hash
+                    || head.seq >= start.seq && hash_at_head.as_deref() != Some(head.hash.as_str())
+                {
+                    first_break = Some(ChainBreak {
+                        location: format!("record {}", head.seq),
+                        reason: format!(
+                            "the record {HEAD} points at has a different hash: the trail was rewritten from there on"
                         ),
                     });
                 }
@@ -609,6 +623,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rewritten_tail_with_recomputed_hashes_is_detected_by_the_head() {
+        let (store, file) = store_with(6).await;
+        // Rewrite the last record and recompute its hash, as a forger would.
+        edit_lines(&file, |l| {
+            let last = l.pop().unwrap();
+            let raw: serde_json::Value = serde_json::from_str(&last).unwrap();
+            let mut record = raw["record"].clone();
+            record["actor_id"] = "mallory".into();
+            let json = serde_json::to_string(&record).unwrap();
+            let (seq, prev) = (
+                raw["seq"].as_u64().unwrap(),
+                raw["prev_hash"].as_str().unwrap(),
+            );
+            let hash = chain_hash(seq, prev, json.as_bytes());
+            l.push(format!(
+                "{{\"seq\":{seq},\"prev_hash\":\"{prev}\",\"hash\":\"{hash}\",\"record\":{json}}}"
+            ));
+        });
+        let b = first_break(&store).await;
+        assert!(b.reason.contains("rewritten"), "{b:?}");
+    }
+
+    #[tokio::test]
     async fn reordered_lines_are_detected() {
         let (store, file) = store_with(10).await;
         edit_lines(&file, |l| l.swap(2, 3));
@@ -652,5 +689,18 @@ mod tests {
             left.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
             ["e20", "e21"]
         );
+        // Every day gone: an empty trail that still verifies, then continues.
+        assert_eq!(
+            store
+                .enforce_retention(Utc::now() + chrono::Duration::days(2))
+                .await
+                .unwrap(),
+            1
+        );
+        let report = store.verify().await.unwrap();
+        assert_eq!(report.records_checked, 0);
+        assert!(report.first_break.is_none(), "{report:?}");
+        assert_eq!(store.append(&[rec(30)]).await.unwrap(), 1);
+        assert!(store.verify().await.unwrap().first_break.is_none());
     }
 }
