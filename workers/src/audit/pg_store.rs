@@ -29,7 +29,7 @@ use std::sync::Mutex as StdMutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, TimeZone, Utc};
-use tokio::sync::Mutex;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{Client, Row};
@@ -72,6 +72,11 @@ const COPY_TYPES: [Type; 20] = [
     Type::TEXT,
     Type::TEXT,
 ];
+
+/// Locks chains for this transaction: `$1` = [`LOCK_SPACE`], `$2` = keys from
+/// `chain_lock_keys`, taken in key order so writers never deadlock.
+const LOCK_CHAINS: &str =
+    "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k ORDER BY k";
 
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
@@ -267,8 +272,8 @@ impl PgStore {
         Ok(client)
     }
 
-    /// A pooled connection, (re)connected if needed.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+    /// A pooled connection, (re)connected if it is new or was closed.
+    async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, StoreError> {
         let n = self.pool.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Prefer an idle connection; otherwise queue on one.
@@ -283,10 +288,19 @@ impl PgStore {
             Some(g) => g,
             None => self.pool[start % n].lock().await,
         };
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect_client().await?);
-        }
-        Ok(guard)
+        let client = match guard.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect_client().await?,
+        };
+        Ok(MutexGuard::map(guard, |slot| slot.insert(client)))
+    }
+
+    /// Advisory-lock keys of `chains`, for [`LOCK_CHAINS`].
+    fn chain_lock_keys(&self, chains: &[String]) -> Vec<i32> {
+        chains
+            .iter()
+            .map(|c| lock_key(&format!("{}:chain:{c}", self.schema)))
+            .collect()
     }
 
     /// Connects and migrates, once.
@@ -299,8 +313,7 @@ impl PgStore {
 
     /// Applies the migrations not yet applied, one transaction each.
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().expect("connected");
+        let mut client = self.client().await?;
         let e = |what: &'static str| move |e| pg_err(what, e);
         client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
@@ -370,8 +383,7 @@ impl PgStore {
 
     /// Drops the schema and everything in it (tests and benchmarks).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected");
+        let client = self.client().await?;
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .await
@@ -432,19 +444,13 @@ impl PgStore {
         let mut chains: Vec<String> = records.iter().map(chain_of).collect();
         chains.sort();
         chains.dedup();
-        let keys: Vec<i32> = chains
-            .iter()
-            .map(|c| lock_key(&format!("{}:chain:{c}", self.schema)))
-            .collect();
+        let keys = self.chain_lock_keys(&chains);
         let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
         let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
         let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
         let chain_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&chains];
         let (_, existing, heads) = futures::try_join!(
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k ORDER BY k",
-                &lock_params,
-            ),
+            tx.execute(LOCK_CHAINS, &lock_params),
             tx.query(
                 "SELECT event_id FROM audit_records WHERE event_id = ANY($1)",
                 &id_params
@@ -553,13 +559,9 @@ impl AuditStore for PgStore {
             return Ok(0);
         }
         self.ready().await?;
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().expect("connected");
-        let result = self.append_on(client, records).await;
-        if result.is_err() && client.is_closed() {
-            *guard = None;
-        }
-        result
+        // A connection that broke is replaced by the next `client()`.
+        let mut client = self.client().await?;
+        self.append_on(&mut client, records).await
     }
 
     async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
@@ -605,10 +607,8 @@ impl AuditStore for PgStore {
             .iter()
             .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let guard = self.client().await?;
-        let rows = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.client().await?;
+        let rows = client
             .query(sql.as_str(), &refs)
             .await
             .map_err(|e| pg_err("querying audit records", e))?;
@@ -621,10 +621,8 @@ impl AuditStore for PgStore {
         to: DateTime<Utc>,
     ) -> Result<Vec<ActivityRow>, StoreError> {
         self.ready().await?;
-        let guard = self.client().await?;
-        let rows = guard
-            .as_ref()
-            .expect("connected")
+        let client = self.client().await?;
+        let rows = client
             .query(
                 "SELECT coalesce(actor_id, '(unknown)') AS user_id, event_type, count(*)
                  FROM audit_records WHERE occurred_at >= $1 AND occurred_at < $2
@@ -645,8 +643,7 @@ impl AuditStore for PgStore {
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.ready().await?;
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected");
+        let client = self.client().await?;
         let e = |what: &'static str| move |e| pg_err(what, e);
         let heads: BTreeMap<String, (i64, String)> = client
             .query("SELECT chain, seq, hash FROM audit_chain_heads", &[])
@@ -739,8 +736,7 @@ impl AuditStore for PgStore {
 
     async fn enforce_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.ready().await?;
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().expect("connected");
+        let mut client = self.client().await?;
         let e = |what: &'static str| move |e| pg_err(what, e);
         let names: Vec<String> = client
             .query(
@@ -791,17 +787,10 @@ impl AuditStore for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut keys: Vec<i32> = chains
-            .iter()
-            .map(|c| lock_key(&format!("{}:chain:{c}", self.schema)))
-            .collect();
-        keys.sort();
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k ORDER BY k",
-            &[&LOCK_SPACE, &keys],
-        )
-        .await
-        .map_err(e("locking chains for retention"))?;
+        let keys = self.chain_lock_keys(&chains);
+        tx.execute(LOCK_CHAINS, &[&LOCK_SPACE, &keys])
+            .await
+            .map_err(e("locking chains for retention"))?;
         for name in &old {
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await
