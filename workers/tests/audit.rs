@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,9 @@ use taskstream::audit::file_store::FileStore;
 use taskstream::audit::pg_store::PgStore;
 use taskstream::audit::{AuditQuery, AuditRecord, AuditStore};
 
+mod common;
+use common::taskstream;
+
 fn database_url() -> String {
     std::env::var("TASKSTREAM_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -26,20 +29,6 @@ fn database_url() -> String {
 
 fn schema() -> String {
     unique("audit_test").replace('-', "_")
-}
-
-fn taskstream() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_taskstream"));
-    for var in [
-        "TASKSTREAM_CONFIG",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "REDIS_URL",
-        "DATABASE_URL",
-        "TASKSTREAM_METRICS_ADDR",
-    ] {
-        c.env_remove(var);
-    }
-    c
 }
 
 fn inbound(payload: &str, offset: i64) -> Inbound {
@@ -164,6 +153,7 @@ fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
 fn run_audit(
     bootstrap: &str,
     redis: &str,
+    database_url: &str,
     schema: &str,
     group: &str,
     log: &Path,
@@ -175,10 +165,12 @@ fn run_audit(
             .args(["run", "audit"])
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("REDIS_URL", redis)
-            .env("DATABASE_URL", database_url())
+            .env("DATABASE_URL", database_url)
             .env("TASKSTREAM_AUDIT__STORE", "postgres")
             .env("TASKSTREAM_AUDIT__SCHEMA", schema)
             .env("TASKSTREAM_KAFKA__GROUP_PREFIX", group)
+            // An unreachable store is retried at least every half second.
+            .env("TASKSTREAM_RETRY__MAX_BACKOFF", "500ms")
             // Nothing is committed until shutdown: a kill is a crash before commit.
             .env("TASKSTREAM_KAFKA__COMMIT_INTERVAL", "1h")
             // The killed member holds its partitions until its session expires.
@@ -232,6 +224,7 @@ async fn every_event_becomes_one_row_across_crash_redelivery_and_sigterm() {
     let p = run_audit(
         &bootstrap,
         &redis.url(),
+        &database_url(),
         &schema,
         &group,
         &logs.join("1.log"),
@@ -255,6 +248,7 @@ async fn every_event_becomes_one_row_across_crash_redelivery_and_sigterm() {
     let p = run_audit(
         &bootstrap,
         &redis.url(),
+        &database_url(),
         &schema,
         &group,
         &logs.join("2.log"),
@@ -645,22 +639,14 @@ async fn postgres_outage_pauses_the_worker_and_nothing_is_lost() {
     let port = free_port().unwrap();
 
     // Start with the database unreachable.
-    let p = Process(
-        taskstream()
-            .args(["run", "audit"])
-            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-            .env("REDIS_URL", redis.url())
-            .env("DATABASE_URL", proxy.url())
-            .env("TASKSTREAM_AUDIT__STORE", "postgres")
-            .env("TASKSTREAM_AUDIT__SCHEMA", &schema)
-            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", &group)
-            .env("TASKSTREAM_RETRY__MAX_BACKOFF", "500ms")
-            .env("TASKSTREAM_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("TASKSTREAM_WORKERS__AUDIT__TOPICS", "[\"task-events\"]")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+    let p = run_audit(
+        &bootstrap,
+        &redis.url(),
+        &proxy.url(),
+        &schema,
+        &group,
+        &log,
+        port,
     );
     let producer = TestProducer::new(&bootstrap).unwrap();
     for i in 0..60 {

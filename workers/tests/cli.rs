@@ -1,25 +1,11 @@
 //! The `taskstream` binary's contract: decode, config check, dev-kafka.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-fn taskstream() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_taskstream"));
-    // Tests must not pick up the developer's environment.
-    for var in [
-        "TASKSTREAM_CONFIG",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "REDIS_URL",
-        "SMTP_URL",
-        "DATABASE_URL",
-        "TASKSTREAM_METRICS_ADDR",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
+mod common;
+use common::taskstream;
 
 fn decode(lines: &str, topic: &str) -> Vec<serde_json::Value> {
     let mut child = taskstream()
