@@ -89,16 +89,7 @@ impl Config {
         if a.store != "postgres" && a.dir.trim().is_empty() {
             return Err(ConfigError::invalid("audit.dir", "", "a directory path"));
         }
-        let schema_ok = a
-            .schema
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && a.schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && a.schema.len() <= 63;
-        if !schema_ok {
+        if !crate::audit::pg_store::is_plain_identifier(&a.schema) {
             return Err(ConfigError::invalid(
                 "audit.schema",
                 &a.schema,

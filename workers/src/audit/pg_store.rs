@@ -111,16 +111,20 @@ fn pg_err(what: &str, e: tokio_postgres::Error) -> StoreError {
 }
 
 /// Validates an identifier we interpolate into SQL.
-fn check_schema(schema: &str) -> Result<(), StoreError> {
-    let ok = schema
-        .chars()
+/// Whether `name` is a plain lower-case SQL identifier (what `audit.schema`
+/// accepts; it is interpolated into SQL).
+pub fn is_plain_identifier(name: &str) -> bool {
+    name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && schema
+        && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && schema.len() <= 63;
-    if ok {
+        && name.len() <= 63
+}
+
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    if is_plain_identifier(schema) {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(
@@ -213,11 +217,6 @@ fn chain_of(r: &AuditRecord) -> String {
 }
 
 impl PgStore {
-    /// A store on `url` in schema `public`, connected and migrated.
-    pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
-        Self::connect_with_schema(url, pool_size, "public").await
-    }
-
     /// A store in `schema` (created if missing), connected and migrated.
     pub async fn connect_with_schema(
         url: &str,
@@ -252,10 +251,6 @@ impl PgStore {
             migrated: tokio::sync::OnceCell::new(),
             tls: tls_connector()?,
         })
-    }
-
-    pub fn schema(&self) -> &str {
-        &self.schema
     }
 
     async fn connect_client(&self) -> Result<Client, StoreError> {
