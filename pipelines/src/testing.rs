@@ -54,6 +54,16 @@ pub fn unique(name: &str) -> String {
 impl RedisServer {
     /// Starts a server with persistence off and waits until it answers.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::launch(false)
+    }
+
+    /// Like [`RedisServer::start`], also listening with TLS (a self-signed
+    /// certificate made with the `openssl` command) on [`RedisServer::tls_url`].
+    pub fn start_tls() -> Result<Self, HarnessError> {
+        Self::launch(true)
+    }
+
+    fn launch(tls: bool) -> Result<Self, HarnessError> {
         let dir = std::env::temp_dir().join(unique("taskstream-redis"));
         std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
         let mut server = RedisServer {
@@ -62,15 +72,16 @@ impl RedisServer {
             dir,
             child: None,
         };
+        if tls {
+            server.make_certificate()?;
+            server.tls_port = Some(free_port()?);
+        }
         server.spawn()?;
         Ok(server)
     }
 
-    /// Like [`RedisServer::start`], also listening with TLS (a self-signed
-    /// certificate made with the `openssl` command) on [`RedisServer::tls_url`].
-    pub fn start_tls() -> Result<Self, HarnessError> {
-        let dir = std::env::temp_dir().join(unique("taskstream-redis-tls"));
-        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
+    /// A self-signed `cert.pem`/`key.pem` in the server's directory.
+    fn make_certificate(&self) -> Result<(), HarnessError> {
         let status = Command::new("openssl")
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -83,7 +94,7 @@ impl RedisServer {
                 "-out",
                 "cert.pem",
             ])
-            .current_dir(&dir)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -97,14 +108,7 @@ impl RedisServer {
                 "openssl could not make a test certificate".into(),
             ));
         }
-        let mut server = RedisServer {
-            port: free_port()?,
-            tls_port: Some(free_port()?),
-            dir,
-            child: None,
-        };
-        server.spawn()?;
-        Ok(server)
+        Ok(())
     }
 
     /// `rediss://` URL of the TLS port; the certificate is self-signed, so the
