@@ -146,11 +146,24 @@ impl Worker for Measured {
             .record(events[..n].iter().map(|e| e.source.timestamp_ms));
         out
     }
-    async fn tick(&self, ctx: &Ctx) -> Result<Option<Duration>, WorkerError> {
-        self.inner.tick(ctx).await
+    fn timer_scope(&self) -> crate::TimerScope {
+        self.inner.timer_scope()
     }
-    fn has_timer(&self) -> bool {
-        self.inner.has_timer()
+    async fn tick(
+        &self,
+        timer: &crate::Timer,
+        ctx: &Ctx,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, WorkerError> {
+        self.inner.tick(timer, ctx).await
+    }
+    async fn on_assigned(&self, topic: &str, partition: i32, ctx: &Ctx) -> Result<(), WorkerError> {
+        self.inner.on_assigned(topic, partition, ctx).await
+    }
+    async fn on_revoked(&self, topic: &str, partition: i32, ctx: &Ctx) {
+        self.inner.on_revoked(topic, partition, ctx).await
+    }
+    async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
+        self.inner.check_dependencies().await
     }
     fn uses_idempotency_guard(&self) -> bool {
         self.inner.uses_idempotency_guard()

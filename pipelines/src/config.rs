@@ -162,6 +162,11 @@ pub struct PipelineTuning {
     /// Longest wait for in-flight work on shutdown or revoke.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The lease of a leader-scoped timer: a killed leader is replaced within
+    /// about this plus a third of it; a leader that cannot renew stops its
+    /// timed work after two thirds of it.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
 }
 
 impl Default for PipelineTuning {
@@ -174,6 +179,7 @@ impl Default for PipelineTuning {
             idempotency_lease: Duration::from_secs(30),
             dlq_suffix: ".dlq".into(),
             drain_timeout: Duration::from_secs(30),
+            leader_lease: Duration::from_secs(6),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! `/metrics` (Prometheus), `/healthz` (the process is alive), `/readyz` (every
 //! worker can do its job: Kafka reachable, Redis reachable, partitions assigned).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -12,45 +13,73 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// What one worker reports about itself.
+/// What one worker reports about itself: one readiness signal per
+/// dependency, each with exactly one writer (Kafka: the consumer's statistics;
+/// the state store: the pipeline's probe; the worker's own dependencies: the
+/// same probe, through [`crate::Worker::check_dependencies`]). A failure seen
+/// while handling does not flip a signal; it [`WorkerHealth::nudge`]s the
+/// probe to check now, so a signal stays down for the whole of an outage
+/// instead of flapping with every retry.
 #[derive(Debug)]
 pub struct WorkerHealth {
     pub name: &'static str,
-    kafka_up: AtomicBool,
-    store_up: AtomicBool,
+    /// Dependency → `None` when up, `Some(reason)` when down.
+    deps: Mutex<BTreeMap<&'static str, Option<String>>>,
     assigned: AtomicUsize,
+    nudge: Notify,
 }
+
+/// The Kafka signal's name.
+pub const KAFKA: &str = "kafka";
+/// The state store's signal name.
+pub const STATE_STORE: &str = "redis";
 
 impl WorkerHealth {
     pub fn new(name: &'static str) -> Arc<Self> {
+        let deps = BTreeMap::from([
+            (KAFKA, Some("not connected yet".to_string())),
+            (STATE_STORE, Some("not checked yet".to_string())),
+        ]);
         Arc::new(WorkerHealth {
             name,
-            kafka_up: AtomicBool::new(false),
-            store_up: AtomicBool::new(false),
+            deps: Mutex::new(deps),
             assigned: AtomicUsize::new(0),
+            nudge: Notify::new(),
         })
     }
 
-    pub fn set_kafka_up(&self, up: bool) {
-        self.kafka_up.store(up, Ordering::Relaxed);
+    fn deps(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Option<String>>> {
+        self.deps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets one dependency's signal. Call it from that signal's one writer.
+    pub fn set_dependency(&self, dependency: &'static str, state: Result<(), String>) {
+        let down = state.err();
+        let previous = self.deps().insert(dependency, down.clone());
+        let was_down = previous.flatten().is_some();
+        match (&down, was_down) {
+            (Some(reason), false) => {
+                tracing::warn!(worker = self.name, dependency, %reason, "dependency down: not ready")
+            }
+            (None, true) => tracing::info!(worker = self.name, dependency, "dependency back"),
+            _ => {}
+        }
+        crate::metrics::dependency_up(self.name, dependency, down.is_none());
         self.publish();
     }
 
-    /// Redis (and any store the worker writes to) reachable.
-    pub fn set_store_up(&self, up: bool) {
-        if self.store_up.swap(up, Ordering::Relaxed) != up {
+    pub fn set_kafka_up(&self, up: bool) {
+        self.set_dependency(
+            KAFKA,
             if up {
-                tracing::info!(worker = self.name, "state store reachable again");
+                Ok(())
             } else {
-                tracing::warn!(
-                    worker = self.name,
-                    "state store unreachable: consumption paused"
-                );
-            }
-        }
-        self.publish();
+                Err("no broker reachable".into())
+            },
+        );
     }
 
     pub fn set_assigned(&self, partitions: usize) {
@@ -59,12 +88,24 @@ impl WorkerHealth {
         self.publish();
     }
 
+    pub fn dependency_up(&self, dependency: &str) -> bool {
+        self.deps().get(dependency).is_some_and(|d| d.is_none())
+    }
+
     pub fn kafka_up(&self) -> bool {
-        self.kafka_up.load(Ordering::Relaxed)
+        self.dependency_up(KAFKA)
     }
 
     pub fn store_up(&self) -> bool {
-        self.store_up.load(Ordering::Relaxed)
+        self.dependency_up(STATE_STORE)
+    }
+
+    /// The dependencies that are down, with their reasons.
+    pub fn down(&self) -> Vec<(&'static str, String)> {
+        self.deps()
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|r| (*k, r)))
+            .collect()
     }
 
     pub fn assigned(&self) -> usize {
@@ -72,7 +113,17 @@ impl WorkerHealth {
     }
 
     pub fn ready(&self) -> bool {
-        self.kafka_up() && self.store_up() && self.assigned() > 0
+        self.down().is_empty() && self.assigned() > 0
+    }
+
+    /// Asks the probe to check every signal now (a handler saw a failure).
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Resolves when someone [`WorkerHealth::nudge`]d.
+    pub async fn nudged(&self) {
+        self.nudge.notified().await
     }
 
     fn publish(&self) {
@@ -80,12 +131,19 @@ impl WorkerHealth {
     }
 
     fn describe(&self) -> String {
+        let deps = self
+            .deps()
+            .iter()
+            .map(|(k, v)| match v {
+                None => format!("{k} up"),
+                Some(reason) => format!("{k} DOWN ({reason})"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
-            "{}: {} (kafka {}, store {}, partitions {})",
+            "{}: {} ({deps}, partitions {})",
             self.name,
             if self.ready() { "ready" } else { "not ready" },
-            if self.kafka_up() { "up" } else { "down" },
-            if self.store_up() { "up" } else { "down" },
             self.assigned()
         )
     }

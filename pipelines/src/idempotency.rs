@@ -27,9 +27,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::state::{StateError, StateStore};
+use crate::clock::Clock;
+use crate::state::{StateError, StateOp, StateStore};
 
 const DONE: &[u8] = b"done";
 
@@ -60,12 +61,7 @@ pub struct IdempotencyGuard {
     namespace: String,
     lease: Duration,
     ttl: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    clock: Clock,
 }
 
 /// `p:<ms>:<token>` → (ms, token).
@@ -82,7 +78,49 @@ impl IdempotencyGuard {
             namespace: format!("idem:{worker}:"),
             lease,
             ttl,
+            clock: Clock::System,
         }
+    }
+
+    /// The guard reading time (claim ages, leases) from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms().max(0) as u64
+    }
+
+    /// The write that marks `id` handled, for a worker's atomic update
+    /// ([`crate::Ctx::apply_for`]): the update and the mark land together, so a
+    /// crash can never leave the effect applied but the event unmarked.
+    pub fn done_op(&self, id: &str) -> StateOp {
+        StateOp::Set {
+            key: format!("{}{id}", self.namespace),
+            value: DONE.to_vec(),
+            ttl: Some(self.ttl),
+        }
+    }
+
+    /// Refreshes the age of claims still being handled (a slow side effect),
+    /// so the lease does not run out under them and nobody takes them over
+    /// mid-effect. Called every third of the lease while a batch runs.
+    pub async fn renew<'a>(
+        &self,
+        token: &str,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), StateError> {
+        let keys = self.keys(ids);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let value = format!("p:{}:{token}", self.now_ms());
+        self.store.set_many(&keys, value.as_bytes(), self.ttl).await
     }
 
     fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -109,7 +147,7 @@ impl IdempotencyGuard {
     ) -> Result<Claims, StateError> {
         let keys = self.keys(ids);
         let token = format!("{:016x}", rand::random::<u64>());
-        let now = now_ms();
+        let now = self.now_ms();
         let value = format!("p:{now}:{token}");
         let previous = self
             .store

@@ -6,23 +6,32 @@
 //! letters, metrics, health and shutdown. It is the only crate that talks to
 //! Kafka or Redis directly.
 
+#[cfg(feature = "testkit")]
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod dlq;
 pub mod event;
 pub mod health;
 pub mod idempotency;
 pub mod kafka;
+pub mod lease;
 pub mod metrics;
+pub mod output;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testing;
+pub mod timer;
 pub mod worker;
 
+pub use clock::Clock;
 pub use config::PipelineConfig;
 pub use event::TaskEvent;
+pub use output::{derive_event_id, OutputEvent};
 pub use runtime::Runtime;
+pub use timer::{Timer, TimerOwner, TimerScope};
 pub use worker::{BatchOutcome, Ctx, Inbound, Outcome, Source, Worker, WorkerError};

@@ -28,6 +28,9 @@ pub const PUBLISHED: &str = "taskstream_messages_published_total";
 pub const COMMITS: &str = "taskstream_offset_commits_total";
 pub const TICKS: &str = "taskstream_timer_ticks_total";
 pub const READY: &str = "taskstream_ready";
+pub const DEPENDENCY_UP: &str = "taskstream_dependency_up";
+pub const LEADER: &str = "taskstream_timer_leader";
+pub const TIMERS: &str = "taskstream_timers_running";
 
 /// Outcomes of handling one message (`outcome` label of [`HANDLED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,15 @@ fn describe() {
         READY,
         "1 when the worker is ready (Kafka, Redis, partitions)."
     );
+    describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while a worker's dependency (kafka, redis, postgres, smtp) is reachable."
+    );
+    describe_gauge!(
+        LEADER,
+        "1 while this replica holds the worker's leader lease."
+    );
+    describe_gauge!(TIMERS, "Timers of a worker running in this process.");
 }
 
 pub fn consumed(worker: &'static str, topic: &str, n: u64) {
@@ -204,6 +216,26 @@ pub fn committed(worker: &'static str, ok: bool) {
 
 pub fn ticked(worker: &'static str, ok: bool) {
     counter!(TICKS, "worker" => worker, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// One readiness signal (`dependency`: kafka, redis, postgres, smtp).
+pub fn dependency_up(worker: &'static str, dependency: &'static str, up: bool) {
+    gauge!(DEPENDENCY_UP, "worker" => worker, "dependency" => dependency).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Whether this replica holds the worker's leader lease.
+pub fn leader(worker: &'static str, leading: bool) {
+    gauge!(LEADER, "worker" => worker).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Timers of a worker running in this process (one per owned partition for
+/// partition-scoped work).
+pub fn timers_running(worker: &'static str, delta: f64) {
+    gauge!(TIMERS, "worker" => worker).increment(delta);
 }
 
 pub fn ready(worker: &'static str, ready: bool) {

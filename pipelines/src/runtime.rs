@@ -24,17 +24,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{PipelineConfig, RetryConfig};
 use crate::dlq::{self, DeadLetter};
 use crate::event::{decode, is_known_type, DecodeContext};
-use crate::health::{Health, WorkerHealth};
+use crate::health::{Health, WorkerHealth, STATE_STORE};
 use crate::idempotency::{Claim, Claims, IdempotencyGuard};
 use crate::kafka::sink::Publisher;
 use crate::kafka::source::{self, BatchProcessor, Processed, SourceSettings};
 use crate::kafka::RecordBatch;
+use crate::lease::LeaderLease;
 use crate::metrics::{self, HandledOutcome};
 use crate::retry::{backoff, outage_backoff};
 use crate::state::StateStore;
+use crate::timer::{self, Timer, TimerOwner, TimerScope, WakeSlot};
 use crate::worker::{Ctx, Inbound, Outcome, Source, Worker, WorkerError};
 
 /// A failure to start a worker.
@@ -54,6 +57,8 @@ pub struct Runtime {
     pub publisher: Publisher,
     pub health: Health,
     pub shutdown: CancellationToken,
+    /// The one clock of every worker this runtime runs.
+    pub clock: Clock,
 }
 
 impl Runtime {
@@ -73,7 +78,14 @@ impl Runtime {
             publisher,
             health: Health::default(),
             shutdown,
+            clock: Clock::System,
         })
+    }
+
+    /// The same runtime reading time from `clock` (tests move it by hand).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The context a worker's handlers and timers receive.
@@ -84,6 +96,7 @@ impl Runtime {
             Some(self.publisher.clone()),
             self.config.clone(),
         )
+        .with_clock(self.clock.clone())
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on the configured address (if any).
@@ -126,12 +139,11 @@ impl Runtime {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Runs one worker: its source, its timer and its store probe.
+    /// Runs one worker: its source, its timer and its readiness probe.
     pub async fn run_worker(&self, worker: Arc<dyn Worker>) -> Result<(), RuntimeError> {
         let name = worker.name();
         let health = WorkerHealth::new(name);
         self.health.register(health.clone());
-        let ctx = self.ctx(name);
         let tuning = self.config.tuning_for(name);
         let guard = worker.uses_idempotency_guard().then(|| {
             IdempotencyGuard::new(
@@ -140,13 +152,16 @@ impl Runtime {
                 tuning.idempotency_lease,
                 tuning.idempotency_ttl,
             )
+            .with_clock(self.clock.clone())
         });
+        let ctx = self.ctx(name).with_guard(guard.clone());
+        let retry = self.config.retry_for(name);
         let pipeline = Arc::new(Pipeline {
             worker: worker.clone(),
             ctx: ctx.clone(),
             guard,
             publisher: self.publisher.clone(),
-            retry: self.config.retry_for(name),
+            retry: retry.clone(),
             dlq_suffix: tuning.dlq_suffix.clone(),
             health: health.clone(),
         });
@@ -155,29 +170,45 @@ impl Runtime {
             group_id: self.config.group_id(name),
             topics: self.config.topics_for(name, worker.topics(&self.config)),
             kafka: self.config.kafka.clone(),
-            tuning,
+            tuning: tuning.clone(),
         };
 
         let stop_aux = self.shutdown.child_token();
-        let probe = tokio::spawn(probe_store(
+        let probe = tokio::spawn(probe(
             self.state.clone(),
-            worker.needs_state_store(),
+            worker.clone(),
             health.clone(),
             stop_aux.clone(),
         ));
-        let timer = worker.has_timer().then(|| {
-            tokio::spawn(run_timer(
+        let timer = match worker.timer_scope() {
+            TimerScope::Process => Some(tokio::spawn(run_process_timer(
                 worker.clone(),
                 ctx.clone(),
-                self.config.retry.clone(),
+                retry.clone(),
                 stop_aux.clone(),
-            ))
-        });
+            ))),
+            TimerScope::Leader => Some(tokio::spawn(run_leader_timer(
+                worker.clone(),
+                ctx.clone(),
+                LeaderLease::new(self.state.clone(), &settings.group_id, tuning.leader_lease),
+                retry.clone(),
+                stop_aux.clone(),
+            ))),
+            // Partition timers run beside their lanes (`run_partition`).
+            TimerScope::Partition | TimerScope::None => None,
+        };
 
         let result = source::run(settings, pipeline, health, self.shutdown.clone()).await;
         stop_aux.cancel();
         if let Some(t) = timer {
-            let _ = t.await;
+            let abort = t.abort_handle();
+            if tokio::time::timeout(tuning.drain_timeout, t).await.is_err() {
+                tracing::warn!(
+                    worker = name,
+                    "timed work did not stop within drain_timeout: aborted"
+                );
+                abort.abort();
+            }
         }
         let _ = probe.await;
         worker.shutdown().await;
@@ -185,63 +216,194 @@ impl Runtime {
     }
 }
 
-/// Keeps the worker's store health current, so `/readyz` reflects an outage
-/// even while no message is flowing.
-async fn probe_store(
+/// Keeps the readiness signals of the state store and of the worker's own
+/// dependencies current: their one writer. Runs every 2 s, and at once when a
+/// handler saw a failure (a nudge), so `/readyz` reflects an outage for its
+/// whole length even while no message is flowing.
+async fn probe(
     state: Arc<dyn StateStore>,
-    needed: bool,
+    worker: Arc<dyn Worker>,
     health: Arc<WorkerHealth>,
     stop: CancellationToken,
 ) {
-    if !needed {
-        health.set_store_up(true);
-        return;
-    }
+    let needed = worker.needs_state_store();
     loop {
-        let up = tokio::time::timeout(Duration::from_secs(2), state.ping())
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false);
-        if !up {
+        let store = if needed {
+            match tokio::time::timeout(Duration::from_secs(2), state.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 2s".to_string()),
+            }
+        } else {
+            Ok(())
+        };
+        if store.is_err() {
             metrics::redis_error(health.name);
         }
-        health.set_store_up(up);
+        health.set_dependency(STATE_STORE, store);
+        match tokio::time::timeout(Duration::from_secs(5), worker.check_dependencies()).await {
+            Ok(deps) => {
+                for (dependency, state) in deps {
+                    health.set_dependency(dependency, state);
+                }
+            }
+            Err(_) => tracing::warn!(worker = health.name, "dependency check took over 5s"),
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = health.nudged() => {
+                // A burst of failures must not become a busy loop.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
 
-async fn run_timer(worker: Arc<dyn Worker>, ctx: Ctx, retry: RetryConfig, stop: CancellationToken) {
-    let wake = ctx.wake_handle();
-    let mut failures = 0u32;
-    loop {
-        let next = match worker.tick(&ctx).await {
-            Ok(next) => {
-                failures = 0;
-                metrics::ticked(worker.name(), true);
-                next
+/// One tick with its metrics and logs; the loop decides when the next runs.
+async fn tick_once(
+    worker: &dyn Worker,
+    ctx: &Ctx,
+    owner: &TimerOwner,
+    stop: &CancellationToken,
+) -> Result<Option<DateTime<Utc>>, WorkerError> {
+    let timer = Timer {
+        owner: owner.clone(),
+        stop: stop.clone(),
+    };
+    let result = worker.tick(&timer, &ctx.with_stop(stop.clone())).await;
+    metrics::ticked(worker.name(), result.is_ok());
+    if let Err(e) = &result {
+        tracing::warn!(worker = worker.name(), ?owner, error = %e, "timed work failed; retrying");
+    }
+    result
+}
+
+/// Runs a timer loop for `owner` on `slot` until `stop`.
+async fn run_timer_loop(
+    worker: &dyn Worker,
+    ctx: &Ctx,
+    owner: TimerOwner,
+    slot: &WakeSlot,
+    retry: &RetryConfig,
+    stop: &CancellationToken,
+) {
+    metrics::timers_running(worker.name(), 1.0);
+    timer::run_loop(
+        ctx.clock(),
+        slot,
+        stop,
+        || tick_once(worker, ctx, &owner, stop),
+        |failures| outage_backoff(retry, failures),
+    )
+    .await;
+    metrics::timers_running(worker.name(), -1.0);
+}
+
+async fn run_process_timer(
+    worker: Arc<dyn Worker>,
+    ctx: Ctx,
+    retry: RetryConfig,
+    stop: CancellationToken,
+) {
+    let slot = ctx.wakers().register(None);
+    run_timer_loop(
+        worker.as_ref(),
+        &ctx,
+        TimerOwner::Process,
+        &slot,
+        &retry,
+        &stop,
+    )
+    .await;
+    ctx.wakers().unregister(&None);
+}
+
+/// Contends for the worker's lease and runs its timer while holding it.
+///
+/// The lease is renewed every third of its ttl. A renewal that finds the lease
+/// gone, or two thirds of the ttl without a successful renewal (the store is
+/// unreachable), stops the timer: a running tick gets its stop token and a
+/// sixth of the ttl to return, then is dropped, all before the lease can
+/// expire and a successor start. On shutdown the lease is released (owner
+/// checked), so a successor starts at once; a killed leader's lease simply
+/// expires.
+async fn run_leader_timer(
+    worker: Arc<dyn Worker>,
+    ctx: Ctx,
+    lease: LeaderLease,
+    retry: RetryConfig,
+    stop: CancellationToken,
+) {
+    let name = worker.name();
+    let slot = ctx.wakers().register(None);
+    let ttl = lease.ttl();
+    let period = ttl / 3;
+    metrics::leader(name, false);
+    while !stop.is_cancelled() {
+        let fencing_token = match lease.try_acquire().await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(period) => continue,
+                }
             }
             Err(e) => {
-                failures += 1;
-                metrics::ticked(worker.name(), false);
-                tracing::warn!(worker = worker.name(), error = %e, "timed work failed; retrying");
-                Some(outage_backoff(&retry, failures))
+                tracing::debug!(worker = name, error = %e, "cannot contend for the leader lease");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(period) => continue,
+                }
             }
         };
-        let sleep = async {
-            match next {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
+        tracing::info!(worker = name, fencing_token, "leader: running timed work");
+        metrics::leader(name, true);
+        let leading = stop.child_token();
+        let renew = async {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = leading.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                match lease.renew().await {
+                    Ok(true) => last_ok = Instant::now(),
+                    Ok(false) => {
+                        tracing::warn!(worker = name, "leader lease lost: stopping timed work");
+                        leading.cancel();
+                        return;
+                    }
+                    Err(e) if last_ok.elapsed() >= ttl * 2 / 3 => {
+                        tracing::warn!(worker = name, error = %e, "leader lease not renewable: stopping timed work before it expires");
+                        leading.cancel();
+                        return;
+                    }
+                    Err(_) => {}
+                }
             }
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = sleep => {}
+        let work = async {
+            let owner = TimerOwner::Leader { fencing_token };
+            let run = run_timer_loop(worker.as_ref(), &ctx, owner, &slot, &retry, &leading);
+            tokio::select! {
+                _ = run => {}
+                _ = async { leading.cancelled().await; tokio::time::sleep(ttl / 6).await } => {
+                    tracing::warn!(worker = name, "a tick did not stop in time: abandoned");
+                }
+            }
+            leading.cancel();
+        };
+        tokio::join!(renew, work);
+        metrics::leader(name, false);
+        if stop.is_cancelled() {
+            if let Err(e) = lease.release().await {
+                tracing::debug!(worker = name, error = %e, "could not release the leader lease");
+            }
+            break;
         }
     }
+    ctx.wakers().unregister(&None);
 }
 
 /// The per-worker [`BatchProcessor`]: the stages described in the module docs.
@@ -306,12 +468,7 @@ impl Pipeline {
         let mut attempt = 0u32;
         loop {
             match op().await {
-                Ok(v) => {
-                    if attempt > 0 {
-                        self.health.set_store_up(true);
-                    }
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(v),
                 Err(e) => {
                     attempt += 1;
                     if matches!(
@@ -323,7 +480,8 @@ impl Pipeline {
                     ) {
                         metrics::redis_error(self.name());
                     }
-                    self.health.set_store_up(false);
+                    // The probe owns the readiness signal: ask it to look now.
+                    self.health.nudge();
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(worker = self.name(), error = %e, attempt, "{what} failed; waiting for the dependency");
                     }
@@ -368,11 +526,46 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Hands `events` to the worker. While it runs longer than a third of the
+    /// claim lease (a slow side effect), the claims of `ids` are renewed, so
+    /// nobody takes them over mid-effect.
+    async fn handle_renewing<'a>(
+        &self,
+        ctx: &Ctx,
+        events: &[Inbound],
+        token: Option<&str>,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> crate::worker::BatchOutcome {
+        let handling = self.worker.handle_batch(events, ctx);
+        let (Some(g), Some(token)) = (&self.guard, token) else {
+            return handling.await;
+        };
+        tokio::pin!(handling);
+        let period = g.lease() / 3;
+        // Collected only if the batch turns out slow.
+        let mut ids = Some(ids);
+        let mut list: Vec<&str> = Vec::new();
+        loop {
+            tokio::select! {
+                outcome = &mut handling => return outcome,
+                _ = tokio::time::sleep(period) => {
+                    if let Some(it) = ids.take() {
+                        list.extend(it);
+                    }
+                    if let Err(e) = g.renew(token, list.iter().copied()).await {
+                        tracing::warn!(worker = self.name(), error = %e, "could not renew claims of a slow batch");
+                    }
+                }
+            }
+        }
+    }
+
     /// Handles a run of decoded events (consecutive records); `indices[i]` is
     /// the record index of `events[i]`. Returns the number of events finished,
     /// from the start, when stopped early.
     async fn handle_segment(
         &self,
+        ctx: &Ctx,
         stop: &CancellationToken,
         batch: &RecordBatch,
         indices: &[usize],
@@ -380,7 +573,7 @@ impl Pipeline {
     ) -> Result<(), usize> {
         let mut held = vec![false; events.len()]; // claims this call holds
         let result = self
-            .handle_claimed(stop, batch, indices, events, &mut held)
+            .handle_claimed(ctx, stop, batch, indices, events, &mut held)
             .await;
         if result.is_err() {
             // Stopped early: give back the claims of events not handled, so the
@@ -406,6 +599,7 @@ impl Pipeline {
 
     async fn handle_claimed(
         &self,
+        ctx: &Ctx,
         stop: &CancellationToken,
         batch: &RecordBatch,
         indices: &[usize],
@@ -473,7 +667,12 @@ impl Pipeline {
                     failure: None,
                 }
             } else {
-                self.worker.handle_batch(to_handle, &self.ctx).await
+                let fresh_ids = handled_pos
+                    .iter()
+                    .filter(|&&p| fresh.get(p - start).copied().unwrap_or(false))
+                    .map(|&p| events[p].event.event_id.as_str());
+                self.handle_renewing(ctx, to_handle, token.as_deref(), fresh_ids)
+                    .await
             };
             let done_count = outcome.outcomes.len().min(to_handle.len());
             // Complete the claims of everything handled: with one marker for
@@ -517,9 +716,6 @@ impl Pipeline {
                 .count() as u64;
             metrics::handled(name, topic, HandledOutcome::Ok, ok);
             metrics::handled(name, topic, HandledOutcome::Skipped, done_count as u64 - ok);
-            if done_count > 0 || duplicates > 0 {
-                self.health.set_store_up(true);
-            }
 
             match outcome.failure {
                 None => {
@@ -545,7 +741,7 @@ impl Pipeline {
                         _ => Failing {
                             index: indices[pos],
                             attempts: 0,
-                            first_failure_at: Utc::now(),
+                            first_failure_at: self.ctx.now(),
                         },
                     };
                     let attempts = f.attempts + 1;
@@ -588,7 +784,7 @@ impl Pipeline {
                     }
                     let wait = match &error {
                         WorkerError::Unavailable { .. } => {
-                            self.health.set_store_up(false);
+                            self.health.nudge();
                             tracing::warn!(worker = name, error = %error, "dependency unavailable; waiting");
                             outage_backoff(&self.retry, attempts)
                         }
@@ -612,12 +808,49 @@ impl Pipeline {
 
 #[async_trait]
 impl BatchProcessor for Pipeline {
+    /// The partition's hooks and, for a partition-scoped worker, its timer:
+    /// `on_assigned` (retried while it fails), the timer until `stop`, then
+    /// `on_revoked`. The source waits for this before handing the partition on.
+    async fn run_partition(&self, topic: Arc<str>, partition: i32, stop: CancellationToken) {
+        let name = self.name();
+        let ctx = self.ctx.with_stop(stop.clone());
+        let mut attempt = 0u32;
+        loop {
+            match self.worker.on_assigned(&topic, partition, &ctx).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    self.health.nudge();
+                    tracing::warn!(worker = name, %topic, partition, error = %e, attempt, "loading the partition's state failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(outage_backoff(&self.retry, attempt)) => {}
+                    }
+                }
+            }
+        }
+        if self.worker.timer_scope() == TimerScope::Partition && !stop.is_cancelled() {
+            let key = Some((topic.clone(), partition));
+            let slot = ctx.wakers().register(key.clone());
+            let owner = TimerOwner::Partition {
+                topic: topic.clone(),
+                partition,
+            };
+            run_timer_loop(self.worker.as_ref(), &ctx, owner, &slot, &self.retry, &stop).await;
+            ctx.wakers().unregister(&key);
+        } else {
+            stop.cancelled().await;
+        }
+        self.worker.on_revoked(&topic, partition, &ctx).await;
+    }
+
     async fn process(&self, batch: RecordBatch, stop: &CancellationToken) -> Processed {
         let started = Instant::now();
         let name = self.name();
         let n = batch.records.len();
         metrics::in_flight(name, n as f64);
-        let received_at = Utc::now();
+        let received_at = self.ctx.now();
+        let ctx = self.ctx.with_stop(stop.clone());
         let mut finished_up_to: Option<i64> = None;
         // The current segment: decoded events and their record indices.
         let mut segment: Vec<Inbound> = Vec::with_capacity(n);
@@ -669,7 +902,9 @@ impl BatchProcessor for Pipeline {
             };
 
             if !segment.is_empty() {
-                let result = self.handle_segment(stop, &batch, &indices, &segment).await;
+                let result = self
+                    .handle_segment(&ctx, stop, &batch, &indices, &segment)
+                    .await;
                 let offsets: Vec<i64> = segment.iter().map(|e| e.source.offset).collect();
                 segment.clear();
                 indices.clear();
@@ -703,7 +938,7 @@ impl BatchProcessor for Pipeline {
                                 error: e.to_string(),
                                 error_class: format!("decode:{}", e.reason()),
                                 attempts: 1,
-                                first_failure_at: Utc::now(),
+                                first_failure_at: self.ctx.now(),
                             },
                         )
                         .await;

@@ -6,17 +6,20 @@
 //! metrics, health and shutdown; the worker never sees them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::PipelineConfig;
 use crate::event::{Dialect, TaskEvent};
-use crate::kafka::sink::{PublishError, Publisher};
-use crate::state::{StateError, StateStore};
+use crate::idempotency::IdempotencyGuard;
+use crate::kafka::sink::{PublishError, PublishFailure, Publisher};
+use crate::output::OutputEvent;
+use crate::state::{StateError, StateOp, StateStore};
+use crate::timer::{Timer, TimerScope, TimerWakers};
 
 /// Where an event came from.
 #[derive(Debug, Clone)]
@@ -110,10 +113,18 @@ impl From<StateError> for WorkerError {
 }
 
 impl From<PublishError> for WorkerError {
+    /// A broker that is down or slow is waited for; a message the broker will
+    /// never take (too large, unknown topic, not authorised) is the
+    /// message's problem: dead-lettered, so the partition moves on.
     fn from(e: PublishError) -> Self {
-        WorkerError::Unavailable {
-            dependency: "kafka",
-            reason: e.to_string(),
+        match e.kind {
+            PublishFailure::Transient => WorkerError::Unavailable {
+                dependency: "kafka",
+                reason: e.to_string(),
+            },
+            PublishFailure::TooLarge | PublishFailure::Permanent => {
+                WorkerError::Permanent(e.to_string())
+            }
         }
     }
 }
@@ -127,14 +138,17 @@ pub struct BatchOutcome {
     pub failure: Option<WorkerError>,
 }
 
-/// What a worker can use while handling: state, output, config, timers.
+/// What a worker can use while handling: state, output, config, time, timers.
 #[derive(Clone)]
 pub struct Ctx {
     worker: &'static str,
     state: Arc<dyn StateStore>,
     publisher: Option<Publisher>,
     config: Arc<PipelineConfig>,
-    wake: Arc<Notify>,
+    clock: Clock,
+    wakers: Arc<TimerWakers>,
+    guard: Option<IdempotencyGuard>,
+    stop: CancellationToken,
 }
 
 impl Ctx {
@@ -149,8 +163,30 @@ impl Ctx {
             state,
             publisher,
             config,
-            wake: Arc::new(Notify::new()),
+            clock: Clock::System,
+            wakers: Arc::new(TimerWakers::default()),
+            guard: None,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// The same context reading time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn with_guard(mut self, guard: Option<IdempotencyGuard>) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The context of one batch or tick: `stop` is cancelled on shutdown or
+    /// revoke, so a long side effect can stop between items.
+    pub(crate) fn with_stop(&self, stop: CancellationToken) -> Self {
+        let mut c = self.clone();
+        c.stop = stop;
+        c
     }
 
     pub fn worker(&self) -> &'static str {
@@ -170,8 +206,30 @@ impl Ctx {
         &self.config
     }
 
+    /// Now, on the pipeline's clock: the only "now" worker logic may read.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        self.clock.now()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Cancelled when the work in hand should stop (shutdown, revoke).
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Applies `ops` atomically together with marking `event` handled in the
+    /// idempotency guard, so the update can never be applied twice for one
+    /// event (a counter incremented, then a crash before the pipeline marks
+    /// the event, then a redelivery). Without a guard, applies `ops` alone.
+    pub async fn apply_for(&self, event: &Inbound, ops: Vec<StateOp>) -> Result<(), WorkerError> {
+        let mut ops = ops;
+        if let Some(g) = &self.guard {
+            ops.push(g.done_op(&event.event.event_id));
+        }
+        self.state.apply(&ops).await.map_err(WorkerError::from)
     }
 
     /// Publishes one output event as JSON, keyed (so one key stays ordered), and
@@ -184,30 +242,73 @@ impl Ctx {
     ) -> Result<(), WorkerError> {
         let payload = serde_json::to_vec(event)
             .map_err(|e| WorkerError::permanent(format!("cannot serialise output event: {e}")))?;
+        self.send(
+            topic,
+            key,
+            &payload,
+            &[("content-type", b"application/json")],
+        )
+        .await
+    }
+
+    /// Publishes a canonical event with the standard headers (`event-id`,
+    /// `event-type`, `content-type`, `producer`) and its own. Give it an id
+    /// from [`crate::derive_event_id`], so a repeat is recognisable.
+    pub async fn publish_event(&self, out: &OutputEvent) -> Result<(), WorkerError> {
+        let payload = serde_json::to_vec(&out.event)
+            .map_err(|e| WorkerError::permanent(format!("cannot serialise output event: {e}")))?;
+        let producer = format!("taskstream-{}", self.worker);
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("event-id", out.event.event_id.as_bytes()),
+            ("event-type", out.event.kind.as_bytes()),
+            ("content-type", b"application/json"),
+            ("producer", producer.as_bytes()),
+        ];
+        headers.extend(out.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        self.send(&out.topic, &out.key, &payload, &headers).await
+    }
+
+    /// Publishes several events concurrently and waits for every
+    /// acknowledgement; the first failure is returned (the others may have
+    /// been published: their deterministic ids make a retry harmless).
+    pub async fn publish_events(&self, outs: &[OutputEvent]) -> Result<(), WorkerError> {
+        let results = futures::future::join_all(outs.iter().map(|o| self.publish_event(o))).await;
+        results.into_iter().collect()
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), WorkerError> {
         let publisher = self
             .publisher
             .as_ref()
             .ok_or_else(|| WorkerError::unavailable("kafka", "this worker has no producer"))?;
         publisher
-            .publish(
-                topic,
-                Some(key.as_bytes()),
-                &payload,
-                &[("content-type", b"application/json")],
-            )
+            .publish(topic, Some(key.as_bytes()), payload, headers)
             .await?;
         crate::metrics::published(self.worker, topic);
         Ok(())
     }
 
-    /// Asks the worker's timed work to run now (for example: a new reminder is
-    /// due sooner than the one it sleeps for).
+    /// Wakes every timer of this worker now.
     pub fn wake_timer(&self) {
-        self.wake.notify_one();
+        self.wakers.wake_all();
     }
 
-    pub(crate) fn wake_handle(&self) -> Arc<Notify> {
-        self.wake.clone()
+    /// Tells the timer that owns `source`'s partition (and a worker-wide
+    /// timer) that work is due at `at`: it re-plans only if that is earlier
+    /// than its next wake, so calling this for every scheduled item is cheap.
+    pub fn wake_timer_at(&self, source: &Source, at: DateTime<Utc>) {
+        self.wakers
+            .wake_at(&Some((source.topic.clone(), source.partition)), at);
+    }
+
+    pub(crate) fn wakers(&self) -> &Arc<TimerWakers> {
+        &self.wakers
     }
 }
 
@@ -246,16 +347,38 @@ pub trait Worker: Send + Sync + 'static {
         }
     }
 
-    /// Timed work beside the consumer (due reminders, deadline scans, window
-    /// closes). Returns how long to sleep before the next run; `None` stops the
-    /// timer until [`Ctx::wake_timer`]. Errors are logged and retried with backoff.
-    async fn tick(&self, _ctx: &Ctx) -> Result<Option<Duration>, WorkerError> {
+    /// Where this worker's timed work runs (see [`crate::timer`]).
+    fn timer_scope(&self) -> TimerScope {
+        TimerScope::None
+    }
+
+    /// One run of the timed work. Returns the absolute time of the next run
+    /// (`None`: only when woken). Must return promptly once `timer.stop` is
+    /// cancelled. Errors are logged and the tick retried with backoff.
+    async fn tick(&self, _timer: &Timer, _ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
         Ok(None)
     }
 
-    /// Whether the worker has timed work at all.
-    fn has_timer(&self) -> bool {
-        false
+    /// A partition became this replica's: load its state before its timer's
+    /// first tick. Retried while it fails.
+    async fn on_assigned(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        _ctx: &Ctx,
+    ) -> Result<(), WorkerError> {
+        Ok(())
+    }
+
+    /// A partition is being handed on (revoke, shutdown): its lane and timer
+    /// have stopped; drop its in-process state. The rebalance waits for this.
+    async fn on_revoked(&self, _topic: &str, _partition: i32, _ctx: &Ctx) {}
+
+    /// The worker's own dependencies (its database, its SMTP relay), each
+    /// with `Err(reason)` while down. The pipeline checks them every few
+    /// seconds; each is its own readiness signal with this one writer.
+    async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
+        Vec::new()
     }
 
     /// Whether the pipeline's idempotency guard should gate this worker's

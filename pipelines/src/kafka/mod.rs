@@ -7,6 +7,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
 
+#[cfg(feature = "testkit")]
 pub mod mock;
 pub mod sink;
 pub mod source;

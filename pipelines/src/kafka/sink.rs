@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -14,13 +15,52 @@ use rdkafka::util::Timeout;
 use super::base_client_config;
 use crate::config::KafkaConfig;
 
-/// Publishing failed: the broker did not acknowledge within the delivery
-/// timeout, or rejected the message. Retryable from the caller's view.
+/// Publishing failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("publishing to topic {topic} failed: {message}")]
+#[error("publishing to topic {topic} failed ({kind:?}): {message}")]
 pub struct PublishError {
     pub topic: String,
     pub message: String,
+    pub kind: PublishFailure,
+}
+
+/// Whether waiting can make a failed publish succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// Broker down, timeout, leader moving, queue full: wait and try again.
+    Transient,
+    /// The message is larger than the broker or topic accepts: it never will be.
+    TooLarge,
+    /// Unknown topic, not authorised, invalid record: needs an operator, not a retry.
+    Permanent,
+}
+
+impl PublishFailure {
+    /// Classifies librdkafka's answer to a produce request.
+    pub fn of(e: &KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        let code = match e {
+            KafkaError::MessageProduction(c) => Some(*c),
+            other => other.rdkafka_error_code(),
+        };
+        match code {
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+                PublishFailure::TooLarge
+            }
+            Some(
+                C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidTopic
+                | C::InvalidRecord
+                | C::InvalidMessage
+                | C::UnsupportedForMessageFormat,
+            ) => PublishFailure::Permanent,
+            _ => PublishFailure::Transient,
+        }
+    }
 }
 
 /// A shared, cloneable Kafka producer.
@@ -54,6 +94,7 @@ impl Publisher {
         let producer: FutureProducer = c.create().map_err(|e| PublishError {
             topic: String::new(),
             message: super::scrub(cfg, &format!("cannot create the Kafka producer: {e}")),
+            kind: PublishFailure::Permanent,
         })?;
         Ok(Publisher {
             producer,
@@ -90,6 +131,7 @@ impl Publisher {
             Err((e, _)) => Err(PublishError {
                 topic: topic.to_string(),
                 message: super::scrub(&self.cfg, &e.to_string()),
+                kind: PublishFailure::of(&e),
             }),
         }
     }
@@ -99,5 +141,40 @@ impl Publisher {
         if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
             tracing::warn!(error = %e, "producer flush did not complete");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_errors_are_classified_by_what_waiting_can_fix() {
+        let of = |c| PublishFailure::of(&KafkaError::MessageProduction(c));
+        assert_eq!(
+            of(RDKafkaErrorCode::MessageSizeTooLarge),
+            PublishFailure::TooLarge
+        );
+        assert_eq!(
+            of(RDKafkaErrorCode::UnknownTopicOrPartition),
+            PublishFailure::Permanent
+        );
+        assert_eq!(
+            of(RDKafkaErrorCode::TopicAuthorizationFailed),
+            PublishFailure::Permanent
+        );
+        assert_eq!(
+            of(RDKafkaErrorCode::MessageTimedOut),
+            PublishFailure::Transient
+        );
+        assert_eq!(
+            of(RDKafkaErrorCode::NotLeaderForPartition),
+            PublishFailure::Transient
+        );
+        assert_eq!(
+            of(RDKafkaErrorCode::AllBrokersDown),
+            PublishFailure::Transient
+        );
+        assert_eq!(of(RDKafkaErrorCode::QueueFull), PublishFailure::Transient);
     }
 }

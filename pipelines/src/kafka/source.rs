@@ -59,6 +59,11 @@ pub trait BatchProcessor: Send + Sync + 'static {
     /// Handles `batch`; must return promptly once `stop` is cancelled, except
     /// for a side effect already under way.
     async fn process(&self, batch: RecordBatch, stop: &CancellationToken) -> Processed;
+
+    /// Runs beside the partition's lane from its assignment until `stop`
+    /// (the worker's partition hooks and partition-scoped timer). A revoke
+    /// waits for it, up to `drain_timeout`, before the partition is handed on.
+    async fn run_partition(&self, _topic: Arc<str>, _partition: i32, _stop: CancellationToken) {}
 }
 
 /// A source could not start.
@@ -85,6 +90,8 @@ struct Lane {
     tx: mpsc::Sender<RecordBatch>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The partition's hooks and timer ([`BatchProcessor::run_partition`]).
+    partition_task: tokio::task::JoinHandle<()>,
     /// Batches that did not fit in the queue, in order.
     pending: VecDeque<RecordBatch>,
     /// Since when `pending` is non-empty.
@@ -151,6 +158,11 @@ impl SourceContext {
                 self.fatal.clone(),
                 self.worker,
             ));
+            let partition_task = self.runtime.spawn({
+                let processor = self.processor.clone();
+                let (topic, partition, stop) = (key.0.clone(), key.1, stop.clone());
+                async move { processor.run_partition(topic, partition, stop).await }
+            });
             tracing::info!(worker = self.worker, topic = %key.0, partition = key.1, "partition assigned");
             lanes.insert(
                 key,
@@ -158,6 +170,7 @@ impl SourceContext {
                     tx,
                     stop,
                     task,
+                    partition_task,
                     pending: VecDeque::new(),
                     parked_since: None,
                     paused: false,
@@ -165,12 +178,13 @@ impl SourceContext {
             );
         }
         self.health.set_assigned(lanes.len());
-        self.health.set_kafka_up(true);
     }
 
     /// Stops the lanes of `keys` (or all lanes): each finishes the batch in
     /// hand, queued batches are abandoned (their offsets were never stored, so
-    /// they are redelivered), and this waits for them up to `drain_timeout`.
+    /// they are redelivered), and this waits for them and their partition
+    /// tasks up to `drain_timeout`, then aborts what is still running (its
+    /// offsets are not stored, so its messages are redelivered).
     fn stop_lanes(&self, keys: Option<Vec<PartitionKey>>) {
         let stopped: Vec<(PartitionKey, Lane)> = {
             let mut lanes = self.lanes();
@@ -190,6 +204,7 @@ impl SourceContext {
             lane.stop.cancel();
             drop(lane.tx);
             tasks.push(lane.task);
+            tasks.push(lane.partition_task);
             metrics::partition_revoked(self.worker, &topic, partition);
             tracing::info!(worker = self.worker, %topic, partition, "partition released");
         }
@@ -197,6 +212,7 @@ impl SourceContext {
         let worker = self.worker;
         // The poll thread is not a runtime thread, so it may block on the runtime.
         self.runtime.block_on(async move {
+            let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
             if tokio::time::timeout(timeout, futures::future::join_all(tasks))
                 .await
                 .is_err()
@@ -204,8 +220,11 @@ impl SourceContext {
                 tracing::warn!(
                     worker,
                     ?timeout,
-                    "in-flight work did not finish within drain_timeout"
+                    "in-flight work did not finish within drain_timeout: aborted"
                 );
+                for a in aborts {
+                    a.abort();
+                }
             }
         });
     }
@@ -334,10 +353,9 @@ impl ClientContext for SourceContext {
         }
     }
 
+    /// Logs only: the Kafka readiness signal has one writer, the statistics
+    /// callback above, which sees every broker's state.
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_kafka_up(false);
-        }
         tracing::warn!(worker = self.worker, error = %scrub(&self.kafka, &error.to_string()), reason = %scrub(&self.kafka, reason), "kafka client error");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::StateStore;
+use super::{ScoreBound, ScoreRange, Scored, StateOp, StateStore};
 
 /// Runs every check. Use a fresh prefix (or database) per call: keys are fixed.
 pub async fn run_all(store: &dyn StateStore) {
@@ -17,6 +17,232 @@ pub async fn run_all(store: &dyn StateStore) {
     compare_and_set_swaps_only_the_expected_value(store).await;
     incr_by_counts_from_zero(store).await;
     sorted_set_orders_by_score(store).await;
+    sorted_set_ranges_have_exclusive_bounds_and_pages(store).await;
+    claim_due_hands_each_member_to_one_claimer_until_the_lease(store).await;
+    delete_if_eq_checks_the_owner(store).await;
+    hashes_round_trip(store).await;
+    apply_writes_every_op(store).await;
+    distinct_counts_merge(store).await;
+}
+
+async fn sorted_set_ranges_have_exclusive_bounds_and_pages(s: &dyn StateStore) {
+    for (m, score) in [("a", 1.0), ("b", 2.0), ("c", 2.0), ("d", 3.0), ("e", 4.0)] {
+        s.zadd("conf:zr", m, score).await.unwrap();
+    }
+    let members = |v: Vec<Scored>| v.into_iter().map(|x| x.member).collect::<Vec<_>>();
+    let r = s
+        .zrange(
+            "conf:zr",
+            ScoreRange {
+                min: ScoreBound::Exclusive(1.0),
+                max: ScoreBound::Exclusive(4.0),
+                offset: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        members(r),
+        vec!["b", "c", "d"],
+        "exclusive bounds leave the ends out"
+    );
+    let page = s
+        .zrange(
+            "conf:zr",
+            ScoreRange {
+                min: ScoreBound::Unbounded,
+                max: ScoreBound::Unbounded,
+                offset: 2,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        members(page),
+        vec!["c", "d"],
+        "offset and limit page through ties by member"
+    );
+    assert_eq!(s.zcard("conf:zr").await.unwrap(), 5);
+    assert_eq!(s.zscore("conf:zr", "d").await.unwrap(), Some(3.0));
+    assert_eq!(s.zscore("conf:zr", "zz").await.unwrap(), None);
+    s.delete(&["conf:zr".into()]).await.unwrap();
+    assert_eq!(s.zcard("conf:zr").await.unwrap(), 0);
+}
+
+async fn claim_due_hands_each_member_to_one_claimer_until_the_lease(s: &dyn StateStore) {
+    s.zadd("conf:due", "r1", 100.0).await.unwrap();
+    s.zadd("conf:due", "r2", 200.0).await.unwrap();
+    s.zadd("conf:due", "r3", 900.0).await.unwrap();
+    let first = s.zclaim_due("conf:due", 250.0, 1250.0, 10).await.unwrap();
+    assert_eq!(
+        first,
+        vec![
+            Scored {
+                member: "r1".into(),
+                score: 100.0
+            },
+            Scored {
+                member: "r2".into(),
+                score: 200.0
+            },
+        ],
+        "due members come back with the score they had"
+    );
+    let second = s.zclaim_due("conf:due", 250.0, 1250.0, 10).await.unwrap();
+    assert!(
+        second.is_empty(),
+        "a claimed member is not handed out again within its lease"
+    );
+    assert!(
+        s.zrem_if_score("conf:due", "r1", 1250.0).await.unwrap(),
+        "the claimer acks"
+    );
+    // r2's claimer "crashed": after the lease, r2 is due again, with r3.
+    let after = s.zclaim_due("conf:due", 1300.0, 2300.0, 10).await.unwrap();
+    let names: Vec<&str> = after.iter().map(|x| x.member.as_str()).collect();
+    assert_eq!(names, vec!["r3", "r2"], "an expired claim comes back");
+    s.zadd("conf:due", "r3", 5000.0).await.unwrap(); // rescheduled meanwhile
+    assert!(
+        !s.zrem_if_score("conf:due", "r3", 2300.0).await.unwrap(),
+        "an ack never removes a member rescheduled since the claim"
+    );
+    assert_eq!(s.zscore("conf:due", "r3").await.unwrap(), Some(5000.0));
+    let limited = s
+        .zclaim_due("conf:due", 10_000.0, 20_000.0, 1)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1, "limit is honoured");
+    s.delete(&["conf:due".into()]).await.unwrap();
+}
+
+async fn delete_if_eq_checks_the_owner(s: &dyn StateStore) {
+    s.set("conf:lease", b"me", None).await.unwrap();
+    assert!(!s.delete_if_eq("conf:lease", b"you").await.unwrap());
+    assert_eq!(s.get("conf:lease").await.unwrap(), Some(b"me".to_vec()));
+    assert!(s.delete_if_eq("conf:lease", b"me").await.unwrap());
+    assert_eq!(s.get("conf:lease").await.unwrap(), None);
+    assert!(
+        !s.delete_if_eq("conf:lease", b"me").await.unwrap(),
+        "absent: nothing to delete"
+    );
+}
+
+async fn hashes_round_trip(s: &dyn StateStore) {
+    assert!(s.hget_all("conf:h").await.unwrap().is_empty());
+    s.apply(&[StateOp::HashSet {
+        key: "conf:h".into(),
+        fields: vec![("a".into(), b"1".to_vec()), ("b".into(), b"x".to_vec())],
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.hget("conf:h", "b").await.unwrap(), Some(b"x".to_vec()));
+    assert_eq!(s.hget("conf:h", "zz").await.unwrap(), None);
+    s.apply(&[
+        StateOp::HashIncrBy {
+            key: "conf:h".into(),
+            field: "a".into(),
+            by: 4,
+        },
+        StateOp::HashDelete {
+            key: "conf:h".into(),
+            fields: vec!["b".into()],
+        },
+    ])
+    .await
+    .unwrap();
+    let all = s.hget_all("conf:h").await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all.get("a").map(Vec::as_slice), Some(&b"5"[..]));
+    s.delete(&["conf:h".into()]).await.unwrap();
+}
+
+async fn apply_writes_every_op(s: &dyn StateStore) {
+    s.apply(&[
+        StateOp::Set {
+            key: "conf:ap:s".into(),
+            value: b"v".to_vec(),
+            ttl: None,
+        },
+        StateOp::IncrBy {
+            key: "conf:ap:n".into(),
+            by: 3,
+            ttl: Some(Duration::from_secs(60)),
+        },
+        StateOp::IncrBy {
+            key: "conf:ap:n".into(),
+            by: 2,
+            ttl: Some(Duration::from_secs(60)),
+        },
+        StateOp::ZAdd {
+            key: "conf:ap:z".into(),
+            member: "m".into(),
+            score: 7.0,
+        },
+        StateOp::Set {
+            key: "conf:ap:gone".into(),
+            value: b"x".to_vec(),
+            ttl: None,
+        },
+        StateOp::Delete {
+            key: "conf:ap:gone".into(),
+        },
+        StateOp::Expire {
+            key: "conf:ap:s".into(),
+            ttl: Duration::from_millis(300),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get("conf:ap:s").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.get("conf:ap:n").await.unwrap(), Some(b"5".to_vec()));
+    assert_eq!(s.zscore("conf:ap:z", "m").await.unwrap(), Some(7.0));
+    assert_eq!(
+        s.get("conf:ap:gone").await.unwrap(),
+        None,
+        "ops apply in order"
+    );
+    s.apply(&[StateOp::ZRem {
+        key: "conf:ap:z".into(),
+        member: "m".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.zcard("conf:ap:z").await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.get("conf:ap:s").await.unwrap(), None, "Expire sets a ttl");
+    s.apply(&[]).await.expect("an empty update is a no-op");
+    s.delete(&["conf:ap:n".into()]).await.unwrap();
+}
+
+async fn distinct_counts_merge(s: &dyn StateStore) {
+    let add = |key: &str, members: &[&str]| StateOp::DistinctAdd {
+        key: key.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    s.apply(&[
+        add("conf:d1", &["u1", "u2", "u3", "u2"]),
+        add("conf:d2", &["u3", "u4"]),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.distinct_count(&["conf:d1".into()]).await.unwrap(), 3);
+    assert_eq!(
+        s.distinct_count(&["conf:d1".into(), "conf:d2".into()])
+            .await
+            .unwrap(),
+        4,
+        "a count over several keys is of their union"
+    );
+    s.distinct_merge("conf:d3", &["conf:d1".into(), "conf:d2".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.distinct_count(&["conf:d3".into()]).await.unwrap(), 4);
+    assert_eq!(s.distinct_count(&["conf:absent".into()]).await.unwrap(), 0);
+    s.delete(&["conf:d1".into(), "conf:d2".into(), "conf:d3".into()])
+        .await
+        .unwrap();
 }
 
 async fn compare_and_set_swaps_only_the_expected_value(s: &dyn StateStore) {

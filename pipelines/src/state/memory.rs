@@ -2,18 +2,21 @@
 //! the process, so it cannot make side effects happen once across restarts;
 //! production uses [`super::RedisStore`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Scored, StateError, StateStore};
+use super::{ScoreRange, Scored, StateError, StateOp, StateStore};
 
 #[derive(Debug, Clone)]
 enum Value {
     Bytes(Vec<u8>),
     ZSet(HashMap<String, f64>),
+    Hash(HashMap<String, Vec<u8>>),
+    /// The in-memory stand-in for a HyperLogLog: exact.
+    Distinct(HashSet<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -207,122 +210,409 @@ impl StateStore for MemoryStore {
 
     async fn incr_by(&self, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, StateError> {
         let k = self.key(key);
-        self.with(|m, now| {
-            let current = match live(m, &k, now) {
-                None => 0,
-                Some(Entry {
-                    value: Value::Bytes(b),
-                    ..
-                }) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .ok_or_else(|| StateError::Protocol {
-                        key: key.to_string(),
-                        message: "ERR value is not an integer or out of range".into(),
-                    })?,
-                Some(_) => return Err(wrong_type(key)),
-            };
-            let next = current + by;
-            let expires_at = match (m.get(&k).and_then(|e| e.expires_at), ttl) {
-                (Some(t), _) => Some(t),
-                (None, Some(ttl)) => Some(now + ttl),
-                (None, None) => None,
-            };
-            m.insert(
-                k,
-                Entry {
-                    value: Value::Bytes(next.to_string().into_bytes()),
-                    expires_at,
-                },
-            );
-            Ok(next)
-        })
+        self.with(|m, now| incr_in(m, &k, key, by, ttl, now))
     }
 
     async fn zadd(&self, key: &str, member: &str, score: f64) -> Result<(), StateError> {
         let k = self.key(key);
         self.with(|m, now| {
-            if live(m, &k, now).is_none() {
-                m.insert(
-                    k.clone(),
-                    Entry {
-                        value: Value::ZSet(HashMap::new()),
-                        expires_at: None,
-                    },
-                );
-            }
-            match m.get_mut(&k) {
-                Some(Entry {
-                    value: Value::ZSet(z),
-                    ..
-                }) => {
-                    z.insert(member.to_string(), score);
-                    Ok(())
-                }
-                _ => Err(wrong_type(key)),
-            }
+            zset_mut(m, &k, key, now).map(|z| {
+                z.insert(member.to_string(), score);
+            })
         })
     }
 
     async fn zrem(&self, key: &str, member: &str) -> Result<bool, StateError> {
         let k = self.key(key);
+        self.with(|m, now| zrem_in(m, &k, key, member, now))
+    }
+
+    async fn zrange(&self, key: &str, range: ScoreRange) -> Result<Vec<Scored>, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| {
+            let mut v = match live(m, &k, now) {
+                None => return Ok(Vec::new()),
+                Some(Entry {
+                    value: Value::ZSet(z),
+                    ..
+                }) => sorted(z, |s| range.admits(s)),
+                Some(_) => return Err(wrong_type(key)),
+            };
+            Ok(v.drain(..).skip(range.offset).take(range.limit).collect())
+        })
+    }
+
+    async fn zcard(&self, key: &str) -> Result<u64, StateError> {
+        let k = self.key(key);
         self.with(|m, now| match live(m, &k, now) {
-            None => Ok(false),
+            None => Ok(0),
             Some(Entry {
                 value: Value::ZSet(z),
                 ..
-            }) => {
-                let removed = z.remove(member).is_some();
-                if z.is_empty() {
-                    m.remove(&k);
-                }
-                Ok(removed)
-            }
+            }) => Ok(z.len() as u64),
             Some(_) => Err(wrong_type(key)),
         })
     }
 
-    async fn zrange_by_score(
+    async fn zscore(&self, key: &str, member: &str) -> Result<Option<f64>, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| match live(m, &k, now) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::ZSet(z),
+                ..
+            }) => Ok(z.get(member).copied()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn zclaim_due(
         &self,
         key: &str,
-        min: f64,
-        max: f64,
+        due_by: f64,
+        lease_until: f64,
         limit: usize,
     ) -> Result<Vec<Scored>, StateError> {
         let k = self.key(key);
-        self.with(|m, now| match live(m, &k, now) {
-            None => Ok(Vec::new()),
-            Some(Entry {
-                value: Value::ZSet(z),
-                ..
-            }) => {
-                let mut v: Vec<Scored> = z
-                    .iter()
-                    .filter(|(_, s)| **s >= min && **s <= max)
-                    .map(|(member, score)| Scored {
-                        member: member.clone(),
-                        score: *score,
-                    })
-                    .collect();
-                // Redis orders by score, then lexicographically by member.
-                v.sort_by(|a, b| {
-                    a.score
-                        .total_cmp(&b.score)
-                        .then_with(|| a.member.cmp(&b.member))
-                });
-                v.truncate(limit);
-                Ok(v)
+        self.with(|m, now| {
+            let z = match live(m, &k, now) {
+                None => return Ok(Vec::new()),
+                Some(Entry {
+                    value: Value::ZSet(z),
+                    ..
+                }) => z,
+                Some(_) => return Err(wrong_type(key)),
+            };
+            let mut due = sorted(z, |s| s <= due_by);
+            due.truncate(limit);
+            for d in &due {
+                z.insert(d.member.clone(), lease_until);
             }
+            Ok(due)
+        })
+    }
+
+    async fn zrem_if_score(&self, key: &str, member: &str, score: f64) -> Result<bool, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| {
+            let current = match live(m, &k, now) {
+                None => return Ok(false),
+                Some(Entry {
+                    value: Value::ZSet(z),
+                    ..
+                }) => z.get(member).copied(),
+                Some(_) => return Err(wrong_type(key)),
+            };
+            if current == Some(score) {
+                zrem_in(m, &k, key, member, now)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+
+    async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError> {
+        let k = self.key(key);
+        Ok(self.with(|m, now| match live(m, &k, now) {
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) if b.as_slice() == expected => m.remove(&k).is_some(),
+            _ => false,
+        }))
+    }
+
+    async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError> {
+        self.with(|m, now| {
+            for op in ops {
+                self.apply_one(m, op, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| match live(m, &k, now) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h.get(field).cloned()),
             Some(_) => Err(wrong_type(key)),
         })
     }
 
-    async fn zfirst(&self, key: &str) -> Result<Option<Scored>, StateError> {
-        Ok(self
-            .zrange_by_score(key, f64::NEG_INFINITY, f64::INFINITY, 1)
-            .await?
-            .into_iter()
-            .next())
+    async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| match live(m, &k, now) {
+            None => Ok(BTreeMap::new()),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h.iter().map(|(f, v)| (f.clone(), v.clone())).collect()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn distinct_count(&self, keys: &[String]) -> Result<u64, StateError> {
+        self.with(|m, now| {
+            let mut union: HashSet<String> = HashSet::new();
+            for key in keys {
+                match live(m, &self.key(key), now) {
+                    None => {}
+                    Some(Entry {
+                        value: Value::Distinct(d),
+                        ..
+                    }) => union.extend(d.iter().cloned()),
+                    Some(_) => return Err(wrong_type(key)),
+                }
+            }
+            Ok(union.len() as u64)
+        })
+    }
+
+    async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError> {
+        self.with(|m, now| {
+            let mut union: HashSet<String> = HashSet::new();
+            for key in sources {
+                match live(m, &self.key(key), now) {
+                    None => {}
+                    Some(Entry {
+                        value: Value::Distinct(d),
+                        ..
+                    }) => union.extend(d.iter().cloned()),
+                    Some(_) => return Err(wrong_type(key)),
+                }
+            }
+            self.apply_one(
+                m,
+                &StateOp::DistinctAdd {
+                    key: dest.to_string(),
+                    members: union.into_iter().collect(),
+                },
+                now,
+            )
+        })
+    }
+}
+
+impl MemoryStore {
+    /// One op of [`StateStore::apply`], under the map's lock.
+    fn apply_one(
+        &self,
+        m: &mut HashMap<String, Entry>,
+        op: &StateOp,
+        now: Instant,
+    ) -> Result<(), StateError> {
+        let key = op.key();
+        let k = self.key(key);
+        match op {
+            StateOp::Set { value, ttl, .. } => {
+                m.insert(
+                    k,
+                    Entry {
+                        value: Value::Bytes(value.clone()),
+                        expires_at: ttl.map(|t| now + t),
+                    },
+                );
+            }
+            StateOp::Delete { .. } => {
+                m.remove(&k);
+            }
+            StateOp::IncrBy { by, ttl, .. } => {
+                incr_in(m, &k, key, *by, *ttl, now)?;
+            }
+            StateOp::HashSet { fields, .. } => {
+                let h = hash_mut(m, &k, key, now)?;
+                for (f, v) in fields {
+                    h.insert(f.clone(), v.clone());
+                }
+            }
+            StateOp::HashIncrBy { field, by, .. } => {
+                let h = hash_mut(m, &k, key, now)?;
+                let current = match h.get(field) {
+                    None => 0,
+                    Some(v) => parse_int(key, v)?,
+                };
+                h.insert(field.clone(), (current + by).to_string().into_bytes());
+            }
+            StateOp::HashDelete { fields, .. } => {
+                if let Some(Entry {
+                    value: Value::Hash(h),
+                    ..
+                }) = live(m, &k, now)
+                {
+                    for f in fields {
+                        h.remove(f);
+                    }
+                    if h.is_empty() {
+                        m.remove(&k);
+                    }
+                }
+            }
+            StateOp::ZAdd { member, score, .. } => {
+                zset_mut(m, &k, key, now)?.insert(member.clone(), *score);
+            }
+            StateOp::ZRem { member, .. } => {
+                zrem_in(m, &k, key, member, now)?;
+            }
+            StateOp::DistinctAdd { members, .. } => {
+                if live(m, &k, now).is_none() {
+                    m.insert(
+                        k.clone(),
+                        Entry {
+                            value: Value::Distinct(HashSet::new()),
+                            expires_at: None,
+                        },
+                    );
+                }
+                match m.get_mut(&k) {
+                    Some(Entry {
+                        value: Value::Distinct(d),
+                        ..
+                    }) => d.extend(members.iter().cloned()),
+                    _ => return Err(wrong_type(key)),
+                }
+            }
+            StateOp::Expire { ttl, .. } => {
+                if let Some(e) = live(m, &k, now) {
+                    e.expires_at = Some(now + *ttl);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The members of `z` whose score `keep` admits, in Redis order (score, then member).
+fn sorted(z: &HashMap<String, f64>, keep: impl Fn(f64) -> bool) -> Vec<Scored> {
+    let mut v: Vec<Scored> = z
+        .iter()
+        .filter(|(_, s)| keep(**s))
+        .map(|(member, score)| Scored {
+            member: member.clone(),
+            score: *score,
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        a.score
+            .total_cmp(&b.score)
+            .then_with(|| a.member.cmp(&b.member))
+    });
+    v
+}
+
+fn parse_int(key: &str, v: &[u8]) -> Result<i64, StateError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| StateError::Protocol {
+            key: key.to_string(),
+            message: "ERR value is not an integer or out of range".into(),
+        })
+}
+
+fn incr_in(
+    m: &mut HashMap<String, Entry>,
+    k: &str,
+    key: &str,
+    by: i64,
+    ttl: Option<Duration>,
+    now: Instant,
+) -> Result<i64, StateError> {
+    let current = match live(m, k, now) {
+        None => 0,
+        Some(Entry {
+            value: Value::Bytes(b),
+            ..
+        }) => parse_int(key, b)?,
+        Some(_) => return Err(wrong_type(key)),
+    };
+    let next = current + by;
+    let expires_at = match (m.get(k).and_then(|e| e.expires_at), ttl) {
+        (Some(t), _) => Some(t),
+        (None, Some(ttl)) => Some(now + ttl),
+        (None, None) => None,
+    };
+    m.insert(
+        k.to_string(),
+        Entry {
+            value: Value::Bytes(next.to_string().into_bytes()),
+            expires_at,
+        },
+    );
+    Ok(next)
+}
+
+fn zset_mut<'a>(
+    m: &'a mut HashMap<String, Entry>,
+    k: &str,
+    key: &str,
+    now: Instant,
+) -> Result<&'a mut HashMap<String, f64>, StateError> {
+    if live(m, k, now).is_none() {
+        m.insert(
+            k.to_string(),
+            Entry {
+                value: Value::ZSet(HashMap::new()),
+                expires_at: None,
+            },
+        );
+    }
+    match m.get_mut(k) {
+        Some(Entry {
+            value: Value::ZSet(z),
+            ..
+        }) => Ok(z),
+        _ => Err(wrong_type(key)),
+    }
+}
+
+fn hash_mut<'a>(
+    m: &'a mut HashMap<String, Entry>,
+    k: &str,
+    key: &str,
+    now: Instant,
+) -> Result<&'a mut HashMap<String, Vec<u8>>, StateError> {
+    if live(m, k, now).is_none() {
+        m.insert(
+            k.to_string(),
+            Entry {
+                value: Value::Hash(HashMap::new()),
+                expires_at: None,
+            },
+        );
+    }
+    match m.get_mut(k) {
+        Some(Entry {
+            value: Value::Hash(h),
+            ..
+        }) => Ok(h),
+        _ => Err(wrong_type(key)),
+    }
+}
+
+fn zrem_in(
+    m: &mut HashMap<String, Entry>,
+    k: &str,
+    key: &str,
+    member: &str,
+    now: Instant,
+) -> Result<bool, StateError> {
+    match live(m, k, now) {
+        None => Ok(false),
+        Some(Entry {
+            value: Value::ZSet(z),
+            ..
+        }) => {
+            let removed = z.remove(member).is_some();
+            if z.is_empty() {
+                m.remove(k);
+            }
+            Ok(removed)
+        }
+        Some(_) => Err(wrong_type(key)),
     }
 }
 

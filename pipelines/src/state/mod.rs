@@ -7,16 +7,20 @@
 //!
 //! Keys given to a store are logical; the store prepends its configured prefix.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "testkit")]
 pub mod conformance;
 mod memory;
+mod ops;
 mod redis;
 
 pub use self::memory::MemoryStore;
+pub use self::ops::{ScoreBound, ScoreRange, StateOp};
 pub use self::redis::RedisStore;
 
 use crate::config::RedisConfig;
@@ -85,6 +89,8 @@ pub trait StateStore: Send + Sync + 'static {
     async fn zadd(&self, key: &str, member: &str, score: f64) -> Result<(), StateError>;
     /// Removes a sorted-set member; true when it was there.
     async fn zrem(&self, key: &str, member: &str) -> Result<bool, StateError>;
+    /// Members within `range`, lowest score first (ties by member), paged.
+    async fn zrange(&self, key: &str, range: ScoreRange) -> Result<Vec<Scored>, StateError>;
     /// Members with `min <= score <= max`, lowest score first, at most `limit`.
     async fn zrange_by_score(
         &self,
@@ -92,9 +98,55 @@ pub trait StateStore: Send + Sync + 'static {
         min: f64,
         max: f64,
         limit: usize,
-    ) -> Result<Vec<Scored>, StateError>;
+    ) -> Result<Vec<Scored>, StateError> {
+        self.zrange(key, ScoreRange::inclusive(min, max, limit))
+            .await
+    }
     /// The lowest-scored member, if any.
-    async fn zfirst(&self, key: &str) -> Result<Option<Scored>, StateError>;
+    async fn zfirst(&self, key: &str) -> Result<Option<Scored>, StateError> {
+        Ok(self
+            .zrange_by_score(key, f64::NEG_INFINITY, f64::INFINITY, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+    /// How many members the sorted set has.
+    async fn zcard(&self, key: &str) -> Result<u64, StateError>;
+    /// A member's score, if it is there.
+    async fn zscore(&self, key: &str, member: &str) -> Result<Option<f64>, StateError>;
+    /// Claims the due members of a sorted set, atomically: every member with
+    /// `score <= due_by` (at most `limit`, lowest first) is re-scored to
+    /// `lease_until` and returned with the score it had. A claimer that
+    /// finishes removes the member with [`StateStore::zrem_if_score`]; one that
+    /// crashes leaves it at `lease_until`, where it becomes due again and is
+    /// claimed by whoever runs next. Two claimers never get the same member
+    /// within one lease (a Lua script on Redis).
+    async fn zclaim_due(
+        &self,
+        key: &str,
+        due_by: f64,
+        lease_until: f64,
+        limit: usize,
+    ) -> Result<Vec<Scored>, StateError>;
+    /// Removes `member` only while its score is still `score` (a claim this
+    /// caller made, not since rescheduled); true when removed. Atomic.
+    async fn zrem_if_score(&self, key: &str, member: &str, score: f64) -> Result<bool, StateError>;
+    /// Deletes `key` only while it holds `expected` (an owner-checked
+    /// release); true when deleted. Atomic.
+    async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError>;
+    /// Applies `ops` in order as one atomic unit (`MULTI`/`EXEC` on Redis): a
+    /// crash or a concurrent reader sees all of them or none.
+    async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError>;
+    /// One field of a hash.
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError>;
+    /// Every field of a hash (empty when absent).
+    async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError>;
+    /// The number of distinct members added (with [`StateOp::DistinctAdd`]) to
+    /// the union of `keys`: `PFCOUNT` on Redis (HyperLogLog, about 0.8 %
+    /// standard error), exact in memory.
+    async fn distinct_count(&self, keys: &[String]) -> Result<u64, StateError>;
+    /// Merges distinct counts: `dest` becomes the union of `dest` and `sources`.
+    async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError>;
 }
 
 /// Opens the store a config names: `memory:` or a Redis URL.

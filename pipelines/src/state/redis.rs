@@ -6,13 +6,14 @@
 //! pipeline. `set_nx_get_many` uses `SET .. NX PX .. GET`, which needs Redis 7.0
 //! or later.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
 
-use super::{Scored, StateError, StateStore};
+use super::{ScoreRange, Scored, StateError, StateOp, StateStore};
 use crate::config::{mask_url, RedisConfig};
 
 /// `compare_and_set`: GET and SET as one atomic step.
@@ -29,6 +30,50 @@ end
 return 0",
     )
 });
+
+/// `zclaim_due`: read the due members and re-score them, as one atomic step.
+static CLAIM_DUE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+end
+return due",
+    )
+});
+
+/// `zrem_if_score`: remove a member only while its score is unchanged.
+static ZREM_IF_SCORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0",
+    )
+});
+
+/// `delete_if_eq`: an owner-checked delete.
+static DELETE_IF_EQ: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0",
+    )
+});
+
+/// Server replies that mean "not now" (a failover, a replica still loading,
+/// a cluster resharding): the store is unavailable, the message is fine.
+const NOT_NOW: &[&str] = &[
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "BUSY",
+    "NOREPLICAS",
+];
 
 /// A Redis-backed store. Cheap to clone (the connection is shared).
 #[derive(Clone)]
@@ -50,7 +95,19 @@ fn unavailable(e: RedisError) -> StateError {
 }
 
 fn classify(key: &str, e: RedisError) -> StateError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    let not_now = e.code().is_some_and(|c| NOT_NOW.contains(&c))
+        || NOT_NOW.iter().any(|c| {
+            e.to_string()
+                .split_whitespace()
+                .any(|w| w.trim_matches(':') == *c)
+        });
+    if not_now
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+    {
         unavailable(e)
     } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
         || e.code().is_some()
@@ -62,6 +119,11 @@ fn classify(key: &str, e: RedisError) -> StateError {
     } else {
         unavailable(e)
     }
+}
+
+/// The score argument Redis reads back exactly.
+fn score_arg(x: f64) -> String {
+    super::ScoreBound::Inclusive(x).redis_arg(true)
 }
 
 impl RedisStore {
@@ -300,31 +362,16 @@ impl StateStore for RedisStore {
             .map_err(|e| classify(key, e))
     }
 
-    async fn zrange_by_score(
-        &self,
-        key: &str,
-        min: f64,
-        max: f64,
-        limit: usize,
-    ) -> Result<Vec<Scored>, StateError> {
+    async fn zrange(&self, key: &str, range: ScoreRange) -> Result<Vec<Scored>, StateError> {
         let mut c = self.conn.clone();
-        let bound = |x: f64| {
-            if x == f64::NEG_INFINITY {
-                "-inf".to_string()
-            } else if x == f64::INFINITY {
-                "+inf".to_string()
-            } else {
-                x.to_string()
-            }
-        };
         let pairs: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.key(key))
-            .arg(bound(min))
-            .arg(bound(max))
+            .arg(range.min.redis_arg(true))
+            .arg(range.max.redis_arg(false))
             .arg("WITHSCORES")
             .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
+            .arg(range.offset)
+            .arg(range.limit)
             .query_async(&mut c)
             .await
             .map_err(|e| classify(key, e))?;
@@ -334,11 +381,198 @@ impl StateStore for RedisStore {
             .collect())
     }
 
-    async fn zfirst(&self, key: &str) -> Result<Option<Scored>, StateError> {
-        Ok(self
-            .zrange_by_score(key, f64::NEG_INFINITY, f64::INFINITY, 1)
-            .await?
-            .into_iter()
-            .next())
+    async fn zcard(&self, key: &str) -> Result<u64, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZCARD")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zscore(&self, key: &str, member: &str) -> Result<Option<f64>, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZSCORE")
+            .arg(self.key(key))
+            .arg(member)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zclaim_due(
+        &self,
+        key: &str,
+        due_by: f64,
+        lease_until: f64,
+        limit: usize,
+    ) -> Result<Vec<Scored>, StateError> {
+        let mut c = self.conn.clone();
+        let flat: Vec<String> = CLAIM_DUE
+            .key(self.key(key))
+            .arg(score_arg(due_by))
+            .arg(score_arg(lease_until))
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))?;
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [member, score] => score
+                    .parse::<f64>()
+                    .map(|score| Scored {
+                        member: member.clone(),
+                        score,
+                    })
+                    .map_err(|_| StateError::Protocol {
+                        key: key.to_string(),
+                        message: format!("score {score:?} is not a number"),
+                    }),
+                _ => Err(StateError::Protocol {
+                    key: key.to_string(),
+                    message: "odd number of member/score replies".into(),
+                }),
+            })
+            .collect()
+    }
+
+    async fn zrem_if_score(&self, key: &str, member: &str, score: f64) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        ZREM_IF_SCORE
+            .key(self.key(key))
+            .arg(member)
+            .arg(score_arg(score))
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        DELETE_IF_EQ
+            .key(self.key(key))
+            .arg(expected)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError> {
+        let Some(first) = ops.first() else {
+            return Ok(());
+        };
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for op in ops {
+            let k = self.key(op.key());
+            match op {
+                StateOp::Set { value, ttl, .. } => {
+                    let cmd = pipe.cmd("SET").arg(&k).arg(value.as_slice());
+                    if let Some(ttl) = ttl {
+                        cmd.arg("PX").arg(Self::ms(*ttl));
+                    }
+                    cmd.ignore();
+                }
+                StateOp::Delete { .. } => {
+                    pipe.cmd("DEL").arg(&k).ignore();
+                }
+                StateOp::IncrBy { by, ttl, .. } => {
+                    pipe.cmd("INCRBY").arg(&k).arg(*by).ignore();
+                    if let Some(ttl) = ttl {
+                        pipe.cmd("PEXPIRE")
+                            .arg(&k)
+                            .arg(Self::ms(*ttl))
+                            .arg("NX")
+                            .ignore();
+                    }
+                }
+                StateOp::HashSet { fields, .. } => {
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    let cmd = pipe.cmd("HSET").arg(&k);
+                    for (f, v) in fields {
+                        cmd.arg(f).arg(v.as_slice());
+                    }
+                    cmd.ignore();
+                }
+                StateOp::HashIncrBy { field, by, .. } => {
+                    pipe.cmd("HINCRBY").arg(&k).arg(field).arg(*by).ignore();
+                }
+                StateOp::HashDelete { fields, .. } => {
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    pipe.cmd("HDEL").arg(&k).arg(fields).ignore();
+                }
+                StateOp::ZAdd { member, score, .. } => {
+                    pipe.cmd("ZADD")
+                        .arg(&k)
+                        .arg(score_arg(*score))
+                        .arg(member)
+                        .ignore();
+                }
+                StateOp::ZRem { member, .. } => {
+                    pipe.cmd("ZREM").arg(&k).arg(member).ignore();
+                }
+                StateOp::DistinctAdd { members, .. } => {
+                    pipe.cmd("PFADD").arg(&k).arg(members).ignore();
+                }
+                StateOp::Expire { ttl, .. } => {
+                    pipe.cmd("PEXPIRE").arg(&k).arg(Self::ms(*ttl)).ignore();
+                }
+            }
+        }
+        pipe.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| classify(first.key(), e))
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("HGET")
+            .arg(self.key(key))
+            .arg(field)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError> {
+        let mut c = self.conn.clone();
+        redis::cmd("HGETALL")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn distinct_count(&self, keys: &[String]) -> Result<u64, StateError> {
+        let Some(first) = keys.first() else {
+            return Ok(0);
+        };
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("PFCOUNT");
+        for k in keys {
+            cmd.arg(self.key(k));
+        }
+        cmd.query_async(&mut c)
+            .await
+            .map_err(|e| classify(first, e))
+    }
+
+    async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("PFMERGE");
+        cmd.arg(self.key(dest));
+        for k in sources {
+            cmd.arg(self.key(k));
+        }
+        cmd.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| classify(dest, e))
     }
 }

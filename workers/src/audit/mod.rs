@@ -13,11 +13,13 @@
 //! waits, nothing is dropped. Retention deletes whole days/partitions on a timer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Worker, WorkerError};
+use chrono::{DateTime, Utc};
+use pipelines::{
+    BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerScope, Worker, WorkerError,
+};
 
 pub mod cli;
 pub mod convert;
@@ -173,15 +175,24 @@ impl Worker for AuditWorker {
         }
     }
 
-    fn has_timer(&self) -> bool {
-        !self.config.retention.is_zero()
+    /// Retention runs on one replica at a time (the lease holder): two
+    /// replicas deleting the same partitions would only contend.
+    fn timer_scope(&self) -> TimerScope {
+        if self.config.retention.is_zero() {
+            TimerScope::None
+        } else {
+            TimerScope::Leader
+        }
     }
 
     /// Retention: delete whole days/partitions older than the retention period.
-    async fn tick(&self, _ctx: &Ctx) -> Result<Option<Duration>, WorkerError> {
+    async fn tick(&self, _timer: &Timer, ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
         let retention = chrono::Duration::from_std(self.config.retention)
             .map_err(|e| WorkerError::permanent(format!("audit.retention: {e}")))?;
-        let cutoff = Utc::now() - retention;
+        let interval = chrono::Duration::from_std(self.config.retention_check_interval)
+            .map_err(|e| WorkerError::permanent(format!("audit.retention_check_interval: {e}")))?;
+        let now = ctx.now();
+        let cutoff = now - retention;
         let n = self
             .store
             .enforce_retention(cutoff)
@@ -191,7 +202,14 @@ impl Worker for AuditWorker {
             tracing::info!(deleted = n, %cutoff, "audit retention enforced");
             metrics::retention_deleted(self.store_kind, n);
         }
-        Ok(Some(self.config.retention_check_interval))
+        Ok(Some(now + interval))
+    }
+
+    async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
+        vec![(
+            "audit store",
+            self.store.ping().await.map_err(|e| e.to_string()),
+        )]
     }
 
     fn uses_idempotency_guard(&self) -> bool {

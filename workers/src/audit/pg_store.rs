@@ -549,6 +549,15 @@ impl PgStore {
 
 #[async_trait]
 impl AuditStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| pg_err("ping", e))
+    }
+
     async fn append(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
         if records.is_empty() {
             return Ok(0);

@@ -93,6 +93,10 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
     /// Deletes whole days/partitions entirely older than `cutoff`; returns how many.
     async fn enforce_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Whether the store is reachable now (readiness). Local files always are.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The `prev_hash` of a chain's first record: 64 zeros.

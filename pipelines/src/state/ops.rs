@@ -1,0 +1,142 @@
+//! The value types of the richer state operations: atomic multi-key updates
+//! ([`StateOp`]) and sorted-set score ranges ([`ScoreRange`]).
+
+use std::time::Duration;
+
+/// One write of an atomic update ([`super::StateStore::apply`]). Every op of
+/// one `apply` call takes effect together or not at all (`MULTI`/`EXEC` on
+/// Redis), so a counter and the idempotency mark of the event that moved it
+/// can never disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateOp {
+    /// `SET key value [PX ttl]`.
+    Set {
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    /// `DEL key`.
+    Delete { key: String },
+    /// `INCRBY key by`, then `PEXPIRE key ttl NX` (the expiry is set once,
+    /// when the counter is created).
+    IncrBy {
+        key: String,
+        by: i64,
+        ttl: Option<Duration>,
+    },
+    /// `HSET key field value [field value ...]`.
+    HashSet {
+        key: String,
+        fields: Vec<(String, Vec<u8>)>,
+    },
+    /// `HINCRBY key field by`.
+    HashIncrBy { key: String, field: String, by: i64 },
+    /// `HDEL key field [field ...]`.
+    HashDelete { key: String, fields: Vec<String> },
+    /// `ZADD key score member`.
+    ZAdd {
+        key: String,
+        member: String,
+        score: f64,
+    },
+    /// `ZREM key member`.
+    ZRem { key: String, member: String },
+    /// `PFADD key member [member ...]`: a mergeable distinct count.
+    DistinctAdd { key: String, members: Vec<String> },
+    /// `PEXPIRE key ttl`.
+    Expire { key: String, ttl: Duration },
+}
+
+impl StateOp {
+    /// The logical key the op writes.
+    pub fn key(&self) -> &str {
+        match self {
+            StateOp::Set { key, .. }
+            | StateOp::Delete { key }
+            | StateOp::IncrBy { key, .. }
+            | StateOp::HashSet { key, .. }
+            | StateOp::HashIncrBy { key, .. }
+            | StateOp::HashDelete { key, .. }
+            | StateOp::ZAdd { key, .. }
+            | StateOp::ZRem { key, .. }
+            | StateOp::DistinctAdd { key, .. }
+            | StateOp::Expire { key, .. } => key,
+        }
+    }
+}
+
+/// One end of a score range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScoreBound {
+    /// No bound (`-inf` / `+inf`).
+    Unbounded,
+    /// `score >= x` (or `<=`).
+    Inclusive(f64),
+    /// `score > x` (or `<`): Redis's `(x`.
+    Exclusive(f64),
+}
+
+impl ScoreBound {
+    /// Redis's argument form; `low` picks `-inf` or `+inf` for `Unbounded`.
+    pub(crate) fn redis_arg(&self, low: bool) -> String {
+        match self {
+            ScoreBound::Unbounded if low => "-inf".into(),
+            ScoreBound::Unbounded => "+inf".into(),
+            ScoreBound::Inclusive(x) => fmt_score(*x),
+            ScoreBound::Exclusive(x) => format!("({}", fmt_score(*x)),
+        }
+    }
+
+    fn admits_from_below(&self, score: f64) -> bool {
+        match self {
+            ScoreBound::Unbounded => true,
+            ScoreBound::Inclusive(x) => score >= *x,
+            ScoreBound::Exclusive(x) => score > *x,
+        }
+    }
+
+    fn admits_from_above(&self, score: f64) -> bool {
+        match self {
+            ScoreBound::Unbounded => true,
+            ScoreBound::Inclusive(x) => score <= *x,
+            ScoreBound::Exclusive(x) => score < *x,
+        }
+    }
+}
+
+fn fmt_score(x: f64) -> String {
+    if x == f64::NEG_INFINITY {
+        "-inf".into()
+    } else if x == f64::INFINITY {
+        "+inf".into()
+    } else {
+        x.to_string()
+    }
+}
+
+/// Which members of a sorted set to read, lowest score first: those within
+/// `min..max`, skipping `offset`, at most `limit` (paging).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreRange {
+    pub min: ScoreBound,
+    pub max: ScoreBound,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl ScoreRange {
+    /// Every member with `min <= score <= max`, at most `limit`.
+    pub fn inclusive(min: f64, max: f64, limit: usize) -> Self {
+        ScoreRange {
+            min: ScoreBound::Inclusive(min),
+            max: ScoreBound::Inclusive(max),
+            offset: 0,
+            limit,
+        }
+    }
+
+    /// Whether `score` lies within the bounds (paging aside).
+    pub fn admits(&self, score: f64) -> bool {
+        self.min.admits_from_below(score) && self.max.admits_from_above(score)
+    }
+}
