@@ -2,6 +2,8 @@
 //! aiosmtpd, started by the harness on a free port), lettre's file transport,
 //! and a small HTTP endpoint for the webhook.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -488,4 +490,56 @@ async fn webhook_connection_refused_is_transient() {
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.reason(), "connection");
     assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[test]
+fn config_check_masks_the_unsubscribe_secret_and_the_smtp_password() {
+    let out = common::taskstream()
+        .args(["config", "check"])
+        .env(
+            "SMTP_URL",
+            "smtps://mailer:smtp-secret-pw@relay.example.com:465",
+        )
+        .env(
+            "TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET",
+            "unsubscribe-secret-value-42",
+        )
+        .env("TASKSTREAM_REMINDERS__FROM", "Reminders <r@example.com>")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for secret in ["smtp-secret-pw", "unsubscribe-secret-value-42"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("[reminders]"), "{stdout}");
+    assert!(
+        stdout.contains("unsubscribe_secret = \"********\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("smtps://mailer:********@relay.example.com:465"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Reminders <r@example.com>"), "{stdout}");
+}
+
+#[test]
+fn config_check_rejects_a_relay_without_an_unsubscribe_secret() {
+    let out = common::taskstream()
+        .args(["config", "check"])
+        .env(
+            "SMTP_URL",
+            "smtp://mailer:smtp-secret-pw@relay.example.com:25",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("reminders.unsubscribe_secret"), "{stderr}");
+    assert!(!stderr.contains("smtp-secret-pw"), "{stderr}");
 }

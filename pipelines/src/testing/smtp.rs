@@ -94,7 +94,19 @@ pub struct SmtpServer {
     port: u16,
     dir: PathBuf,
     python: PathBuf,
+    tls: SmtpTls,
     child: Option<Child>,
+}
+
+/// How the test server speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP.
+    None,
+    /// STARTTLS offered and required before `MAIL` (lettre's `?tls=required`).
+    StartTls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
 }
 
 /// One message the server accepted.
@@ -149,8 +161,19 @@ impl ReceivedMail {
 }
 
 impl SmtpServer {
-    /// Starts a server and waits until it greets.
+    /// Starts a plain server and waits until it greets.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::launch(SmtpTls::None)
+    }
+
+    /// Starts a server speaking TLS as `tls` says, with a self-signed
+    /// certificate for `127.0.0.1` and `localhost` made with the `openssl`
+    /// command ([`SmtpServer::certificate`]; a client must be told to trust it).
+    pub fn start_tls(tls: SmtpTls) -> Result<Self, HarnessError> {
+        Self::launch(tls)
+    }
+
+    fn launch(tls: SmtpTls) -> Result<Self, HarnessError> {
         let dir = std::env::temp_dir().join(unique("taskstream-smtp"));
         std::fs::create_dir_all(dir.join("messages")).map_err(|e| HarnessError(e.to_string()))?;
         std::fs::write(dir.join(format!("{HANDLER_MODULE}.py")), HANDLER)
@@ -159,10 +182,46 @@ impl SmtpServer {
             port: free_port()?,
             dir,
             python: find_python()?,
+            tls,
             child: None,
         };
+        if tls != SmtpTls::None {
+            server.make_certificate()?;
+        }
         server.spawn()?;
         Ok(server)
+    }
+
+    /// A self-signed `cert.pem`/`key.pem` in the server's directory, valid for
+    /// `127.0.0.1` and `localhost`.
+    fn make_certificate(&self) -> Result<(), HarnessError> {
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| {
+                HarnessError(format!(
+                    "cannot run openssl ({e}); install it with `apt-get install openssl`"
+                ))
+            })?;
+        if !status.success() {
+            return Err(HarnessError(
+                "openssl could not make a test certificate".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server's certificate (PEM), when it speaks TLS.
+    pub fn certificate(&self) -> Option<PathBuf> {
+        (self.tls != SmtpTls::None).then(|| self.dir.join("cert.pem"))
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
@@ -170,11 +229,22 @@ impl SmtpServer {
         // that fails on the protocol can read it there.
         let log = std::fs::File::create(self.dir.join("aiosmtpd.log"))
             .map_err(|e| HarnessError(e.to_string()))?;
-        let child = Command::new(&self.python)
-            .args(["-m", "aiosmtpd", "-n"])
+        let mut command = Command::new(&self.python);
+        command.args(["-m", "aiosmtpd", "-n"]);
+        match self.tls {
+            SmtpTls::None => {}
+            SmtpTls::StartTls => {
+                command.args(["--tlscert", "cert.pem", "--tlskey", "key.pem"]);
+            }
+            SmtpTls::Implicit => {
+                command.args(["--smtpscert", "cert.pem", "--smtpskey", "key.pem"]);
+            }
+        }
+        let child = command
             .args(["-l", &format!("127.0.0.1:{}", self.port)])
             .args(["-c", &format!("{HANDLER_MODULE}.Handler")])
             .arg(&self.dir)
+            .current_dir(&self.dir)
             .env("PYTHONPATH", &self.dir)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
@@ -205,12 +275,16 @@ impl SmtpServer {
         )))
     }
 
-    /// Whether the server answers a connection with its `220` greeting.
+    /// Whether the server answers a connection with its `220` greeting (with
+    /// implicit TLS, whether it accepts connections: the greeting is encrypted).
     fn greets(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls == SmtpTls::Implicit {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 4];
         let greeted = s.read_exact(&mut buf).is_ok() && buf.starts_with(b"220");
@@ -222,9 +296,14 @@ impl SmtpServer {
         self.port
     }
 
-    /// `smtp://127.0.0.1:PORT`: lettre's URL form for a plain local relay.
+    /// lettre's URL form for this server: `smtp://127.0.0.1:PORT` (plain),
+    /// `smtp://127.0.0.1:PORT?tls=required` (STARTTLS), `smtps://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match self.tls {
+            SmtpTls::None => format!("smtp://127.0.0.1:{}", self.port),
+            SmtpTls::StartTls => format!("smtp://127.0.0.1:{}?tls=required", self.port),
+            SmtpTls::Implicit => format!("smtps://127.0.0.1:{}", self.port),
+        }
     }
 
     /// The directory the server keeps its handler, log and messages in.
