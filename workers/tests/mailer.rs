@@ -245,6 +245,42 @@ async fn retrying_with_backoff_through_an_outage_delivers_exactly_once() {
 }
 
 #[tokio::test]
+async fn concurrent_reminders_share_the_pool_and_each_arrives_once() {
+    let server = SmtpServer::start().unwrap();
+    let mailer = smtp_mailer(&server);
+    let reminders: Vec<ReminderNotification> = (0..40)
+        .map(|i| {
+            reminder(
+                &format!("task-c{i}"),
+                &format!("user{i}@example.com"),
+                "Batch",
+            )
+        })
+        .collect();
+    let results = futures::future::join_all(reminders.iter().map(|n| mailer.send(n))).await;
+    let mut expected: Vec<String> = results
+        .into_iter()
+        .map(|r| r.expect("delivered").message_id)
+        .collect();
+    let mail = server
+        .wait_for_messages(40, Duration::from_secs(10))
+        .unwrap();
+    let mut received: Vec<String> = mail
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap().to_string())
+        .collect();
+    expected.sort();
+    received.sort();
+    assert_eq!(received, expected, "each reminder once");
+    let mut ids = received.clone();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "forty different Message-IDs");
+    for m in &mail {
+        assert_eq!(m.recipients.len(), 1);
+    }
+}
+
+#[tokio::test]
 async fn recipient_rejected_with_5xx_is_permanent() {
     let server = SmtpServer::start().unwrap();
     server
