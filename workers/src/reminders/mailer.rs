@@ -1,12 +1,13 @@
 //! Reminder email: builds the message and hands it to an SMTP relay (lettre's
-//! async transport, pooled) or, with no relay configured, writes it as an
+//! SMTP client over a pool of `TCP_NODELAY` connections: [`super::relay`]) or, with no relay configured, writes it as an
 //! `.eml` file (lettre's file transport: the demo's `demo-out/mail/`).
 //!
 //! The relay is `smtp.url` (env `SMTP_URL`) in lettre's URL form:
 //! `smtp://host:25` for a local relay without TLS, `smtp://host:587?tls=required`
 //! for STARTTLS, `smtps://host:465` for implicit TLS, credentials in the user
 //! part (`smtps://user:password@host`); TLS is OpenSSL's (native-tls), like the
-//! rest of the binary. The URL is only ever shown masked.
+//! rest of the binary. The URL is only ever shown masked. At most
+//! `reminders.smtp_pool_size` connections are open and kept.
 //!
 //! Each message is `multipart/alternative` (plain text, then HTML) from the
 //! [templates](super::template), with:
@@ -46,10 +47,7 @@ use std::time::{Duration, SystemTime};
 
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{
-    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-};
+use lettre::{Address, AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use pipelines::config::{mask_url, ConfigError};
 use tokio::sync::Semaphore;
 
@@ -58,6 +56,7 @@ use super::notification::{
     delivery_key, Channel, Delivered, DeliveryError, PermanentCause, ReminderNotification,
     TransientCause,
 };
+use super::relay::{RelayAddress, RelayError, SmtpRelay};
 use super::template::{single_line, ReminderTemplates, TemplateError};
 use super::unsubscribe::{UnsubscribeError, UnsubscribeLinks};
 
@@ -79,7 +78,7 @@ pub enum MailerError {
 /// Where messages go.
 enum Transport {
     Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        relay: SmtpRelay,
         /// `smtp.url` with the password masked: the only form ever shown.
         masked_url: String,
     },
@@ -99,7 +98,7 @@ pub struct Mailer {
     templates: ReminderTemplates,
     unsubscribe: UnsubscribeLinks,
     send_timeout: Duration,
-    /// lettre's pool bounds idle connections only; this bounds open ones.
+    /// Bounds open connections (the pool bounds idle ones).
     in_flight: Arc<Semaphore>,
 }
 
@@ -115,8 +114,7 @@ impl std::fmt::Debug for Mailer {
 impl Mailer {
     /// Builds the mailer: SMTP when `smtp_url` (`smtp.url`) is set, else files
     /// in `reminders.mail_dir`. Validates the config, loads and checks the
-    /// templates; connects to nothing (the first send does). Call it inside a
-    /// Tokio runtime: the SMTP pool starts its housekeeping task here.
+    /// templates; connects to nothing (the first send does).
     pub fn from_config(config: &RemindersConfig, smtp_url: &str) -> Result<Mailer, MailerError> {
         config.validate(smtp_url)?;
         let from = config.sender()?;
@@ -137,22 +135,15 @@ impl Mailer {
             }
         } else {
             let masked_url = mask_url(smtp_url);
-            let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url).map_err(|e| {
-                MailerError::SmtpUrl {
-                    url: masked_url.clone(),
-                    reason: format!(
-                        "{e} (expected smtp://host:port, smtp://host:port?tls=required or smtps://host:port)"
-                    ),
-                }
+            let address = RelayAddress::parse(smtp_url).map_err(|reason| MailerError::SmtpUrl {
+                url: masked_url.clone(),
+                reason: format!(
+                    "{reason} (expected smtp://host:port, smtp://host:port?tls=required or smtps://host:port)"
+                ),
             })?;
-            let transport = builder
-                .timeout(Some(config.send_timeout))
-                .pool_config(PoolConfig::new().max_size(config.smtp_pool_size))
-                .build();
-            Transport::Smtp {
-                transport,
-                masked_url,
-            }
+            let relay =
+                SmtpRelay::new(address, config.send_timeout, config.smtp_pool_size as usize);
+            Transport::Smtp { relay, masked_url }
         };
         Ok(Mailer {
             transport,
@@ -237,8 +228,8 @@ impl Mailer {
         })?;
         let attempt = async {
             match &self.transport {
-                Transport::Smtp { transport, .. } => transport
-                    .send(message)
+                Transport::Smtp { relay, .. } => relay
+                    .send(message.envelope(), &message.formatted())
                     .await
                     .map(|r| {
                         let text: Vec<&str> = r.message().collect();
@@ -273,21 +264,14 @@ impl Mailer {
         })
     }
 
-    /// Whether the relay answers now (NOOP on a pooled connection): for
-    /// readiness. Always true for the file transport.
+    /// Whether the relay answers now (NOOP on a pooled or new connection):
+    /// for readiness. Always true for the file transport.
     pub async fn relay_ready(&self) -> Result<(), DeliveryError> {
         match &self.transport {
             Transport::Files { .. } => Ok(()),
-            Transport::Smtp { transport, .. } => {
-                let check = tokio::time::timeout(self.send_timeout, transport.test_connection());
-                match check.await {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err(DeliveryError::transient(
-                        Channel::Email,
-                        TransientCause::Connection,
-                        "relay did not answer NOOP",
-                    )),
-                    Ok(Err(e)) => Err(classify_smtp(e)),
+            Transport::Smtp { relay, .. } => {
+                match tokio::time::timeout(self.send_timeout, relay.check()).await {
+                    Ok(result) => result.map_err(classify_smtp),
                     Err(_) => Err(DeliveryError::transient(
                         Channel::Email,
                         TransientCause::Timeout,
@@ -301,8 +285,8 @@ impl Mailer {
     /// Closes pooled connections (QUIT) on shutdown.
     pub async fn shutdown(&self) {
         self.in_flight.close();
-        if let Transport::Smtp { transport, .. } = &self.transport {
-            transport.shutdown().await;
+        if let Transport::Smtp { relay, .. } = &self.transport {
+            relay.shutdown().await;
         }
     }
 }
@@ -340,8 +324,21 @@ fn recipient(n: &ReminderNotification) -> Result<Mailbox, DeliveryError> {
 /// out (not-ready), not a verdict on this reminder.
 const LOGIN_REFUSED: [u16; 4] = [530, 534, 535, 538];
 
-/// Classifies lettre's SMTP errors.
-fn classify_smtp(e: lettre::transport::smtp::Error) -> DeliveryError {
+/// Classifies relay failures: lettre's SMTP errors, and our connect and TLS ones.
+fn classify_smtp(e: RelayError) -> DeliveryError {
+    let e = match e {
+        RelayError::Smtp(e) => e,
+        RelayError::ConnectTimeout { .. } => {
+            return DeliveryError::transient(Channel::Email, TransientCause::Timeout, e.to_string())
+        }
+        other => {
+            return DeliveryError::transient(
+                Channel::Email,
+                TransientCause::Connection,
+                other.to_string(),
+            )
+        }
+    };
     let detail = e.to_string();
     let code = e
         .status()

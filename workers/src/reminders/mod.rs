@@ -6,6 +6,7 @@
 pub mod config;
 pub mod mailer;
 pub mod notification;
+pub mod relay;
 pub mod template;
 pub mod unsubscribe;
 pub mod webhook;
