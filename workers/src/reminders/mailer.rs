@@ -28,8 +28,10 @@
 //! The scheduler marks a reminder sent (a key derived from task, fire time and
 //! channel) after [`Mailer::send`] returns `Ok`, which is when the relay has
 //! accepted the message (`250` to the end of `DATA`). A crash between that
-//! acceptance and the mark sends the reminder a second time after the restart.
-//! No protocol closes that window (SMTP has no idempotent submission); the
+//! acceptance and the mark sends the reminder a second time after the restart;
+//! so does a `250` lost on the way back (connection cut, `send_timeout` hit
+//! after the relay had accepted): that attempt reports transient and is
+//! retried. No protocol closes that window (SMTP has no idempotent submission); the
 //! deterministic `Message-ID` makes the second copy recognisable, and mail
 //! stores and clients that deduplicate by `Message-ID` (Gmail does) show one.
 //!
@@ -42,7 +44,6 @@
 //! (recorded as failed, never retried).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lettre::message::header::{HeaderName, HeaderValue};
@@ -99,7 +100,7 @@ pub struct Mailer {
     unsubscribe: UnsubscribeLinks,
     send_timeout: Duration,
     /// Bounds open connections (the pool bounds idle ones).
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -152,7 +153,7 @@ impl Mailer {
             templates,
             unsubscribe,
             send_timeout: config.send_timeout,
-            in_flight: Arc::new(Semaphore::new(config.smtp_pool_size.max(1) as usize)),
+            in_flight: Semaphore::new(config.smtp_pool_size.max(1) as usize),
         })
     }
 
