@@ -14,6 +14,7 @@ pub struct Config {
     #[serde(flatten)]
     pub pipeline: PipelineConfig,
     pub audit: AuditConfig,
+    pub reminders: crate::reminders::config::RemindersConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -64,6 +65,7 @@ impl Config {
         let c = Config {
             pipeline: pipelines::config::extract(&figment, None)?,
             audit: pipelines::config::extract(&figment, Some("audit"))?,
+            reminders: pipelines::config::extract(&figment, Some("reminders"))?,
         };
         c.validate()?;
         Ok(c)
@@ -71,6 +73,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pipeline.validate()?;
+        self.reminders.validate(&self.pipeline.smtp.url)?;
         let a = &self.audit;
         if !matches!(a.store.as_str(), "auto" | "file" | "postgres") {
             return Err(ConfigError::invalid(
@@ -111,6 +114,7 @@ impl Config {
         Config {
             pipeline: self.pipeline.redacted(),
             audit: self.audit.clone(),
+            reminders: self.reminders.redacted(),
         }
     }
 

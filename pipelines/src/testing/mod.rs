@@ -2,6 +2,8 @@
 //! `redis-server` on a free port (killable and restartable), and small Kafka
 //! producer/reader helpers for the mock cluster, so tests never import rdkafka.
 
+pub mod smtp;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
