@@ -156,12 +156,20 @@ impl RruleSpec {
         let until = self.until;
         let exdates = self.exdates.clone();
         let floating = set.as_ref().map(|s| s.into_iter());
+        let mut last = None;
         Ok(floating
             .into_iter()
             .flatten()
             .filter_map(move |t| {
                 let local = t.naive_utc();
                 let at = zone::to_instant(zone, local, GapRule::OffsetBeforeGap)?;
+                // Two local times in one gap can land on one instant (an
+                // hourly rule across spring-forward): one occurrence, as a
+                // recurrence set is a set.
+                if last == Some(at) {
+                    return None;
+                }
+                last = Some(at);
                 Some(Occurrence { local, at })
             })
             .take_while(move |o| match until {
