@@ -14,6 +14,7 @@ pub struct Config {
     #[serde(flatten)]
     pub pipeline: PipelineConfig,
     pub audit: AuditConfig,
+    pub recurring: crate::recurring::RecurringConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -64,6 +65,7 @@ impl Config {
         let c = Config {
             pipeline: pipelines::config::extract(&figment, None)?,
             audit: pipelines::config::extract(&figment, Some("audit"))?,
+            recurring: pipelines::config::extract(&figment, Some("recurring"))?,
         };
         c.validate()?;
         Ok(c)
@@ -96,6 +98,7 @@ impl Config {
                 "a PostgreSQL identifier: lower-case letters, digits and _, not starting with a digit",
             ));
         }
+        self.recurring.validate()?;
         if a.pool_size == 0 {
             return Err(ConfigError::invalid(
                 "audit.pool_size",
@@ -111,6 +114,7 @@ impl Config {
         Config {
             pipeline: self.pipeline.redacted(),
             audit: self.audit.clone(),
+            recurring: self.recurring.clone(),
         }
     }
 

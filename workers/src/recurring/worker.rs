@@ -1,0 +1,285 @@
+//! The worker: events in, next occurrences out.
+//!
+//! - `task.completed` of a recurring task: plan its next occurrence(s) and
+//!   publish a `task.created` for each, unless the series was deleted or
+//!   already has them.
+//! - `task.created`/`task.updated` with a rule (or `is_recurring: false`):
+//!   remember the task's rule and fields, so a later completion that carries
+//!   only the task id continues with the latest rule.
+//! - `task.deleted`: the task's series is stopped (a tombstone).
+//! - `task_template.*` with a rule: the pattern directory.
+//! - `user.*` with a zone: the zone of that user's tasks that name none.
+//!
+//! Exactly one next occurrence per completion: the pipeline's idempotency
+//! guard keeps a redelivered completion from being handled twice; the
+//! per-series "last published" number keeps a second completion path (a
+//! completion of a missed occurrence, a replayed dead letter) from publishing
+//! an occurrence again; and the ids derived from series and number make any
+//! duplicate that still slips through (a crash between publishing and
+//! recording, two replicas during a rebalance) the same event, which
+//! consumers dedupe by `event_id`/`task_id`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use pipelines::{Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError};
+
+use super::config::RecurringConfig;
+use super::directory::{Directory, Pattern};
+use super::metrics;
+use super::occurrence::{plan, CatchUp, Completed, Plan};
+use super::output::NextOccurrence;
+use super::rule::{RecurrenceRule, RuleError, RuleKind};
+use super::series::{self, PATTERN_ID_KEYS};
+use super::zone;
+
+/// The recurring tasks worker.
+pub struct RecurringWorker {
+    output_topic: String,
+    catch_up: CatchUp,
+    /// Patterns from the config's file; the state store's (from events) win.
+    file_patterns: HashMap<String, Pattern>,
+}
+
+impl RecurringWorker {
+    /// Builds the worker from its config section (and reads the pattern file).
+    pub fn new(config: &RecurringConfig) -> Result<Self, String> {
+        let catch_up = config.catch_up_policy().map_err(|e| e.to_string())?;
+        let file_patterns = super::directory::load_pattern_file(&config.pattern_file)?;
+        Ok(RecurringWorker {
+            output_topic: config.output_topic.clone(),
+            catch_up,
+            file_patterns,
+        })
+    }
+
+    /// Remembers a recurring task (or forgets one that stopped repeating).
+    async fn remember(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let Some(task_id) = event.task_id.as_deref() else {
+            return Ok(Outcome::Skipped);
+        };
+        let dir = Directory::new(ctx.state());
+        if series::says_not_recurring(event) {
+            dir.forget_task(task_id).await?;
+            return Ok(Outcome::Done);
+        }
+        let record = series::record_of(event);
+        if !record.is_recurring() {
+            return Ok(Outcome::Skipped);
+        }
+        let merged = match dir.task(task_id).await? {
+            Some(old) => record.over(old),
+            None => record,
+        };
+        dir.remember_task(task_id, &merged).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn deleted(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let Some(task_id) = event.task_id.as_deref() else {
+            return Ok(Outcome::Skipped);
+        };
+        let dir = Directory::new(ctx.state());
+        let known = dir.task(task_id).await?;
+        let series_id = series::record_of(event)
+            .series_id
+            .or_else(|| known.as_ref().and_then(|k| k.series_id.clone()))
+            .unwrap_or_else(|| task_id.to_string());
+        dir.end(&series_id, "deleted").await?;
+        if known.is_some() {
+            dir.forget_task(task_id).await?;
+            metrics::series_ended("any", "deleted");
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn pattern_event(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let a = &event.attributes;
+        let id = ["template_id", "pattern_id", "recurring_pattern_id", "id"]
+            .iter()
+            .chain(PATTERN_ID_KEYS)
+            .find_map(|k| match a.get(*k) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            })
+            .or_else(|| event.task_id.clone());
+        let Some(id) = id else {
+            return Ok(Outcome::Skipped);
+        };
+        let dir = Directory::new(ctx.state());
+        if event.action() == "deleted" {
+            dir.delete_pattern(&id).await?;
+            return Ok(Outcome::Done);
+        }
+        let record = series::record_of(event);
+        let rule = record.rule.or_else(|| {
+            ["recurrence", "recurring_pattern", "rrule", "rule"]
+                .iter()
+                .find_map(|k| a.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+        });
+        let Some(rule) = rule else {
+            return Ok(Outcome::Skipped);
+        };
+        let timezone = record.timezone.or_else(|| {
+            a.get("timezone")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
+        // A pattern that does not parse is refused now, with its reason,
+        // rather than at every completion that names it.
+        let zone_name = timezone.as_deref().unwrap_or("UTC");
+        if let Err(e) = RecurrenceRule::parse(&rule, zone_name) {
+            metrics::rule_rejected(RuleKind::guess(&rule));
+            return Err(WorkerError::permanent(e));
+        }
+        dir.set_pattern(&id, &Pattern { rule, timezone }).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn user_event(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let (Some(user_id), Some(zone)) = (
+            event.user_id.as_deref(),
+            event.user.as_ref().and_then(|u| u.timezone.as_deref()),
+        ) else {
+            return Ok(Outcome::Skipped);
+        };
+        if zone::parse_zone(zone).is_err() {
+            // Not ours to reject: tasks of this user fall back to UTC.
+            return Ok(Outcome::Skipped);
+        }
+        Directory::new(ctx.state())
+            .set_user_zone(user_id, zone)
+            .await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn completed(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        if series::says_not_recurring(event) {
+            return Ok(Outcome::Skipped);
+        }
+        let Some(task_id) = event.task_id.clone() else {
+            return Ok(Outcome::Skipped);
+        };
+        let dir = Directory::new(ctx.state());
+        let mut task = series::record_of(event);
+        // A completion often carries a partial snapshot: fill it from what the
+        // created/updated events said (one read, only when needed).
+        if !task.is_recurring() || task.series_id.is_none() || task.title.is_none() {
+            if let Some(known) = dir.task(&task_id).await? {
+                task = task.over(known);
+            }
+        }
+        if !task.is_recurring() {
+            return Ok(Outcome::Skipped);
+        }
+        let (rule_text, mut zone_name) = match (&task.rule, &task.pattern_id) {
+            (Some(rule), _) => (rule.clone(), task.timezone.clone()),
+            (None, Some(id)) => {
+                let pattern = match dir.pattern(id).await? {
+                    Some(p) => p,
+                    None => self.file_patterns.get(id).cloned().ok_or_else(|| {
+                        WorkerError::permanent(format!(
+                            "recurring_pattern_id {id:?} is not in the pattern directory"
+                        ))
+                    })?,
+                };
+                (pattern.rule, task.timezone.clone().or(pattern.timezone))
+            }
+            (None, None) => return Ok(Outcome::Skipped),
+        };
+        if zone_name.is_none() {
+            if let Some(user) = event.user_id.as_deref() {
+                zone_name = dir.user_zone(user).await?;
+            }
+        }
+        let zone_name = zone_name.unwrap_or_else(|| "UTC".to_string());
+        let rule =
+            RecurrenceRule::parse(&rule_text, &zone_name).map_err(|e| reject(&rule_text, e))?;
+        let zone = rule.zone();
+
+        let series_id = task.series_id.clone().unwrap_or_else(|| task_id.clone());
+        if dir.is_ended(&series_id).await? {
+            return Ok(Outcome::Skipped);
+        }
+        let due_at = task.due_at.unwrap_or(event.occurred_at);
+        let completed = Completed {
+            local: task
+                .anchor_local()
+                .unwrap_or_else(|| zone::to_local(zone, due_at)),
+            due_at,
+            number: task.occurrence.unwrap_or(1),
+        };
+        let planned = match plan(&rule, &completed, ctx.now(), self.catch_up)
+            .map_err(|e| reject(&rule_text, e))?
+        {
+            Plan::Ended => {
+                metrics::series_ended(rule.kind().as_str(), "count_or_until");
+                dir.end(&series_id, "ended").await?;
+                return Ok(Outcome::Done);
+            }
+            Plan::Create(planned) => planned,
+        };
+        let last = dir.last_published(&series_id).await?;
+        let fresh: Vec<_> = planned.iter().filter(|p| p.number > last).collect();
+        if fresh.len() < planned.len() {
+            metrics::duplicates_suppressed(rule.kind(), planned.len() - fresh.len());
+        }
+        let Some(highest) = fresh.iter().map(|p| p.number).max() else {
+            return Ok(Outcome::Done);
+        };
+        for p in &fresh {
+            let next = NextOccurrence {
+                completion: event,
+                task: &task,
+                series_id: &series_id,
+                rule: &rule_text,
+                zone,
+                planned: **p,
+            };
+            let out = next.to_event();
+            let key = out.task_id.clone().unwrap_or_default();
+            ctx.publish(&self.output_topic, &key, &out).await?;
+        }
+        dir.set_last_published(&series_id, highest).await?;
+        metrics::generated(rule.kind(), fresh.len());
+        Ok(Outcome::Done)
+    }
+}
+
+/// An unusable rule: counted, and dead-lettered with the reason.
+fn reject(rule: &str, e: RuleError) -> WorkerError {
+    metrics::rule_rejected(RuleKind::guess(rule));
+    WorkerError::permanent(e)
+}
+
+#[async_trait]
+impl Worker for RecurringWorker {
+    fn name(&self) -> &'static str {
+        "recurring"
+    }
+
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        vec![
+            config.topics.task_events.clone(),
+            config.topics.user_events.clone(),
+        ]
+    }
+
+    async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let event = &inbound.event;
+        match (event.entity(), event.action()) {
+            ("task", "completed") => self.completed(event, ctx).await,
+            ("task", "deleted") => self.deleted(event, ctx).await,
+            ("task", _)
+                if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
+                    || series::says_not_recurring(event) =>
+            {
+                self.remember(event, ctx).await
+            }
+            ("task_template", _) => self.pattern_event(event, ctx).await,
+            ("user", "created" | "updated") => self.user_event(event, ctx).await,
+            _ => Ok(Outcome::Skipped),
+        }
+    }
+}
