@@ -22,7 +22,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use pipelines::{Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError};
+use pipelines::{
+    BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError,
+};
 
 use super::config::RecurringConfig;
 use super::directory::{Directory, Pattern};
@@ -154,12 +156,20 @@ impl RecurringWorker {
         Ok(Outcome::Done)
     }
 
-    async fn completed(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+    /// Plans a completion's occurrences; publishing is left to the batch
+    /// (see [`Worker::handle_batch`] below). `batch_last` holds the highest
+    /// occurrence already planned per series earlier in this batch.
+    async fn completed(
+        &self,
+        event: &TaskEvent,
+        ctx: &Ctx,
+        batch_last: &mut HashMap<String, u32>,
+    ) -> Result<Step, WorkerError> {
         if series::says_not_recurring(event) {
-            return Ok(Outcome::Skipped);
+            return Ok(Step::Finished(Outcome::Skipped));
         }
         let Some(task_id) = event.task_id.clone() else {
-            return Ok(Outcome::Skipped);
+            return Ok(Step::Finished(Outcome::Skipped));
         };
         let dir = Directory::new(ctx.state());
         let mut task = series::record_of(event);
@@ -171,7 +181,7 @@ impl RecurringWorker {
             }
         }
         if !task.is_recurring() {
-            return Ok(Outcome::Skipped);
+            return Ok(Step::Finished(Outcome::Skipped));
         }
         let (rule_text, mut zone_name) = match (&task.rule, &task.pattern_id) {
             (Some(rule), _) => (rule.clone(), task.timezone.clone()),
@@ -186,7 +196,7 @@ impl RecurringWorker {
                 };
                 (pattern.rule, task.timezone.clone().or(pattern.timezone))
             }
-            (None, None) => return Ok(Outcome::Skipped),
+            (None, None) => return Ok(Step::Finished(Outcome::Skipped)),
         };
         if zone_name.is_none() {
             if let Some(user) = event.user_id.as_deref() {
@@ -200,7 +210,7 @@ impl RecurringWorker {
 
         let series_id = task.series_id.clone().unwrap_or_else(|| task_id.clone());
         if dir.is_ended(&series_id).await? {
-            return Ok(Outcome::Skipped);
+            return Ok(Step::Finished(Outcome::Skipped));
         }
         let due_at = task.due_at.unwrap_or(event.occurred_at);
         let completed = Completed {
@@ -216,35 +226,79 @@ impl RecurringWorker {
             Plan::Ended => {
                 metrics::series_ended(rule.kind().as_str(), "count_or_until");
                 dir.end(&series_id, "ended").await?;
-                return Ok(Outcome::Done);
+                return Ok(Step::Finished(Outcome::Done));
             }
             Plan::Create(planned) => planned,
         };
-        let last = dir.last_published(&series_id).await?;
+        let last = match batch_last.get(&series_id) {
+            Some(n) => *n,
+            None => dir.last_published(&series_id).await?,
+        };
         let fresh: Vec<_> = planned.iter().filter(|p| p.number > last).collect();
         if fresh.len() < planned.len() {
             metrics::duplicates_suppressed(rule.kind(), planned.len() - fresh.len());
         }
         let Some(highest) = fresh.iter().map(|p| p.number).max() else {
-            return Ok(Outcome::Done);
+            return Ok(Step::Finished(Outcome::Done));
         };
-        for p in &fresh {
-            let next = NextOccurrence {
-                completion: event,
-                task: &task,
-                series_id: &series_id,
-                rule: &rule_text,
-                zone,
-                planned: **p,
-            };
-            let out = next.to_event();
-            let key = out.task_id.clone().unwrap_or_default();
-            ctx.publish(&self.output_topic, &key, &out).await?;
-        }
-        dir.set_last_published(&series_id, highest).await?;
-        metrics::generated(rule.kind(), fresh.len());
-        Ok(Outcome::Done)
+        batch_last.insert(series_id.clone(), highest);
+        let events = fresh
+            .iter()
+            .map(|p| {
+                NextOccurrence {
+                    completion: event,
+                    task: &task,
+                    series_id: &series_id,
+                    rule: &rule_text,
+                    zone,
+                    planned: **p,
+                }
+                .to_event()
+            })
+            .collect();
+        Ok(Step::Publish {
+            series_id,
+            highest,
+            kind: rule.kind(),
+            events,
+        })
     }
+
+    /// One event's state work, in partition order.
+    async fn step(
+        &self,
+        event: &TaskEvent,
+        ctx: &Ctx,
+        batch_last: &mut HashMap<String, u32>,
+    ) -> Result<Step, WorkerError> {
+        let outcome = match (event.entity(), event.action()) {
+            ("task", "completed") => return self.completed(event, ctx, batch_last).await,
+            ("task", "deleted") => self.deleted(event, ctx).await,
+            ("task", _)
+                if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
+                    || series::says_not_recurring(event) =>
+            {
+                self.remember(event, ctx).await
+            }
+            ("task_template", _) => self.pattern_event(event, ctx).await,
+            ("user", "created" | "updated") => self.user_event(event, ctx).await,
+            _ => Ok(Outcome::Skipped),
+        }?;
+        Ok(Step::Finished(outcome))
+    }
+}
+
+/// What one event amounts to before publishing.
+enum Step {
+    Finished(Outcome),
+    /// Publish `events` (occurrences up to `highest` of `series_id`), then
+    /// record `highest` as published.
+    Publish {
+        series_id: String,
+        highest: u32,
+        kind: RuleKind,
+        events: Vec<TaskEvent>,
+    },
 }
 
 /// An unusable rule: counted, and dead-lettered with the reason.
@@ -267,19 +321,80 @@ impl Worker for RecurringWorker {
     }
 
     async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
-        let event = &inbound.event;
-        match (event.entity(), event.action()) {
-            ("task", "completed") => self.completed(event, ctx).await,
-            ("task", "deleted") => self.deleted(event, ctx).await,
-            ("task", _)
-                if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
-                    || series::says_not_recurring(event) =>
-            {
-                self.remember(event, ctx).await
-            }
-            ("task_template", _) => self.pattern_event(event, ctx).await,
-            ("user", "created" | "updated") => self.user_event(event, ctx).await,
-            _ => Ok(Outcome::Skipped),
+        let out = self.handle_batch(std::slice::from_ref(inbound), ctx).await;
+        match (out.failure, out.outcomes.first()) {
+            (Some(e), _) => Err(e),
+            (None, Some(o)) => Ok(*o),
+            (None, None) => Ok(Outcome::Skipped),
         }
+    }
+
+    /// State work runs event by event, in order; the batch's occurrences are
+    /// then published together (the producer's acknowledgements overlap
+    /// instead of costing a linger interval each), and only after their
+    /// acknowledgement is an occurrence recorded as published. A publish
+    /// failure stops the batch at that event: it and the events after it are
+    /// retried, and what they publish again carries the same ids.
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let mut steps = Vec::with_capacity(events.len());
+        let mut failure = None;
+        let mut batch_last = HashMap::new();
+        for inbound in events {
+            match self.step(&inbound.event, ctx, &mut batch_last).await {
+                Ok(step) => steps.push(step),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let sends = steps.iter().enumerate().flat_map(|(i, step)| match step {
+            Step::Publish { events, .. } => events
+                .iter()
+                .map(|e| {
+                    let key = e.task_id.as_deref().unwrap_or_default();
+                    async move { (i, ctx.publish(&self.output_topic, key, e).await) }
+                })
+                .collect::<Vec<_>>(),
+            Step::Finished(_) => Vec::new(),
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut first_failed = None;
+        for (i, r) in results {
+            if let Err(e) = r {
+                if first_failed.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_failed = Some((i, e));
+                }
+            }
+        }
+        if let Some((i, e)) = first_failed {
+            steps.truncate(i);
+            failure = Some(e);
+        }
+        let mut outcomes = Vec::with_capacity(steps.len());
+        for step in &steps {
+            match step {
+                Step::Finished(o) => outcomes.push(*o),
+                Step::Publish {
+                    series_id,
+                    highest,
+                    kind,
+                    events,
+                } => {
+                    let dir = Directory::new(ctx.state());
+                    if let Err(e) = dir.set_last_published(series_id, *highest).await {
+                        // Published but not recorded: the retry republishes
+                        // the same events (same ids).
+                        return BatchOutcome {
+                            outcomes,
+                            failure: Some(e),
+                        };
+                    }
+                    metrics::generated(*kind, events.len());
+                    outcomes.push(Outcome::Done);
+                }
+            }
+        }
+        BatchOutcome { outcomes, failure }
     }
 }
