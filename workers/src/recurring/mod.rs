@@ -17,6 +17,7 @@ pub mod bench_events;
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod demo;
 pub mod directory;
 pub mod metrics;
 pub mod occurrence;
