@@ -13,6 +13,7 @@
 //! - [`worker`]: the [`Worker`](pipelines::Worker) itself; [`cli`]:
 //!   `taskstream recurrence next`.
 
+pub mod batch;
 pub mod bench_events;
 pub mod cli;
 pub mod config;

@@ -26,6 +26,7 @@ use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError,
 };
 
+use super::batch::BatchView;
 use super::config::RecurringConfig;
 use super::directory::{Directory, Pattern};
 use super::metrics;
@@ -56,40 +57,50 @@ impl RecurringWorker {
     }
 
     /// Remembers a recurring task (or forgets one that stopped repeating).
-    async fn remember(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+    async fn remember(
+        &self,
+        event: &TaskEvent,
+        ctx: &Ctx,
+        view: &mut BatchView,
+    ) -> Result<Outcome, WorkerError> {
         let Some(task_id) = event.task_id.as_deref() else {
             return Ok(Outcome::Skipped);
         };
         let dir = Directory::new(ctx.state());
         if series::says_not_recurring(event) {
-            dir.forget_task(task_id).await?;
+            view.forget(&dir, task_id).await?;
             return Ok(Outcome::Done);
         }
         let record = series::record_of(event);
         if !record.is_recurring() {
             return Ok(Outcome::Skipped);
         }
-        let merged = match dir.task(task_id).await? {
+        let merged = match view.task(&dir, task_id).await? {
             Some(old) => record.over(old),
             None => record,
         };
-        dir.remember_task(task_id, &merged).await?;
+        view.remember(&dir, task_id, merged).await?;
         Ok(Outcome::Done)
     }
 
-    async fn deleted(&self, event: &TaskEvent, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+    async fn deleted(
+        &self,
+        event: &TaskEvent,
+        ctx: &Ctx,
+        view: &mut BatchView,
+    ) -> Result<Outcome, WorkerError> {
         let Some(task_id) = event.task_id.as_deref() else {
             return Ok(Outcome::Skipped);
         };
         let dir = Directory::new(ctx.state());
-        let known = dir.task(task_id).await?;
+        let known = view.task(&dir, task_id).await?;
         let series_id = series::record_of(event)
             .series_id
             .or_else(|| known.as_ref().and_then(|k| k.series_id.clone()))
             .unwrap_or_else(|| task_id.to_string());
         dir.end(&series_id, "deleted").await?;
         if known.is_some() {
-            dir.forget_task(task_id).await?;
+            view.forget(&dir, task_id).await?;
             metrics::series_ended("any", "deleted");
         }
         Ok(Outcome::Done)
@@ -157,13 +168,12 @@ impl RecurringWorker {
     }
 
     /// Plans a completion's occurrences; publishing is left to the batch
-    /// (see [`Worker::handle_batch`] below). `batch_last` holds the highest
-    /// occurrence already planned per series earlier in this batch.
+    /// (see [`Worker::handle_batch`] below).
     async fn completed(
         &self,
         event: &TaskEvent,
         ctx: &Ctx,
-        batch_last: &mut HashMap<String, u32>,
+        view: &mut BatchView,
     ) -> Result<Step, WorkerError> {
         if series::says_not_recurring(event) {
             return Ok(Step::Finished(Outcome::Skipped));
@@ -176,7 +186,7 @@ impl RecurringWorker {
         // A completion often carries a partial snapshot: fill it from what the
         // created/updated events said (one read, only when needed).
         if !task.is_recurring() || task.series_id.is_none() || task.title.is_none() {
-            if let Some(known) = dir.task(&task_id).await? {
+            if let Some(known) = view.task(&dir, &task_id).await? {
                 task = task.over(known);
             }
         }
@@ -230,8 +240,8 @@ impl RecurringWorker {
             }
             Plan::Create(planned) => planned,
         };
-        let last = match batch_last.get(&series_id) {
-            Some(n) => *n,
+        let last = match view.planned(&series_id) {
+            Some(n) => n,
             None => dir.last_published(&series_id).await?,
         };
         let fresh: Vec<_> = planned.iter().filter(|p| p.number > last).collect();
@@ -241,7 +251,7 @@ impl RecurringWorker {
         let Some(highest) = fresh.iter().map(|p| p.number).max() else {
             return Ok(Step::Finished(Outcome::Done));
         };
-        batch_last.insert(series_id.clone(), highest);
+        view.set_planned(&series_id, highest);
         let events = fresh
             .iter()
             .map(|p| {
@@ -269,16 +279,16 @@ impl RecurringWorker {
         &self,
         event: &TaskEvent,
         ctx: &Ctx,
-        batch_last: &mut HashMap<String, u32>,
+        view: &mut BatchView,
     ) -> Result<Step, WorkerError> {
         let outcome = match (event.entity(), event.action()) {
-            ("task", "completed") => return self.completed(event, ctx, batch_last).await,
-            ("task", "deleted") => self.deleted(event, ctx).await,
+            ("task", "completed") => return self.completed(event, ctx, view).await,
+            ("task", "deleted") => self.deleted(event, ctx, view).await,
             ("task", _)
                 if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
                     || series::says_not_recurring(event) =>
             {
-                self.remember(event, ctx).await
+                self.remember(event, ctx, view).await
             }
             ("task_template", _) => self.pattern_event(event, ctx).await,
             ("user", "created" | "updated") => self.user_event(event, ctx).await,
@@ -338,9 +348,27 @@ impl Worker for RecurringWorker {
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         let mut steps = Vec::with_capacity(events.len());
         let mut failure = None;
-        let mut batch_last = HashMap::new();
+        let wanted = events
+            .iter()
+            .map(|i| &i.event)
+            .filter(|e| {
+                e.entity() == "task"
+                    && (matches!(e.action(), "completed" | "deleted")
+                        || e.task.as_ref().is_some_and(|t| t.recurrence.is_some()))
+            })
+            .filter_map(|e| e.task_id.clone())
+            .collect();
+        let mut view = match BatchView::prefetch(&Directory::new(ctx.state()), wanted).await {
+            Ok(v) => v,
+            Err(e) => {
+                return BatchOutcome {
+                    outcomes: Vec::new(),
+                    failure: Some(e),
+                }
+            }
+        };
         for inbound in events {
-            match self.step(&inbound.event, ctx, &mut batch_last).await {
+            match self.step(&inbound.event, ctx, &mut view).await {
                 Ok(step) => steps.push(step),
                 Err(e) => {
                     failure = Some(e);
