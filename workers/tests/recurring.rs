@@ -325,7 +325,8 @@ fn two_instances_create_one_occurrence_per_completion() {
 }
 
 #[test]
-fn series_continue_from_bare_completions_stop_on_delete_and_bad_rules_are_dead_lettered() {
+fn series_continue_from_bare_completions_follow_rule_changes_stop_on_delete_and_bad_rules_are_dead_lettered(
+) {
     let s = Setup::new();
     let port = free_port().unwrap();
     // Output to task-events itself (the default): the worker reads its own
@@ -467,6 +468,34 @@ fn series_continue_from_bare_completions_stop_on_delete_and_bad_rules_are_dead_l
             "kind=\"cron\""
         ) >= 1.0
     );
+
+    // An update that changes the rule: the next completion uses the new rule
+    // (and the new title), though the completion itself names neither.
+    let created = r#"{"event_id":"c-300","event_type":"task.created","timestamp":"2027-01-01T10:00:00Z","data":{"task_id":300,"user_id":"u","title":"Old title","due_date":"2027-01-04T08:00:00Z","recurrence":{"rule":"daily","timezone":"Europe/Berlin"}}}"#;
+    let updated = r#"{"event_type":"updated","task_id":300,"user_id":"u","timestamp":"2027-01-02T10:00:00Z","task_data":{"title":"New title","is_recurring":true,"recurring_pattern":"FREQ=WEEKLY;BYDAY=WE","timezone":"Europe/Berlin"}}"#;
+    let done = r#"{"event_id":"x-300","event_type":"task.completed","timestamp":"2027-01-04T10:00:00Z","data":{"task_id":300,"user_id":"u"}}"#;
+    for msg in [created, updated, done] {
+        s.send(Some(1), "p1", msg);
+    }
+    let mut next = Vec::new();
+    wait_for(
+        "the occurrence after the rule change",
+        &p,
+        Duration::from_secs(30),
+        || {
+            next = by_series(&ours(0), "300");
+            !next.is_empty()
+        },
+    );
+    assert_eq!(next.len(), 1);
+    let t = next[0].task.as_ref().unwrap();
+    assert_eq!(
+        t.due_at,
+        Some("2027-01-06T08:00:00Z".parse().unwrap()),
+        "Wednesday (the new weekly rule), not Tuesday (the old daily one)"
+    );
+    assert_eq!(t.title.as_deref(), Some("New title"));
+    assert_eq!(t.recurrence.as_ref().unwrap().rule, "FREQ=WEEKLY;BYDAY=WE");
 }
 
 #[test]

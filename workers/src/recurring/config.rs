@@ -67,3 +67,42 @@ impl RecurringConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_up_policy_is_read_and_bad_values_name_the_key() {
+        let c = RecurringConfig::default();
+        assert_eq!(c.catch_up_policy().unwrap(), CatchUp::NextAfterNow);
+        let c = RecurringConfig {
+            catch_up: "every_missed".into(),
+            catch_up_cap: 3,
+            ..RecurringConfig::default()
+        };
+        assert_eq!(
+            c.catch_up_policy().unwrap(),
+            CatchUp::EveryMissed { cap: 3 }
+        );
+        let c = RecurringConfig {
+            catch_up: "all".into(),
+            ..RecurringConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("recurring.catch_up"));
+        let c = RecurringConfig {
+            catch_up: "every_missed".into(),
+            catch_up_cap: 0,
+            ..RecurringConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("recurring.catch_up_cap"));
+    }
+}

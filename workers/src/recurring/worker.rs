@@ -99,9 +99,13 @@ impl RecurringWorker {
             .or_else(|| known.as_ref().and_then(|k| k.series_id.clone()))
             .unwrap_or_else(|| task_id.to_string());
         dir.end(&series_id, "deleted").await?;
-        if known.is_some() {
+        if let Some(known) = known {
             view.forget(&dir, task_id).await?;
-            metrics::series_ended("any", "deleted");
+            let kind = known
+                .rule
+                .as_deref()
+                .map_or("pattern", |r| RuleKind::guess(r).as_str());
+            metrics::series_ended(kind, "deleted");
         }
         Ok(Outcome::Done)
     }
