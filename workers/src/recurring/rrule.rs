@@ -91,6 +91,15 @@ impl RruleSpec {
                     count = Some(n);
                     parts.push(part.to_string());
                 }
+                // RFC 5545 forbids these zeros; the crate would read them
+                // as something else (INTERVAL=0 never advances).
+                k @ ("INTERVAL" | "BYMONTHDAY" | "BYYEARDAY" | "BYWEEKNO" | "BYSETPOS")
+                    if value
+                        .split(',')
+                        .any(|v| v.trim().trim_start_matches(['+', '-']) == "0") =>
+                {
+                    return Err(err(format!("{k}={value}: 0 is not allowed")));
+                }
                 _ => parts.push(part.to_string()),
             }
         }
@@ -338,6 +347,10 @@ mod tests {
             ),
             ["2026-01-01 09:00", "2026-01-02 09:00"]
         );
+        for zero in ["FREQ=MINUTELY;INTERVAL=0", "FREQ=MONTHLY;BYMONTHDAY=0"] {
+            let e = RecurrenceRule::parse(zero, "UTC").unwrap_err();
+            assert!(e.to_string().contains("0 is not allowed"), "{e}");
+        }
         let e = RecurrenceRule::parse("FREQ=DAILY;COUNT=2;UNTIL=20260102", "UTC").unwrap_err();
         assert!(e.to_string().contains("COUNT and UNTIL"), "{e}");
     }
