@@ -430,3 +430,183 @@ impl Worker for RecurringWorker {
         BatchOutcome { outcomes, failure }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pipelines::event::{decode, DecodeContext};
+    use pipelines::state::MemoryStore;
+
+    use super::*;
+
+    fn dec(json: &str) -> TaskEvent {
+        decode(
+            json.as_bytes(),
+            &DecodeContext {
+                topic: "task-events",
+                kafka_timestamp_ms: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A context on the in-memory store and no producer: these tests look at
+    /// what the worker decides, before anything is published.
+    fn ctx() -> Ctx {
+        Ctx::new(
+            "recurring",
+            Arc::new(MemoryStore::new("t:")),
+            None,
+            Arc::new(PipelineConfig::default()),
+        )
+    }
+
+    fn worker(patterns: &[(&str, &str, Option<&str>)], catch_up: &str) -> RecurringWorker {
+        let mut w = RecurringWorker::new(&RecurringConfig {
+            catch_up: catch_up.into(),
+            catch_up_cap: 3,
+            ..RecurringConfig::default()
+        })
+        .unwrap();
+        for (id, rule, tz) in patterns {
+            w.file_patterns.insert(
+                id.to_string(),
+                Pattern {
+                    rule: rule.to_string(),
+                    timezone: tz.map(str::to_string),
+                },
+            );
+        }
+        w
+    }
+
+    async fn step(w: &RecurringWorker, ctx: &Ctx, view: &mut BatchView, json: &str) -> Step {
+        w.step(&dec(json), ctx, view).await.unwrap()
+    }
+
+    fn due_times(step: &Step) -> Vec<String> {
+        match step {
+            Step::Publish { events, .. } => events
+                .iter()
+                .map(|e| e.task.as_ref().unwrap().due_at.unwrap().to_rfc3339())
+                .collect(),
+            Step::Finished(o) => vec![format!("{o:?}")],
+        }
+    }
+
+    const BY_PATTERN: &str = r#"{"event_type":"completed","task_id":42,"user_id":"u1","timestamp":"2030-01-03T10:00:00Z","task_data":{"completed":true,"due_date":"2030-01-03T08:00:00Z","is_recurring":true,"recurring_pattern_id":7}}"#;
+
+    #[tokio::test]
+    async fn pattern_file_serves_ids_the_directory_lacks_and_template_events_win() {
+        let w = worker(&[("7", "daily", Some("Europe/Berlin"))], "next_after_now");
+        let ctx = ctx();
+        let mut view = BatchView::default();
+        let s = step(&w, &ctx, &mut view, BY_PATTERN).await;
+        assert_eq!(due_times(&s), ["2030-01-04T08:00:00+00:00"]);
+        // A template event for pattern 7 replaces the file's rule.
+        let template = r#"{"event_type":"task_template_updated","user_id":"u1","timestamp":"2030-01-01T10:00:00Z","data":{"template_id":7,"recurrence":"FREQ=WEEKLY","timezone":"Europe/Berlin"}}"#;
+        assert!(matches!(
+            step(&w, &ctx, &mut view, template).await,
+            Step::Finished(Outcome::Done)
+        ));
+        let s = step(&w, &ctx, &mut BatchView::default(), BY_PATTERN).await;
+        assert_eq!(due_times(&s), ["2030-01-10T08:00:00+00:00"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_pattern_id_is_a_permanent_error_naming_it() {
+        let w = worker(&[], "next_after_now");
+        let e = w
+            .step(&dec(BY_PATTERN), &ctx(), &mut BatchView::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, WorkerError::Permanent(ref m) if m.contains("\"7\"")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_without_a_zone_takes_its_users_zone() {
+        let w = worker(&[], "next_after_now");
+        let ctx = ctx();
+        let mut view = BatchView::default();
+        let user = r#"{"event_type":"user_updated","user_id":"u9","timestamp":"2030-01-01T10:00:00Z","data":{"timezone":"America/New_York"}}"#;
+        step(&w, &ctx, &mut view, user).await;
+        // Due 09:00 in New York (14:00Z); daily keeps 09:00 New York time.
+        let done = r#"{"event_id":"d1","event_type":"task.completed","timestamp":"2030-01-03T15:00:00Z","data":{"task_id":5,"user_id":"u9","due_date":"2030-01-03T14:00:00Z","recurrence":"daily"}}"#;
+        let s = step(&w, &ctx, &mut view, done).await;
+        assert_eq!(due_times(&s), ["2030-01-04T14:00:00+00:00"]);
+    }
+
+    #[tokio::test]
+    async fn a_second_completion_of_the_same_series_publishes_nothing_new() {
+        let w = worker(&[], "next_after_now");
+        let ctx = ctx();
+        let mut view = BatchView::default();
+        let done = r#"{"event_id":"d1","event_type":"task.completed","timestamp":"2030-01-03T15:00:00Z","data":{"task_id":5,"due_date":"2030-01-03T14:00:00Z","recurrence":"daily"}}"#;
+        assert_eq!(due_times(&step(&w, &ctx, &mut view, done).await).len(), 1);
+        // The same completion again (a replayed dead letter, say), other event id.
+        let again = done.replace("\"d1\"", "\"d2\"");
+        assert!(matches!(
+            step(&w, &ctx, &mut view, &again).await,
+            Step::Finished(Outcome::Done)
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_missed_creates_missed_occurrences_up_to_the_cap() {
+        let w = worker(&[], "every_missed");
+        // Due in 2020, completed now: far more than three missed; the cap is 3.
+        let done = r#"{"event_id":"d1","event_type":"task.completed","timestamp":"2020-01-03T15:00:00Z","data":{"task_id":5,"due_date":"2020-01-03T09:00:00Z","recurrence":"daily"}}"#;
+        let s = step(&w, &ctx(), &mut BatchView::default(), done).await;
+        assert_eq!(
+            due_times(&s),
+            [
+                "2020-01-04T09:00:00+00:00",
+                "2020-01-05T09:00:00+00:00",
+                "2020-01-06T09:00:00+00:00"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_any_task_of_a_series_stops_it() {
+        let w = worker(&[], "next_after_now");
+        let ctx = ctx();
+        let mut view = BatchView::default();
+        let deleted = r#"{"event_id":"x","event_type":"task.deleted","timestamp":"2030-01-02T10:00:00Z","data":{"task_id":5}}"#;
+        step(&w, &ctx, &mut view, deleted).await;
+        let done = r#"{"event_id":"d1","event_type":"task.completed","timestamp":"2030-01-03T15:00:00Z","data":{"task_id":5,"due_date":"2030-01-03T14:00:00Z","recurrence":"daily"}}"#;
+        assert!(matches!(
+            step(&w, &ctx, &mut view, done).await,
+            Step::Finished(Outcome::Skipped)
+        ));
+    }
+
+    #[test]
+    fn pattern_file_is_read_and_a_broken_one_is_refused_with_its_path() {
+        let dir = std::env::temp_dir().join(pipelines::testing::unique("patterns"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, r#"{"7": {"rule": "daily", "timezone": "UTC"}}"#).unwrap();
+        let w = RecurringWorker::new(&RecurringConfig {
+            pattern_file: good.to_string_lossy().into_owned(),
+            ..RecurringConfig::default()
+        })
+        .unwrap();
+        assert_eq!(w.file_patterns["7"].rule, "daily");
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "[1, 2]").unwrap();
+        let e = RecurringWorker::new(&RecurringConfig {
+            pattern_file: bad.to_string_lossy().into_owned(),
+            ..RecurringConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("bad.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
