@@ -322,6 +322,39 @@ fn two_instances_create_one_occurrence_per_completion() {
     );
     assert_one_next_occurrence_each(&out, 60);
     assert!(handled(port_b) >= 1.0, "both instances worked");
+
+    // One instance dies (SIGKILL): the other takes its partitions after the
+    // session timeout. Whatever was redone is the same event, never a second task.
+    a.kill();
+    for i in 60..90 {
+        s.send(None, &i.to_string(), &completion(i).0);
+    }
+    let mut out = Vec::new();
+    wait_for(
+        "every series after the takeover",
+        &b,
+        Duration::from_secs(60),
+        || {
+            out = s.read(OUTPUT, 1000, Duration::from_secs(1));
+            let series: BTreeSet<String> = out
+                .iter()
+                .map(|m| decoded(m).attributes["recurrence_series_id"].to_string())
+                .collect();
+            series.len() >= 90
+        },
+    );
+    let mut by_task: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for m in &out {
+        by_task
+            .entry(decoded(m).task_id.unwrap())
+            .or_default()
+            .insert(m.payload.clone());
+    }
+    assert_eq!(by_task.len(), 90, "one next task per completion");
+    assert!(
+        by_task.values().all(|p| p.len() == 1),
+        "duplicates are identical"
+    );
 }
 
 #[test]
