@@ -1,6 +1,7 @@
 //! The rule engine against an RFC 5545 reference: python-dateutil's rrule
 //! with zoneinfo zones, on a generated set of rules, zones and start times
-//! (DST days, month ends, leap days, BYSETPOS, COUNT, UNTIL, EXDATE).
+//! (DST days, month ends, leap days, BYSETPOS, COUNT, UNTIL, EXDATE), and
+//! simple patterns against the RRULE the test itself reads them as.
 //!
 //! dateutil expands on the wall clock and places each local time with
 //! `fold=0`, which is RFC 5545 section 3.3.5 exactly: a time in a gap takes
@@ -30,6 +31,7 @@ const ZONES: &[&str] = &[
 ];
 
 const CASES: usize = 260;
+const SIMPLE_CASES: usize = 60;
 
 /// A small deterministic generator (xorshift64*), so every run checks the same cases.
 struct Rng(u64);
@@ -53,7 +55,11 @@ const DAYS: &[&str] = &["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
 
 #[derive(Debug, Clone)]
 struct Case {
+    /// The RRULE dateutil expands.
     rule: String,
+    /// When set, what we parse instead: a simple pattern meaning `rule`
+    /// (the test's own reading of it, written independently of `simple.rs`).
+    simple: Option<String>,
     exdates: Vec<NaiveDateTime>,
     zone: &'static str,
     dtstart: NaiveDateTime,
@@ -177,7 +183,63 @@ fn generate(n: usize) -> Vec<Case> {
         let after = dtstart.and_utc() + Duration::hours(rng.below(24 * 40) as i64 - 24);
         out.push(Case {
             rule,
+            simple: None,
             exdates,
+            zone,
+            dtstart,
+            after,
+            count: 6,
+        });
+    }
+    for i in 0..SIMPLE_CASES {
+        let zone = *rng.pick(ZONES);
+        let mut dtstart = start(&mut rng);
+        let interval = *rng.pick(&[1u32, 1, 2, 3]);
+        let (simple, rule) = match i % 5 {
+            0 => (
+                format!(r#"{{"frequency":"daily","interval":{interval}}}"#),
+                format!("FREQ=DAILY;INTERVAL={interval}"),
+            ),
+            1 => {
+                let days = weekday_set(&mut rng);
+                let names: Vec<String> = days.split(',').map(|d| format!("\"{d}\"")).collect();
+                (
+                    format!(
+                        r#"{{"frequency":"weekly","interval":{interval},"weekdays":[{}]}}"#,
+                        names.join(",")
+                    ),
+                    format!("FREQ=WEEKLY;INTERVAL={interval};BYDAY={days}"),
+                )
+            }
+            2 => (
+                // "Monthly on the 31st" is the last day of every month.
+                r#"{"frequency":"monthly","day_of_month":31}"#.to_string(),
+                "FREQ=MONTHLY;BYMONTHDAY=-1".to_string(),
+            ),
+            3 => {
+                let day = *rng.pick(DAYS);
+                let week = *rng.pick(&[1, 2, -1]);
+                (
+                    format!(r#"{{"frequency":"monthly","weekday":"{day}","week":{week}}}"#),
+                    format!("FREQ=MONTHLY;BYDAY={week}{day}"),
+                )
+            }
+            _ => {
+                // Yearly from a leap day: the last day of February every year.
+                dtstart = NaiveDate::from_ymd_opt(2024, 2, 29)
+                    .unwrap()
+                    .and_time(dtstart.time());
+                (
+                    "yearly".to_string(),
+                    "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=-1".to_string(),
+                )
+            }
+        };
+        let after = dtstart.and_utc() + Duration::hours(rng.below(24 * 60) as i64 - 24);
+        out.push(Case {
+            rule,
+            simple: Some(simple),
+            exdates: Vec::new(),
             zone,
             dtstart,
             after,
@@ -188,7 +250,10 @@ fn generate(n: usize) -> Vec<Case> {
 }
 
 fn ours(c: &Case) -> Result<Vec<String>, String> {
-    let mut text = format!("RRULE:{}", c.rule);
+    let mut text = match &c.simple {
+        Some(simple) => simple.clone(),
+        None => format!("RRULE:{}", c.rule),
+    };
     if !c.exdates.is_empty() {
         let list: Vec<String> = c
             .exdates
@@ -295,6 +360,7 @@ fn oracle(cases: &[Case]) -> Vec<Vec<String>> {
 #[test]
 fn next_occurrences_equal_python_dateutil_on_generated_rules_zones_and_dates() {
     let cases = generate(CASES);
+    assert_eq!(cases.len(), CASES + SIMPLE_CASES);
     let expected = oracle(&cases);
     assert_eq!(expected.len(), cases.len(), "one oracle answer per case");
     let mut mismatches = Vec::new();
@@ -318,5 +384,8 @@ fn next_occurrences_equal_python_dateutil_on_generated_rules_zones_and_dates() {
         "{compared} occurrences of {} cases equal to dateutil",
         cases.len()
     );
-    assert!(compared > CASES * 3, "only {compared} occurrences compared");
+    assert!(
+        compared > cases.len() * 3,
+        "only {compared} occurrences compared"
+    );
 }
