@@ -217,6 +217,7 @@ fn parse_ical_time(v: &str) -> Result<IcalTime, String> {
 #[cfg(test)]
 mod tests {
     use super::super::rule::{parse_local, RecurrenceRule};
+    use super::*;
 
     fn next(rule: &str, zone: &str, dtstart: &str, after: &str, n: usize) -> Vec<String> {
         RecurrenceRule::parse(rule, zone)
@@ -229,6 +230,47 @@ mod tests {
     }
 
     const T0: &str = "2000-01-01T00:00:00Z";
+
+    /// The `rrule` crate expanding in the zone itself (as its docs suggest)
+    /// gives 03:00 CEST twice on the spring-forward day: 02:00 does not exist
+    /// and is moved onto 03:00, which the rule yields too. A recurrence set has
+    /// each instant once (RFC 5545; dateutil's rruleset agrees), and so do we.
+    #[test]
+    fn hourly_across_spring_forward_has_each_instant_once_where_the_crate_in_zone_repeats_one() {
+        use chrono::TimeZone;
+        let berlin = rrule::Tz::Tz(chrono_tz::Europe::Berlin);
+        let start = berlin.with_ymd_and_hms(2026, 3, 29, 0, 0, 0).unwrap();
+        let in_zone: Vec<String> = "FREQ=HOURLY;COUNT=5"
+            .parse::<RRule<Unvalidated>>()
+            .unwrap()
+            .build(start)
+            .unwrap()
+            .all(10)
+            .dates
+            .iter()
+            .map(|d| d.with_timezone(&Utc).format("%Y-%m-%d %H:%M").to_string())
+            .collect();
+        let ours = next(
+            "FREQ=HOURLY;COUNT=5",
+            "Europe/Berlin",
+            "2026-03-29T00:00",
+            T0,
+            10,
+        );
+        assert_eq!(
+            ours,
+            [
+                "2026-03-28 23:00",
+                "2026-03-29 00:00",
+                "2026-03-29 01:00", // 02:00 (gap) and 03:00 local: one instant
+                "2026-03-29 02:00",
+            ]
+        );
+        assert_ne!(
+            in_zone, ours,
+            "the crate in the zone repeats 01:00Z; if it no longer does, it was fixed upstream"
+        );
+    }
 
     #[test]
     fn interval_counts_periods_from_the_anchor() {
