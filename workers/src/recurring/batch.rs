@@ -1,11 +1,13 @@
 //! What handling one batch has read and decided so far.
 //!
 //! Most events of a batch are not about recurring tasks, but every completion
-//! must be checked against what the worker remembers about its task. Reading
-//! those records one event at a time would cost a state-store round trip per
-//! completion, in sequence; instead the batch's task records are read up front,
-//! concurrently, and later events see what earlier events of the same batch
-//! wrote (partition order is kept: the view is the store as it would be).
+//! must be checked against what the worker remembers about its task, and each
+//! recurring one against its series' tombstone and last published occurrence.
+//! Reading those one event at a time would cost state-store round trips per
+//! completion, in sequence; instead they are read up front in two concurrent
+//! waves (task records, then the series they name), and later events see
+//! what earlier events of the same batch wrote. Partition order is kept: the
+//! view is the store as it would be at that event.
 
 use std::collections::HashMap;
 
@@ -13,25 +15,56 @@ use pipelines::WorkerError;
 
 use super::directory::{Directory, TaskRecord};
 
-/// Task records and planned occurrence numbers, as of the event being handled.
+/// Task records and series state, as of the event being handled.
 #[derive(Debug, Default)]
 pub struct BatchView {
     tasks: HashMap<String, Option<TaskRecord>>,
-    planned: HashMap<String, u32>,
+    ended: HashMap<String, bool>,
+    /// Highest occurrence published (read) or planned (this batch) per series.
+    last: HashMap<String, u32>,
+}
+
+fn distinct(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 impl BatchView {
     /// Reads the records of `task_ids` concurrently.
-    pub async fn prefetch(dir: &Directory<'_>, task_ids: Vec<String>) -> Result<Self, WorkerError> {
-        let mut ids = task_ids;
-        ids.sort_unstable();
-        ids.dedup();
-        let reads = ids.iter().map(|id| dir.task(id));
-        let records = futures::future::try_join_all(reads).await?;
-        Ok(BatchView {
-            tasks: ids.into_iter().zip(records).collect(),
-            planned: HashMap::new(),
-        })
+    pub async fn prefetch_tasks(
+        &mut self,
+        dir: &Directory<'_>,
+        task_ids: Vec<String>,
+    ) -> Result<(), WorkerError> {
+        let ids = distinct(task_ids);
+        let records = futures::future::try_join_all(ids.iter().map(|id| dir.task(id))).await?;
+        self.tasks.extend(ids.into_iter().zip(records));
+        Ok(())
+    }
+
+    /// Reads the tombstones and last published numbers of `series` concurrently.
+    pub async fn prefetch_series(
+        &mut self,
+        dir: &Directory<'_>,
+        series: Vec<String>,
+    ) -> Result<(), WorkerError> {
+        let ids = distinct(series);
+        let (ended, last) = futures::future::try_join(
+            futures::future::try_join_all(ids.iter().map(|s| dir.is_ended(s))),
+            futures::future::try_join_all(ids.iter().map(|s| dir.last_published(s))),
+        )
+        .await?;
+        for ((id, e), l) in ids.into_iter().zip(ended).zip(last) {
+            self.ended.insert(id.clone(), e);
+            self.last.insert(id, l);
+        }
+        Ok(())
+    }
+
+    /// The task record as far as known (without reading the store).
+    pub fn known_task(&self, task_id: &str) -> Option<&TaskRecord> {
+        self.tasks.get(task_id).and_then(Option::as_ref)
     }
 
     pub async fn task(
@@ -64,12 +97,45 @@ impl BatchView {
         Ok(())
     }
 
-    /// The highest occurrence of `series` planned earlier in this batch.
-    pub fn planned(&self, series: &str) -> Option<u32> {
-        self.planned.get(series).copied()
+    pub async fn is_ended(
+        &mut self,
+        dir: &Directory<'_>,
+        series: &str,
+    ) -> Result<bool, WorkerError> {
+        if let Some(e) = self.ended.get(series) {
+            return Ok(*e);
+        }
+        let e = dir.is_ended(series).await?;
+        self.ended.insert(series.to_string(), e);
+        Ok(e)
     }
 
+    /// Writes the series' tombstone.
+    pub async fn end(
+        &mut self,
+        dir: &Directory<'_>,
+        series: &str,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        dir.end(series, reason).await?;
+        self.ended.insert(series.to_string(), true);
+        Ok(())
+    }
+
+    /// The highest occurrence of `series` published, or planned earlier in
+    /// this batch.
+    pub async fn last(&mut self, dir: &Directory<'_>, series: &str) -> Result<u32, WorkerError> {
+        if let Some(n) = self.last.get(series) {
+            return Ok(*n);
+        }
+        let n = dir.last_published(series).await?;
+        self.last.insert(series.to_string(), n);
+        Ok(n)
+    }
+
+    /// Occurrences up to `number` are planned in this batch (published and
+    /// recorded at its end).
     pub fn set_planned(&mut self, series: &str, number: u32) {
-        self.planned.insert(series.to_string(), number);
+        self.last.insert(series.to_string(), number);
     }
 }

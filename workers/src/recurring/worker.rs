@@ -98,7 +98,7 @@ impl RecurringWorker {
             .series_id
             .or_else(|| known.as_ref().and_then(|k| k.series_id.clone()))
             .unwrap_or_else(|| task_id.to_string());
-        dir.end(&series_id, "deleted").await?;
+        view.end(&dir, &series_id, "deleted").await?;
         if let Some(known) = known {
             view.forget(&dir, task_id).await?;
             let kind = known
@@ -223,7 +223,7 @@ impl RecurringWorker {
         let zone = rule.zone();
 
         let series_id = task.series_id.clone().unwrap_or_else(|| task_id.clone());
-        if dir.is_ended(&series_id).await? {
+        if view.is_ended(&dir, &series_id).await? {
             return Ok(Step::Finished(Outcome::Skipped));
         }
         let due_at = task.due_at.unwrap_or(event.occurred_at);
@@ -239,15 +239,12 @@ impl RecurringWorker {
         {
             Plan::Ended => {
                 metrics::series_ended(rule.kind().as_str(), "count_or_until");
-                dir.end(&series_id, "ended").await?;
+                view.end(&dir, &series_id, "ended").await?;
                 return Ok(Step::Finished(Outcome::Done));
             }
             Plan::Create(planned) => planned,
         };
-        let last = match view.planned(&series_id) {
-            Some(n) => n,
-            None => dir.last_published(&series_id).await?,
-        };
+        let last = view.last(&dir, &series_id).await?;
         let fresh: Vec<_> = planned.iter().filter(|p| p.number > last).collect();
         if fresh.len() < planned.len() {
             metrics::duplicates_suppressed(rule.kind(), planned.len() - fresh.len());
@@ -276,6 +273,60 @@ impl RecurringWorker {
             kind: rule.kind(),
             events,
         })
+    }
+
+    /// Reads, in two concurrent waves, what the batch's task events will
+    /// ask of the store: the task records, then their series' state.
+    async fn prefetch(
+        &self,
+        events: &[Inbound],
+        ctx: &Ctx,
+        view: &mut BatchView,
+    ) -> Result<(), WorkerError> {
+        let dir = Directory::new(ctx.state());
+        let tasks: Vec<&TaskEvent> = events
+            .iter()
+            .map(|i| &i.event)
+            .filter(|e| {
+                e.entity() == "task"
+                    && (matches!(e.action(), "completed" | "deleted")
+                        || e.task.as_ref().is_some_and(|t| t.recurrence.is_some()))
+            })
+            .collect();
+        let ids = tasks.iter().filter_map(|e| e.task_id.clone()).collect();
+        view.prefetch_tasks(&dir, ids).await?;
+        let series = tasks
+            .iter()
+            .filter(|e| e.action() == "completed")
+            .filter_map(|e| {
+                let task_id = e.task_id.as_deref()?;
+                let own = series::record_of(e);
+                let known = view.known_task(task_id);
+                let recurring = own.is_recurring() || known.is_some_and(|k| k.is_recurring());
+                recurring.then(|| {
+                    own.series_id
+                        .or_else(|| known.and_then(|k| k.series_id.clone()))
+                        .unwrap_or_else(|| task_id.to_string())
+                })
+            })
+            .collect();
+        view.prefetch_series(&dir, series).await
+    }
+
+    /// Publishes every planned occurrence of the batch at once; on failure,
+    /// the index of the first step whose publish failed, and the error.
+    async fn publish_all(&self, steps: &[Step], ctx: &Ctx) -> Option<(usize, WorkerError)> {
+        let sends = steps.iter().enumerate().flat_map(|(i, step)| match step {
+            Step::Publish { events, .. } => events
+                .iter()
+                .map(|e| {
+                    let key = e.task_id.as_deref().unwrap_or_default();
+                    async move { (i, ctx.publish(&self.output_topic, key, e).await) }
+                })
+                .collect::<Vec<_>>(),
+            Step::Finished(_) => Vec::new(),
+        });
+        first_failure(futures::future::join_all(sends).await)
     }
 
     /// One event's state work, in partition order.
@@ -315,6 +366,28 @@ enum Step {
     },
 }
 
+/// Records each published series' highest occurrence, all at once (after the
+/// broker acknowledged them); on failure, the first failed step and the error.
+async fn record_published(steps: &[Step], ctx: &Ctx) -> Option<(usize, WorkerError)> {
+    let dir = Directory::new(ctx.state());
+    let dir = &dir;
+    let writes = steps.iter().enumerate().filter_map(|(i, step)| match step {
+        Step::Publish {
+            series_id, highest, ..
+        } => Some(async move { (i, dir.set_last_published(series_id, *highest).await) }),
+        Step::Finished(_) => None,
+    });
+    first_failure(futures::future::join_all(writes).await)
+}
+
+/// The lowest step index whose result is an error.
+fn first_failure(results: Vec<(usize, Result<(), WorkerError>)>) -> Option<(usize, WorkerError)> {
+    results
+        .into_iter()
+        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .min_by_key(|(i, _)| *i)
+}
+
 /// An unusable rule: counted, and dead-lettered with the reason.
 fn reject(rule: &str, e: RuleError) -> WorkerError {
     metrics::rule_rejected(RuleKind::guess(rule));
@@ -350,27 +423,15 @@ impl Worker for RecurringWorker {
     /// failure stops the batch at that event: it and the events after it are
     /// retried, and what they publish again carries the same ids.
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let mut view = BatchView::default();
+        if let Err(e) = self.prefetch(events, ctx, &mut view).await {
+            return BatchOutcome {
+                outcomes: Vec::new(),
+                failure: Some(e),
+            };
+        }
         let mut steps = Vec::with_capacity(events.len());
         let mut failure = None;
-        let wanted = events
-            .iter()
-            .map(|i| &i.event)
-            .filter(|e| {
-                e.entity() == "task"
-                    && (matches!(e.action(), "completed" | "deleted")
-                        || e.task.as_ref().is_some_and(|t| t.recurrence.is_some()))
-            })
-            .filter_map(|e| e.task_id.clone())
-            .collect();
-        let mut view = match BatchView::prefetch(&Directory::new(ctx.state()), wanted).await {
-            Ok(v) => v,
-            Err(e) => {
-                return BatchOutcome {
-                    outcomes: Vec::new(),
-                    failure: Some(e),
-                }
-            }
-        };
         for inbound in events {
             match self.step(&inbound.event, ctx, &mut view).await {
                 Ok(step) => steps.push(step),
@@ -380,53 +441,26 @@ impl Worker for RecurringWorker {
                 }
             }
         }
-        let sends = steps.iter().enumerate().flat_map(|(i, step)| match step {
-            Step::Publish { events, .. } => events
-                .iter()
-                .map(|e| {
-                    let key = e.task_id.as_deref().unwrap_or_default();
-                    async move { (i, ctx.publish(&self.output_topic, key, e).await) }
-                })
-                .collect::<Vec<_>>(),
-            Step::Finished(_) => Vec::new(),
-        });
-        let results = futures::future::join_all(sends).await;
-        let mut first_failed = None;
-        for (i, r) in results {
-            if let Err(e) = r {
-                if first_failed.as_ref().is_none_or(|(j, _)| i < *j) {
-                    first_failed = Some((i, e));
-                }
-            }
-        }
-        if let Some((i, e)) = first_failed {
+        if let Some((i, e)) = self.publish_all(&steps, ctx).await {
             steps.truncate(i);
             failure = Some(e);
         }
-        let mut outcomes = Vec::with_capacity(steps.len());
-        for step in &steps {
-            match step {
-                Step::Finished(o) => outcomes.push(*o),
-                Step::Publish {
-                    series_id,
-                    highest,
-                    kind,
-                    events,
-                } => {
-                    let dir = Directory::new(ctx.state());
-                    if let Err(e) = dir.set_last_published(series_id, *highest).await {
-                        // Published but not recorded: the retry republishes
-                        // the same events (same ids).
-                        return BatchOutcome {
-                            outcomes,
-                            failure: Some(e),
-                        };
-                    }
-                    metrics::generated(*kind, events.len());
-                    outcomes.push(Outcome::Done);
-                }
-            }
+        if let Some((i, e)) = record_published(&steps, ctx).await {
+            // Published but not recorded: the retry republishes the same
+            // events (same ids).
+            steps.truncate(i);
+            failure = Some(e);
         }
+        let outcomes = steps
+            .iter()
+            .map(|step| match step {
+                Step::Finished(o) => *o,
+                Step::Publish { kind, events, .. } => {
+                    metrics::generated(*kind, events.len());
+                    Outcome::Done
+                }
+            })
+            .collect();
         BatchOutcome { outcomes, failure }
     }
 }
