@@ -237,9 +237,9 @@ impl RecurringWorker {
         let planned = match plan(&rule, &completed, ctx.now(), self.catch_up)
             .map_err(|e| reject(&rule_text, e))?
         {
+            // No tombstone: an update that extends COUNT/UNTIL revives it.
             Plan::Ended => {
                 metrics::series_ended(rule.kind().as_str(), "count_or_until");
-                view.end(&dir, &series_id, "ended").await?;
                 return Ok(Step::Finished(Outcome::Done));
             }
             Plan::Create(planned) => planned,
