@@ -5,7 +5,10 @@
 //!
 //! dateutil expands on the wall clock and places each local time with
 //! `fold=0`, which is RFC 5545 section 3.3.5 exactly: a time in a gap takes
-//! the offset from before the gap, an ambiguous one its first instant.
+//! the offset from before the gap, an ambiguous one its first instant. Where
+//! it departs from RFC 5545, the oracle is corrected, and the case is pinned
+//! by a unit test: a gap time moved onto a time the rule yields anyway is one
+//! instance ("duplicate instances are ignored"), not two.
 //!
 //! Needs `python3` with python-dateutil (Debian: `python3-dateutil`, which
 //! `.ci/run` installs). Set `TASKSTREAM_ORACLE_PYTHON` to use another
@@ -108,9 +111,33 @@ fn start(rng: &mut Rng) -> NaiveDateTime {
         .unwrap()
 }
 
+/// The first quarter hour of each DST change in `zone` from 2024 to 2027 that
+/// a change swallows (gap) or repeats (overlap), found by asking chrono-tz
+/// about every quarter hour.
+fn dst_changes(zone: &str) -> Vec<NaiveDateTime> {
+    use chrono::{Datelike, LocalResult, TimeZone};
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let mut out = Vec::new();
+    let mut day = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    while day.year() < 2028 {
+        for q in 0..96 {
+            let t = day.and_hms_opt(q / 4, (q % 4) * 15, 0).unwrap();
+            if !matches!(tz.from_local_datetime(&t), LocalResult::Single(_)) {
+                out.push(t);
+                break;
+            }
+        }
+        day = day.succ_opt().unwrap();
+    }
+    out
+}
+
 fn generate(n: usize) -> Vec<Case> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut out = Vec::with_capacity(n);
+    let changes: std::collections::HashMap<&str, Vec<NaiveDateTime>> =
+        ZONES.iter().map(|z| (*z, dst_changes(z))).collect();
+    let mut on_changes = 0;
     for i in 0..n {
         let zone = *rng.pick(ZONES);
         let mut dtstart = start(&mut rng);
@@ -153,7 +180,7 @@ fn generate(n: usize) -> Vec<Case> {
                 }
             }
             6 => format!(
-                "FREQ=HOURLY;INTERVAL={};BYHOUR=0,1,2,3,4,8,20",
+                "FREQ=HOURLY;INTERVAL={};BYHOUR=0,1,2,3,4,8,20,23",
                 rng.pick(&[1, 2])
             ),
             7 => {
@@ -180,7 +207,37 @@ fn generate(n: usize) -> Vec<Case> {
             }
             _ => {}
         }
-        let after = dtstart.and_utc() + Duration::hours(rng.below(24 * 40) as i64 - 24);
+        let mut after = dtstart.and_utc() + Duration::hours(rng.below(24 * 40) as i64 - 24);
+        // Daily and hourly rules (in zones with DST) start right before a DST
+        // change of their zone, at a wall-clock time the change swallows or
+        // repeats, so the gap and overlap rules are what is compared.
+        let zone_changes = &changes[zone];
+        if matches!(i % 10, 0 | 6 | 7) && !zone_changes.is_empty() {
+            // A quarter hour inside the gap or overlap, not only its start
+            // (where "offset before the gap" and "right after it" agree).
+            let first = *rng.pick(zone_changes);
+            let inside = first + Duration::minutes(15 * (1 + rng.below(3) as i64));
+            let tz: chrono_tz::Tz = zone.parse().unwrap();
+            let change = if matches!(
+                chrono::TimeZone::from_local_datetime(&tz, &inside),
+                chrono::LocalResult::Single(_)
+            ) {
+                first
+            } else {
+                inside
+            };
+            dtstart = if i % 10 == 6 {
+                change.date().and_time(chrono::NaiveTime::MIN)
+                    - Duration::hours(rng.below(5) as i64)
+            } else {
+                change - Duration::days((rng.below(3) * interval as u64) as i64)
+            };
+            if i % 10 == 7 {
+                exdates = vec![dtstart + Duration::days(3 * interval as i64)];
+            }
+            after = dtstart.and_utc() - Duration::hours(15);
+            on_changes += 1;
+        }
         out.push(Case {
             rule,
             simple: None,
@@ -191,6 +248,10 @@ fn generate(n: usize) -> Vec<Case> {
             count: 6,
         });
     }
+    assert!(
+        on_changes >= 50,
+        "only {on_changes} cases start at a DST change"
+    );
     for i in 0..SIMPLE_CASES {
         let zone = *rng.pick(ZONES);
         let mut dtstart = start(&mut rng);
@@ -288,9 +349,17 @@ for line in sys.stdin:
         rs.exdate(datetime.fromisoformat(x).replace(tzinfo=tz))
     after = datetime.fromisoformat(c["after"].replace("Z", "+00:00"))
     out = []
+    last = None
     for t in rs:
+        u = t.astimezone(timezone.utc)
+        # RFC 5545: "Duplicate instances are ignored." dateutil compares
+        # wall-clock values in one zone, so 02:00 (in a gap, moved to 03:00)
+        # and 03:00 are two to it, though one instant.
+        if u == last:
+            continue
+        last = u
         if t > after:
-            out.append(t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            out.append(u.strftime("%Y-%m-%dT%H:%M:%SZ"))
             if len(out) == c["count"]:
                 break
     print(json.dumps(out))
