@@ -193,6 +193,8 @@ fn generate(n: usize) -> Vec<Case> {
                 "FREQ=MONTHLY;BYMONTHDAY=28,29,30,31;BYSETPOS=-1;INTERVAL={}",
                 interval.min(2)
             ),
+            // Odd cases: times a gap moves past later ones (02:45 -> 03:45).
+            _ if i % 20 == 9 => "FREQ=DAILY;BYHOUR=0,1,2,3,9,23;BYMINUTE=0,45".to_string(),
             _ => format!(
                 "FREQ=WEEKLY;BYDAY={};BYHOUR=2,9;BYMINUTE=30",
                 weekday_set(&mut rng)
@@ -212,7 +214,7 @@ fn generate(n: usize) -> Vec<Case> {
         // change of their zone, at a wall-clock time the change swallows or
         // repeats, so the gap and overlap rules are what is compared.
         let zone_changes = &changes[zone];
-        if matches!(i % 10, 0 | 6 | 7) && !zone_changes.is_empty() {
+        if (matches!(i % 10, 0 | 6 | 7) || i % 20 == 9) && !zone_changes.is_empty() {
             // A quarter hour inside the gap or overlap, not only its start
             // (where "offset before the gap" and "right after it" agree).
             let first = *rng.pick(zone_changes);
@@ -226,7 +228,7 @@ fn generate(n: usize) -> Vec<Case> {
             } else {
                 inside
             };
-            dtstart = if i % 10 == 6 {
+            dtstart = if i % 10 == 6 || i % 20 == 9 {
                 change.date().and_time(chrono::NaiveTime::MIN)
                     - Duration::hours(rng.below(5) as i64)
             } else {
@@ -335,7 +337,7 @@ fn ours(c: &Case) -> Result<Vec<String>, String> {
 
 const ORACLE: &str = r#"
 import json, sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 from dateutil.rrule import rrulestr, rruleset
 
@@ -348,20 +350,19 @@ for line in sys.stdin:
     for x in c["exdates"]:
         rs.exdate(datetime.fromisoformat(x).replace(tzinfo=tz))
     after = datetime.fromisoformat(c["after"].replace("Z", "+00:00"))
-    out = []
-    last = None
+    # RFC 5545: a set, in time order, "duplicate instances are ignored".
+    # dateutil yields in wall-clock order and compares wall-clock values, so
+    # 02:45 in a gap (moved to 03:45) comes before 03:00, and 02:00 (moved
+    # to 03:00) and 03:00 are two to it: sort and drop repeats, reading on
+    # until an instant more than a day past the answer (no gap is longer).
+    seen = set()
     for t in rs:
         u = t.astimezone(timezone.utc)
-        # RFC 5545: "Duplicate instances are ignored." dateutil compares
-        # wall-clock values in one zone, so 02:00 (in a gap, moved to 03:00)
-        # and 03:00 are two to it, though one instant.
-        if u == last:
-            continue
-        last = u
-        if t > after:
-            out.append(u.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            if len(out) == c["count"]:
+        if u > after:
+            seen.add(u)
+            if len(seen) >= c["count"] and u > sorted(seen)[c["count"] - 1] + timedelta(hours=25):
                 break
+    out = [u.strftime("%Y-%m-%dT%H:%M:%SZ") for u in sorted(seen)[: c["count"]]]
     print(json.dumps(out))
 "#;
 

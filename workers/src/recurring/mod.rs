@@ -22,6 +22,7 @@ pub mod demo;
 pub mod directory;
 pub mod metrics;
 pub mod occurrence;
+pub mod order;
 pub mod output;
 pub mod rrule;
 pub mod rule;

@@ -13,6 +13,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use rrule::{RRule, RRuleSet, Unvalidated};
 
+use super::order::InstantOrder;
 use super::rule::{Occurrence, RuleError};
 use super::zone::{self, GapRule};
 
@@ -165,26 +166,24 @@ impl RruleSpec {
         let until = self.until;
         let exdates = self.exdates.clone();
         let floating = set.as_ref().map(|s| s.into_iter());
-        let mut last = None;
-        Ok(floating
+        // A local UNTIL bounds the wall clock (in generation order); a UTC one
+        // bounds instants (after they are sorted).
+        let placed = floating
             .into_iter()
             .flatten()
-            .filter_map(move |t| {
-                let local = t.naive_utc();
-                let at = zone::to_instant(zone, local, GapRule::OffsetBeforeGap)?;
-                // Two local times in one gap can land on one instant (an
-                // hourly rule across spring-forward): one occurrence, as a
-                // recurrence set is a set.
-                if last == Some(at) {
-                    return None;
-                }
-                last = Some(at);
-                Some(Occurrence { local, at })
+            .map(|t| t.naive_utc())
+            .take_while(move |local| match until {
+                Some(IcalTime::Local(u)) => *local <= u,
+                _ => true,
             })
+            .filter_map(move |local| {
+                let at = zone::to_instant(zone, local, GapRule::OffsetBeforeGap)?;
+                Some(Occurrence { local, at })
+            });
+        Ok(InstantOrder::new(placed)
             .take_while(move |o| match until {
                 Some(IcalTime::Utc(u)) => o.at <= u,
-                Some(IcalTime::Local(u)) => o.local <= u,
-                None => true,
+                _ => true,
             })
             .filter(move |o| {
                 !exdates.iter().any(|x| match x {
@@ -269,6 +268,29 @@ mod tests {
         assert_ne!(
             in_zone, ours,
             "the crate in the zone repeats 01:00Z; if it no longer does, it was fixed upstream"
+        );
+    }
+
+    /// dateutil yields 02:45 (moved to 03:45 by the gap) before 03:00; the
+    /// next occurrence is the earliest, so we yield them in time order.
+    #[test]
+    fn gap_times_moved_past_later_ones_come_out_in_time_order_once() {
+        assert_eq!(
+            next(
+                "FREQ=DAILY;BYHOUR=2,3;BYMINUTE=0,45",
+                "Europe/Berlin",
+                "2026-03-28T02:00",
+                "2026-03-28T12:00:00Z",
+                6
+            ),
+            [
+                "2026-03-29 01:00", // 02:00 and 03:00 local: 03:00 CEST
+                "2026-03-29 01:45", // 02:45 and 03:45 local: 03:45 CEST
+                "2026-03-30 00:00",
+                "2026-03-30 00:45",
+                "2026-03-30 01:00",
+                "2026-03-30 01:45",
+            ]
         );
     }
 
