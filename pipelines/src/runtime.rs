@@ -228,8 +228,11 @@ async fn probe(
 ) {
     let needed = worker.needs_state_store();
     loop {
+        // A write, not a PING: a replica promoted away from us (READONLY) or
+        // still loading answers PING but cannot take the worker's writes.
         let store = if needed {
-            match tokio::time::timeout(Duration::from_secs(2), state.ping()).await {
+            let write = state.set("health:probe", b"1", Some(Duration::from_secs(10)));
+            match tokio::time::timeout(Duration::from_secs(2), write).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("no answer within 2s".to_string()),
