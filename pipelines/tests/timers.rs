@@ -54,8 +54,7 @@ impl Log {
     fn owns(&self, replica: &'static str) -> usize {
         let hooks = self.hooks.lock().unwrap();
         let mut owned: HashMap<i32, bool> = HashMap::new();
-        for (_, r, what, p) in hooks.iter().filter(|h| h.1 == replica) {
-            let _ = r;
+        for (_, _, what, p) in hooks.iter().filter(|h| h.1 == replica) {
             owned.insert(*p, *what == "assigned");
         }
         owned.values().filter(|v| **v).count()
@@ -284,8 +283,8 @@ async fn partition_timers_fire_each_due_item_once_while_a_third_replica_joins_an
         }
         let previous_owner = hooks
             .iter()
-            .filter(|h| h.0 < *seq && h.3 == *p && h.2 == "assigned" && h.1 != *replica)
-            .last();
+            .rev()
+            .find(|h| h.0 < *seq && h.3 == *p && h.2 == "assigned" && h.1 != *replica);
         if let Some(prev) = previous_owner {
             let revoked = hooks.iter().any(|h| {
                 h.0 > prev.0 && h.0 < *seq && h.1 == prev.1 && h.3 == *p && h.2 == "revoked"
