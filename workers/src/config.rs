@@ -14,6 +14,7 @@ pub struct Config {
     #[serde(flatten)]
     pub pipeline: PipelineConfig,
     pub audit: AuditConfig,
+    pub lag_monitor: crate::lagmon::LagMonitorConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -64,6 +65,7 @@ impl Config {
         let c = Config {
             pipeline: pipelines::config::extract(&figment, None)?,
             audit: pipelines::config::extract(&figment, Some("audit"))?,
+            lag_monitor: pipelines::config::extract(&figment, Some("lag_monitor"))?,
         };
         c.validate()?;
         Ok(c)
@@ -71,6 +73,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pipeline.validate()?;
+        self.lag_monitor.validate()?;
         let a = &self.audit;
         if !matches!(a.store.as_str(), "auto" | "file" | "postgres") {
             return Err(ConfigError::invalid(
@@ -111,6 +114,7 @@ impl Config {
         Config {
             pipeline: self.pipeline.redacted(),
             audit: self.audit.clone(),
+            lag_monitor: self.lag_monitor.clone(),
         }
     }
 

@@ -7,4 +7,5 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod lagmon;
 pub mod workers;

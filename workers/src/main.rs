@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use pipelines::event::{decode, is_known_type, DecodeContext};
 use taskstream::audit::{self, cli::Format, AuditQuery};
 use taskstream::config::Config;
-use taskstream::{bench, demo, workers};
+use taskstream::{bench, demo, lagmon, workers};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +76,21 @@ enum Command {
         /// Where the demo writes its audit trail.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+    },
+    /// Consumer lag of every worker's group (or each --group), read from
+    /// Kafka now: committed offset, high watermark, lag, lag seconds, status.
+    Lag {
+        /// A consumer group id (repeatable); default: every configured worker's group.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: lagmon::cli::Format,
+        /// Reads to judge the status on (a status needs more than one look).
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Pause between reads; default: twice kafka.commit_interval, at least 1s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
     /// Read the audit trail back.
     Audit {
@@ -208,6 +223,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..config.pipeline.log.clone()
             });
             demo::run(config, &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lag {
+            groups,
+            format,
+            samples,
+            every,
+        } => {
+            let config = load_config(&cli.config)?;
+            pipelines::telemetry::init(&pipelines::config::LogConfig {
+                level: "warn".into(),
+                ..config.pipeline.log.clone()
+            });
+            let every = every.unwrap_or_else(|| {
+                (config.pipeline.kafka.commit_interval * 2).max(std::time::Duration::from_secs(1))
+            });
+            lagmon::cli::lag(&config, &groups, format, samples, every).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => {

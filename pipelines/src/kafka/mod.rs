@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use crate::config::KafkaConfig;
 
 pub mod mock;
+pub mod offsets;
 pub mod sink;
 pub mod source;
 
