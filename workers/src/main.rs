@@ -50,8 +50,13 @@ enum Command {
         worker: String,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
+        /// Partitions of the topic (default 6); with `lag-monitor`, of each
+        /// group's topic (default 100).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// `lag-monitor` only: consumer groups, each on its own topic.
+        #[arg(long, default_value_t = 50)]
+        groups: usize,
         /// Redis to use; default: start a throwaway redis-server.
         #[arg(long)]
         redis_url: Option<String>,
@@ -191,10 +196,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             worker,
             events,
             partitions,
+            groups,
             redis_url,
             database_url,
         } => {
             let config = load_config(&cli.config)?;
+            if worker == lagmon::NAME {
+                pipelines::telemetry::init(&pipelines::config::LogConfig {
+                    level: "error".into(),
+                    ..config.pipeline.log.clone()
+                });
+                let report = lagmon::bench::run(&config, groups, partitions.unwrap_or(100)).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let partitions = partitions.unwrap_or(6);
             pipelines::telemetry::init(&pipelines::config::LogConfig {
                 level: "warn".into(),
                 ..config.pipeline.log.clone()

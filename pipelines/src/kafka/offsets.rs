@@ -15,6 +15,7 @@
 //! runtime (`spawn_blocking`). Plain structs come out; no rdkafka type leaks.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,12 +107,16 @@ impl OffsetReader {
             // A committed offset below the low watermark (retention) reads the
             // oldest record still there.
             .set("auto.offset.reset", "earliest")
-            // One record per partition is all we want: keep prefetch small.
-            .set("max.partition.fetch.bytes", "65536")
+            // One record per partition is all we want: a broker returns at least
+            // the first record batch whatever this limit says (KIP-74).
+            .set("max.partition.fetch.bytes", "1")
             .set("fetch.max.bytes", "1048576")
             .set("queued.min.messages", "1")
             .set("queued.max.messages.kbytes", "1024")
             .set("fetch.wait.max.ms", "50")
+            // With a one-message queue, librdkafka's default (1 s) would idle
+            // each partition for a second after its first record.
+            .set("fetch.queue.backoff.ms", "10")
             .create()
             .map_err(|e| fail("a peek client", e))?;
         Ok(OffsetReader {
@@ -218,53 +223,70 @@ impl OffsetReader {
     }
 
     /// Low and high watermarks of each partition (same order), queried on up
-    /// to `parallel` threads. A partition whose query failed is `Err`.
+    /// to `parallel` threads. Stops at the first failure (a broker that is down
+    /// would otherwise cost `timeout` per partition).
     pub fn watermarks(
         &self,
         partitions: &[TopicPartition],
         parallel: usize,
         timeout: Duration,
-    ) -> Vec<Result<Watermarks, OffsetError>> {
+    ) -> Result<Vec<Watermarks>, OffsetError> {
         let parallel = parallel.clamp(1, 64);
         let chunk = partitions.len().div_ceil(parallel).max(1);
-        std::thread::scope(|s| {
+        let failed = AtomicBool::new(false);
+        let results: Vec<Result<Vec<Watermarks>, OffsetError>> = std::thread::scope(|s| {
             let handles: Vec<_> = partitions
                 .chunks(chunk)
                 .map(|part| {
+                    let failed = &failed;
                     s.spawn(move || {
-                        part.iter()
-                            .map(|tp| {
-                                self.meta
-                                    .fetch_watermarks(&tp.topic, tp.partition, timeout)
-                                    .map(|(low, high)| Watermarks { low, high })
-                                    .map_err(|e| {
-                                        self.error(
-                                            format!("watermarks of {}/{}", tp.topic, tp.partition),
-                                            e,
-                                        )
-                                    })
-                            })
-                            .collect::<Vec<_>>()
+                        let mut out = Vec::with_capacity(part.len());
+                        for tp in part {
+                            if failed.load(Ordering::Relaxed) {
+                                return Err(
+                                    self.error("watermarks", "stopped after an earlier failure")
+                                );
+                            }
+                            match self.meta.fetch_watermarks(&tp.topic, tp.partition, timeout) {
+                                Ok((low, high)) => out.push(Watermarks { low, high }),
+                                Err(e) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    return Err(self.error(
+                                        format!("watermarks of {}/{}", tp.topic, tp.partition),
+                                        e,
+                                    ));
+                                }
+                            }
+                        }
+                        Ok(out)
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .zip(partitions.chunks(chunk))
-                .flat_map(|(h, part)| match h.join() {
-                    Ok(v) => v,
-                    Err(_) => part
-                        .iter()
-                        .map(|tp| {
-                            Err(self.error(
-                                format!("watermarks of {}/{}", tp.topic, tp.partition),
-                                "query thread panicked",
-                            ))
-                        })
-                        .collect(),
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(self.error("watermarks", "a query thread panicked"))
+                    })
                 })
                 .collect()
-        })
+        });
+        // The first real failure, not a thread that stopped because of it.
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(v) => out.extend(v),
+                Err(e) if e.message.contains("earlier failure") => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Fetches the first record at or after each `(partition, offset)` and

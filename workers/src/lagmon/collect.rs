@@ -77,35 +77,39 @@ impl Collector {
         self.reader
             .retain_groups(&groups.iter().map(|g| g.group.clone()).collect::<Vec<_>>());
 
-        let watermarks: HashMap<TopicPartition, _> = {
-            let results = self
-                .reader
-                .watermarks(&all, self.settings.parallel_requests, timeout);
-            let mut out = HashMap::with_capacity(all.len());
-            for (tp, r) in all.iter().zip(results) {
-                out.insert(tp.clone(), r?);
-            }
-            out
-        };
+        let watermarks: HashMap<TopicPartition, _> = all
+            .iter()
+            .cloned()
+            .zip(
+                self.reader
+                    .watermarks(&all, self.settings.parallel_requests, timeout)?,
+            )
+            .collect();
 
-        // The first unconsumed record of every lagging partition not read before.
+        // The first unconsumed record of every lagging partition not read
+        // before, largest lag first, at most `peek_max_partitions` a collection.
         let mut wanted: BTreeSet<(TopicPartition, i64)> = BTreeSet::new();
+        let mut lag_of: HashMap<(TopicPartition, i64), i64> = HashMap::new();
         for (_, partitions, offsets) in &committed {
             for (tp, c) in partitions.iter().zip(offsets) {
                 if let (Some(c), Some(w)) = (c, watermarks.get(tp)) {
                     if monitor.wants_record(*w, *c) {
-                        wanted.insert((tp.clone(), (*c).max(w.low)));
+                        let position = (*c).max(w.low);
+                        wanted.insert((tp.clone(), position));
+                        lag_of.insert((tp.clone(), position), w.high - position);
                     }
                 }
             }
         }
         let mut peeked = HashMap::with_capacity(wanted.len());
         if self.settings.exact_lag_seconds {
-            let missing: Vec<(TopicPartition, i64)> = wanted
+            let mut missing: Vec<(TopicPartition, i64)> = wanted
                 .iter()
                 .filter(|k| !self.peeked.contains_key(k))
                 .cloned()
                 .collect();
+            missing.sort_by_key(|k| std::cmp::Reverse(lag_of.get(k).copied().unwrap_or(0)));
+            missing.truncate(self.settings.peek_max_partitions);
             let fresh = self
                 .reader
                 .peek(&missing, self.settings.peek_timeout)

@@ -29,6 +29,10 @@ pub struct LagMonitorConfig {
     /// Read the first unconsumed record of each lagging partition for an exact
     /// lag in seconds (else it is interpolated from the high-watermark history).
     pub exact_lag_seconds: bool,
+    /// First unconsumed records read per collection at most, largest lags
+    /// first (each costs a fetch; a record once read is kept while the group
+    /// has not moved). The others' lag seconds are interpolated meanwhile.
+    pub peek_max_partitions: usize,
     /// Time allowed per collection for reading first unconsumed records.
     #[serde(with = "humantime_serde")]
     pub peek_timeout: Duration,
@@ -61,6 +65,7 @@ impl Default for LagMonitorConfig {
             stopped_after: Duration::from_secs(300),
             allowed_lag: 0,
             exact_lag_seconds: true,
+            peek_max_partitions: 500,
             peek_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             timeline_samples: 60,

@@ -10,8 +10,10 @@
 //!   produced (lag seconds' fallback); [`status`]: OK / WARNING / STALLED /
 //!   STOPPED / REWIND over a window; [`monitor`]: the state across collections;
 //! - [`exposition`]: the per-group series; [`metrics`]: the monitor's own;
-//! - [`service`]: the collection loop; [`cli`]: `taskstream lag`.
+//! - [`service`]: the collection loop; [`cli`]: `taskstream lag`;
+//!   [`bench`]: `taskstream bench --worker lag-monitor`.
 
+pub mod bench;
 pub mod cli;
 pub mod collect;
 pub mod config;
