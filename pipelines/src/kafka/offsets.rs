@@ -15,7 +15,6 @@
 //! runtime (`spawn_blocking`). Plain structs come out; no rdkafka type leaks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{base_client_config, scrub};
 use crate::config::KafkaConfig;
+
+/// Partitions per ListOffsets call (see [`OffsetReader::watermarks`]).
+const LIST_OFFSETS_CHUNK: usize = 200;
 
 /// A Kafka read of the lag monitor failed.
 #[derive(Debug, thiserror::Error)]
@@ -222,71 +224,86 @@ impl OffsetReader {
         groups.retain(|g, _| keep.contains(g.as_str()));
     }
 
-    /// Low and high watermarks of each partition (same order), queried on up
-    /// to `parallel` threads. Stops at the first failure (a broker that is down
-    /// would otherwise cost `timeout` per partition).
+    /// Low and high watermarks of each partition (same order): two ListOffsets
+    /// requests per partition leader (earliest, latest) for all partitions,
+    /// rather than two round trips per partition. Under the default
+    /// `read_committed` isolation, "high" is the last stable offset, which is
+    /// what a transactional consumer can reach.
     pub fn watermarks(
         &self,
         partitions: &[TopicPartition],
-        parallel: usize,
         timeout: Duration,
     ) -> Result<Vec<Watermarks>, OffsetError> {
-        let parallel = parallel.clamp(1, 64);
-        let chunk = partitions.len().div_ceil(parallel).max(1);
-        let failed = AtomicBool::new(false);
-        let results: Vec<Result<Vec<Watermarks>, OffsetError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = partitions
-                .chunks(chunk)
-                .map(|part| {
-                    let failed = &failed;
-                    s.spawn(move || {
-                        let mut out = Vec::with_capacity(part.len());
-                        for tp in part {
-                            if failed.load(Ordering::Relaxed) {
-                                return Err(
-                                    self.error("watermarks", "stopped after an earlier failure")
-                                );
-                            }
-                            match self.meta.fetch_watermarks(&tp.topic, tp.partition, timeout) {
-                                Ok((low, high)) => out.push(Watermarks { low, high }),
-                                Err(e) => {
-                                    failed.store(true, Ordering::Relaxed);
-                                    return Err(self.error(
-                                        format!("watermarks of {}/{}", tp.topic, tp.partition),
-                                        e,
-                                    ));
-                                }
-                            }
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(self.error("watermarks", "a query thread panicked"))
-                    })
-                })
-                .collect()
-        });
-        // The first real failure, not a thread that stopped because of it.
-        let mut out = Vec::with_capacity(partitions.len());
-        let mut first_err = None;
-        for r in results {
-            match r {
-                Ok(v) => out.extend(v),
-                Err(e) if e.message.contains("earlier failure") => {
-                    first_err.get_or_insert(e);
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut low = Vec::with_capacity(partitions.len());
+        let mut high = Vec::with_capacity(partitions.len());
+        // librdkafka matches each answer to its request list by a linear
+        // search: quadratic in the list's size, so ask in chunks.
+        for chunk in partitions.chunks(LIST_OFFSETS_CHUNK) {
+            low.extend(self.list_offsets(chunk, Offset::Beginning, timeout)?);
+            high.extend(self.list_offsets(chunk, Offset::End, timeout)?);
+        }
+        Ok(low
+            .into_iter()
+            .zip(high)
+            .map(|(low, high)| Watermarks { low, high })
+            .collect())
+    }
+
+    /// The offset `which` (earliest or latest) of each partition, same order.
+    fn list_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        which: Offset,
+        timeout: Duration,
+    ) -> Result<Vec<i64>, OffsetError> {
+        let what = || {
+            format!(
+                "{} offsets",
+                if which == Offset::End {
+                    "latest"
+                } else {
+                    "earliest"
                 }
-                Err(e) => return Err(e),
+            )
+        };
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for tp in partitions {
+            tpl.add_partition_offset(&tp.topic, tp.partition, which)
+                .map_err(|e| self.error(what(), e))?;
+        }
+        let got = self
+            .meta
+            .offsets_for_times(tpl, timeout)
+            .map_err(|e| self.error(what(), e))?;
+        let mut by_tp: HashMap<(String, i32), i64> = HashMap::with_capacity(partitions.len());
+        for e in got.elements() {
+            if let Err(err) = e.error() {
+                return Err(self.error(
+                    format!("{} of {}/{}", what(), e.topic(), e.partition()),
+                    err,
+                ));
+            }
+            if let Offset::Offset(o) = e.offset() {
+                by_tp.insert((e.topic().to_string(), e.partition()), o);
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        partitions
+            .iter()
+            .map(|tp| {
+                by_tp
+                    .get(&(tp.topic.clone(), tp.partition))
+                    .copied()
+                    .ok_or_else(|| {
+                        self.error(
+                            format!("{} of {}/{}", what(), tp.topic, tp.partition),
+                            "no offset returned",
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Fetches the first record at or after each `(partition, offset)` and

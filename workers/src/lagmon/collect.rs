@@ -80,10 +80,7 @@ impl Collector {
         let watermarks: HashMap<TopicPartition, _> = all
             .iter()
             .cloned()
-            .zip(
-                self.reader
-                    .watermarks(&all, self.settings.parallel_requests, timeout)?,
-            )
+            .zip(self.reader.watermarks(&all, timeout)?)
             .collect();
 
         // The first unconsumed record of every lagging partition not read

@@ -42,8 +42,6 @@ pub struct LagMonitorConfig {
     /// High-watermark samples kept per partition for interpolation (older ones
     /// are thinned, never dropped wholesale, so old lags stay measurable).
     pub timeline_samples: usize,
-    /// Watermark queries in flight at once.
-    pub parallel_requests: usize,
     /// Consumer groups watched besides the workers' own.
     pub groups: Vec<WatchedGroup>,
 }
@@ -69,7 +67,6 @@ impl Default for LagMonitorConfig {
             peek_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             timeline_samples: 60,
-            parallel_requests: 8,
             groups: Vec::new(),
         }
     }
@@ -104,13 +101,6 @@ impl LagMonitorConfig {
                 "lag_monitor.timeline_samples",
                 self.timeline_samples,
                 "at least 2",
-            ));
-        }
-        if self.parallel_requests == 0 {
-            return Err(ConfigError::invalid(
-                "lag_monitor.parallel_requests",
-                0,
-                "a whole number above zero",
             ));
         }
         for (i, g) in self.groups.iter().enumerate() {

@@ -30,6 +30,9 @@ pub const LAG_SECONDS_EXACT: &str = "taskstream_lag_seconds_exact";
 
 /// Escapes a label value per the exposition format.
 fn escape(v: &str) -> String {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.to_string();
+    }
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
