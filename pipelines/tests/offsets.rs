@@ -63,6 +63,29 @@ fn reads_committed_offsets_watermarks_and_the_first_unconsumed_record() {
         ]
     );
 
+    // Many groups at once, answers in the order asked.
+    let other = unique("other");
+    commit_offsets(&bootstrap, &other, &[("orders".into(), 2, 0)]).unwrap();
+    let many = reader.committed_many(
+        &[
+            (other.clone(), parts.clone()),
+            (unique("never"), parts.clone()),
+            (group.clone(), vec![parts[0].clone()]),
+            (unique("nothing-asked"), vec![]),
+        ],
+        timeout,
+    );
+    let many: Vec<Vec<Option<i64>>> = many.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        many,
+        vec![
+            vec![None, None, Some(0)],
+            vec![None, None, None],
+            vec![Some(4)],
+            vec![],
+        ]
+    );
+
     // The record at the committed offset, with its timestamp; nothing at the end.
     let p0 = TopicPartition::new("orders", 0);
     let found = reader

@@ -3,9 +3,11 @@
 //! timestamp of the first record a group has not consumed yet.
 //!
 //! Nothing here joins a group or commits anything:
-//! - committed offsets come from the OffsetFetch API (`rd_kafka_committed` on a
-//!   consumer that carries the group's id but never subscribes), not from
-//!   reading `__consumer_offsets`, so managed clusters that hide that topic work;
+//! - committed offsets come from the admin API's ListConsumerGroupOffsets (an
+//!   OffsetFetch to each group's coordinator, all groups in flight at once on
+//!   one client), not from reading `__consumer_offsets`, so managed clusters
+//!   that hide that topic work. rdkafka 0.39 does not wrap this call, so it is
+//!   made through `rdkafka-sys`, as the mock cluster's controls are;
 //! - watermarks come from ListOffsets (`rd_kafka_query_watermark_offsets`);
 //! - the first unconsumed record is fetched by a consumer of its own group id
 //!   (`<group_prefix>-lag-monitor-peek`) that is `assign()`ed, never commits and
@@ -15,15 +17,32 @@
 //! runtime (`spawn_blocking`). Plain structs come out; no rdkafka type leaks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::ffi::{c_void, CStr, CString};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use rdkafka_sys as rdsys;
+
 use super::{base_client_config, scrub};
 use crate::config::KafkaConfig;
+
+/// A C string owned by librdkafka, copied; empty for NULL.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string alive for the call.
+unsafe fn c_text(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
 
 /// Partitions per ListOffsets call (see [`OffsetReader::watermarks`]).
 const LIST_OFFSETS_CHUNK: usize = 200;
@@ -73,14 +92,13 @@ pub struct PeekedRecord {
 }
 
 /// Reads committed offsets, watermarks and first unconsumed records. One per
-/// process; keeps one offset-fetch client per watched group.
+/// process: three clients whatever the number of groups watched.
 pub struct OffsetReader {
     kafka: KafkaConfig,
-    client_id: String,
     /// Metadata and watermarks; no group.
     meta: BaseConsumer,
-    /// One client per group: `rd_kafka_committed` asks for the client's own group.
-    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// ListConsumerGroupOffsets (OffsetFetch to each group's coordinator).
+    admin: AdminClient<DefaultClientContext>,
     peek: Mutex<BaseConsumer>,
 }
 
@@ -121,11 +139,13 @@ impl OffsetReader {
             .set("fetch.queue.backoff.ms", "10")
             .create()
             .map_err(|e| fail("a peek client", e))?;
+        let admin: AdminClient<DefaultClientContext> = base_client_config(kafka, client_id)
+            .create()
+            .map_err(|e| fail("an admin client", e))?;
         Ok(OffsetReader {
             kafka: kafka.clone(),
-            client_id: client_id.to_string(),
             meta,
-            groups: Mutex::new(HashMap::new()),
+            admin,
             peek: Mutex::new(peek),
         })
     }
@@ -170,29 +190,156 @@ impl OffsetReader {
         partitions: &[TopicPartition],
         timeout: Duration,
     ) -> Result<Vec<Option<i64>>, OffsetError> {
-        if partitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let what = || format!("committed offsets of group {group}");
-        let client = self
-            .group_client(group)
-            .map_err(|e| self.error(what(), e))?;
-        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
-        for tp in partitions {
-            tpl.add_partition(&tp.topic, tp.partition);
-        }
-        let got = client
-            .committed_offsets(tpl, timeout)
-            .map_err(|e| self.error(what(), e))?;
-        let mut by_tp: HashMap<(String, i32), Option<i64>> = HashMap::new();
-        for e in got.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
+        self.committed_many(&[(group.to_string(), partitions.to_vec())], timeout)
+            .pop()
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// [`OffsetReader::committed`] for many groups at once: one
+    /// ListConsumerGroupOffsets request per group, all in flight together on
+    /// one admin client. Results in the order of `groups`.
+    pub fn committed_many(
+        &self,
+        groups: &[(String, Vec<TopicPartition>)],
+        timeout: Duration,
+    ) -> Vec<Result<Vec<Option<i64>>, OffsetError>> {
+        let what = |g: &str| format!("committed offsets of group {g}");
+        let mut results: Vec<Option<Result<Vec<Option<i64>>, OffsetError>>> =
+            groups.iter().map(|_| None).collect();
+        let rk = self.admin.inner().native_ptr();
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `rk` lives as long as `self.admin`; the queue is destroyed
+        // below, after every event taken from it was destroyed.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(rk) };
+        let mut in_flight = 0usize;
+        for (i, (group, partitions)) in groups.iter().enumerate() {
+            if partitions.is_empty() {
+                results[i] = Some(Ok(Vec::new()));
+                continue;
+            }
+            let Ok(group_c) = CString::new(group.as_str()) else {
+                results[i] = Some(Err(self.error(what(group), "group id contains a NUL byte")));
+                continue;
             };
-            by_tp.insert((e.topic().to_string(), e.partition()), offset);
+            let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+            for tp in partitions {
+                tpl.add_partition(&tp.topic, tp.partition);
+            }
+            // SAFETY: librdkafka copies the request and the options; both are
+            // destroyed here once the call has returned.
+            unsafe {
+                let options = rdsys::rd_kafka_AdminOptions_new(
+                    rk,
+                    rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS,
+                );
+                let mut errstr = [0 as std::os::raw::c_char; 256];
+                rdsys::rd_kafka_AdminOptions_set_request_timeout(
+                    options,
+                    timeout_ms,
+                    errstr.as_mut_ptr(),
+                    errstr.len(),
+                );
+                rdsys::rd_kafka_AdminOptions_set_opaque(options, i as *mut c_void);
+                let mut request =
+                    rdsys::rd_kafka_ListConsumerGroupOffsets_new(group_c.as_ptr(), tpl.ptr());
+                rdsys::rd_kafka_ListConsumerGroupOffsets(rk, &mut request, 1, options, queue);
+                rdsys::rd_kafka_ListConsumerGroupOffsets_destroy(request);
+                rdsys::rd_kafka_AdminOptions_destroy(options);
+            }
+            in_flight += 1;
         }
-        Ok(partitions
+        // librdkafka answers every request by its own timeout; the slack only
+        // guards against a lost event.
+        let deadline = Instant::now() + timeout + Duration::from_secs(1);
+        while in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // SAFETY: the queue is live; a non-null event is ours until destroyed.
+            let event = unsafe {
+                rdsys::rd_kafka_queue_poll(queue, left.as_millis().min(i32::MAX as u128) as i32)
+            };
+            if event.is_null() {
+                continue;
+            }
+            in_flight -= 1;
+            // SAFETY: `event` is a live ListConsumerGroupOffsets result event.
+            let (index, outcome) = unsafe { self.read_offsets_event(event, groups) };
+            unsafe { rdsys::rd_kafka_event_destroy(event) };
+            if let Some(slot) = index.and_then(|i| results.get_mut(i)) {
+                *slot = Some(outcome);
+            }
+        }
+        // SAFETY: created above; events taken from it are destroyed.
+        unsafe { rdsys::rd_kafka_queue_destroy(queue) };
+        results
+            .into_iter()
+            .zip(groups)
+            .map(|(r, (group, _))| {
+                r.unwrap_or_else(|| Err(self.error(what(group), "no answer in time")))
+            })
+            .collect()
+    }
+
+    /// Reads one ListConsumerGroupOffsets result: which request it answers
+    /// (its opaque) and the offsets in that request's partition order.
+    ///
+    /// # Safety
+    /// `event` must be a live event from a ListConsumerGroupOffsets call whose
+    /// opaque is an index into `groups`.
+    unsafe fn read_offsets_event(
+        &self,
+        event: *mut rdsys::rd_kafka_event_t,
+        groups: &[(String, Vec<TopicPartition>)],
+    ) -> (Option<usize>, Result<Vec<Option<i64>>, OffsetError>) {
+        let index = rdsys::rd_kafka_event_opaque(event) as usize;
+        let Some((group, partitions)) = groups.get(index) else {
+            return (None, Ok(Vec::new()));
+        };
+        let what = format!("committed offsets of group {group}");
+        if rdsys::rd_kafka_event_error(event)
+            != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
+            let msg = c_text(rdsys::rd_kafka_event_error_string(event));
+            return (Some(index), Err(self.error(what, msg)));
+        }
+        let result = rdsys::rd_kafka_event_ListConsumerGroupOffsets_result(event);
+        if result.is_null() {
+            return (Some(index), Err(self.error(what, "not an offsets result")));
+        }
+        let mut count = 0usize;
+        let group_results =
+            rdsys::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut count);
+        if group_results.is_null() || count == 0 {
+            return (Some(index), Err(self.error(what, "empty offsets result")));
+        }
+        let group_result = *group_results;
+        let error = rdsys::rd_kafka_group_result_error(group_result);
+        if !error.is_null() {
+            let msg = c_text(rdsys::rd_kafka_error_string(error));
+            return (Some(index), Err(self.error(what, msg)));
+        }
+        let tpl = rdsys::rd_kafka_group_result_partitions(group_result);
+        let mut by_tp: HashMap<(String, i32), Option<i64>> = HashMap::new();
+        if !tpl.is_null() {
+            let elems = std::slice::from_raw_parts((*tpl).elems, (*tpl).cnt.max(0) as usize);
+            for e in elems {
+                if e.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let msg = c_text(rdsys::rd_kafka_err2str(e.err));
+                    let topic = c_text(e.topic);
+                    return (
+                        Some(index),
+                        Err(self.error(format!("{what} on {topic}/{}", e.partition), msg)),
+                    );
+                }
+                by_tp.insert(
+                    (c_text(e.topic), e.partition),
+                    (e.offset >= 0).then_some(e.offset),
+                );
+            }
+        }
+        let offsets = partitions
             .iter()
             .map(|tp| {
                 by_tp
@@ -200,28 +347,8 @@ impl OffsetReader {
                     .copied()
                     .flatten()
             })
-            .collect())
-    }
-
-    fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = groups.get(group) {
-            return Ok(c.clone());
-        }
-        let c: BaseConsumer = base_client_config(&self.kafka, &self.client_id)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let c = Arc::new(c);
-        groups.insert(group.to_string(), c.clone());
-        Ok(c)
-    }
-
-    /// Closes the offset-fetch clients of groups no longer watched.
-    pub fn retain_groups(&self, watched: &[String]) {
-        let keep: HashSet<&str> = watched.iter().map(String::as_str).collect();
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        groups.retain(|g, _| keep.contains(g.as_str()));
+            .collect();
+        (Some(index), Ok(offsets))
     }
 
     /// Low and high watermarks of each partition (same order): two ListOffsets

@@ -62,20 +62,27 @@ impl Collector {
 
         // Committed offsets first, watermarks after: a commit read after the
         // high watermark could exceed it, and the lag would read low.
+        let requests: Vec<(String, Vec<TopicPartition>)> = groups
+            .iter()
+            .map(|g| {
+                let partitions = g
+                    .topics
+                    .iter()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .flat_map(|t| by_topic.get(t.as_str()).cloned().unwrap_or_default())
+                    .collect();
+                (g.group.clone(), partitions)
+            })
+            .collect();
         let mut committed = Vec::with_capacity(groups.len());
-        for g in groups {
-            let partitions: Vec<TopicPartition> = g
-                .topics
-                .iter()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .flat_map(|t| by_topic.get(t.as_str()).cloned().unwrap_or_default())
-                .collect();
-            let offsets = self.reader.committed(&g.group, &partitions, timeout)?;
-            committed.push((g, partitions, offsets));
+        for ((g, (_, partitions)), offsets) in groups
+            .iter()
+            .zip(requests.iter())
+            .zip(self.reader.committed_many(&requests, timeout))
+        {
+            committed.push((g, partitions.clone(), offsets?));
         }
-        self.reader
-            .retain_groups(&groups.iter().map(|g| g.group.clone()).collect::<Vec<_>>());
 
         let watermarks: HashMap<TopicPartition, _> = all
             .iter()
