@@ -94,7 +94,7 @@ fn reads_committed_offsets_watermarks_and_the_first_unconsumed_record() {
             Duration::from_secs(2),
         )
         .unwrap();
-    let r = found[&p0];
+    let r = found[&(p0.clone(), 4)];
     assert_eq!(r.offset, 4);
     assert!(
         r.timestamp_ms >= before - 1000 && r.timestamp_ms <= chrono::Utc::now().timestamp_millis()
@@ -110,11 +110,13 @@ fn reads_committed_offsets_watermarks_and_the_first_unconsumed_record() {
         reader.committed(&group, &parts, timeout).unwrap(),
         vec![Some(4), None, None]
     );
-    // A second peek of the same partition works (pause flags were cleared).
+    // A second peek of the same partition works (pause flags were cleared),
+    // and one partition asked at two offsets (two groups) answers both.
     let again = reader
-        .peek(&[(p0.clone(), 7)], Duration::from_secs(2))
+        .peek(&[(p0.clone(), 7), (p0.clone(), 2)], Duration::from_secs(4))
         .unwrap();
-    assert_eq!(again[&p0].offset, 7);
+    assert_eq!(again[&(p0.clone(), 7)].offset, 7);
+    assert_eq!(again[&(p0.clone(), 2)].offset, 2);
 }
 
 #[test]

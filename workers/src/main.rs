@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run workers in this process until SIGINT/SIGTERM (`all` = every worker).
+    /// Run workers in this process until SIGINT/SIGTERM (`all` = every worker;
+    /// `lag-monitor` = the lag monitor, alone or beside workers).
     Run {
         #[arg(required = true, value_name = "WORKER")]
         workers: Vec<String>,

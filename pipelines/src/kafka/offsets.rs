@@ -434,15 +434,51 @@ impl OffsetReader {
     }
 
     /// Fetches the first record at or after each `(partition, offset)` and
-    /// returns what was found by `timeout`; a partition missing from the
-    /// result had nothing to return in time. Nothing is committed.
+    /// returns what was found by `timeout`, keyed by the position asked; a
+    /// position missing from the result had nothing to return in time.
+    /// Nothing is committed. A partition asked at several offsets (groups at
+    /// different places on one topic) is read once per offset, in rounds.
     pub fn peek(
+        &self,
+        positions: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<HashMap<(TopicPartition, i64), PeekedRecord>, OffsetError> {
+        let mut rounds: Vec<Vec<(TopicPartition, i64)>> = Vec::new();
+        let mut seen: HashMap<&TopicPartition, usize> = HashMap::new();
+        let mut sorted: Vec<&(TopicPartition, i64)> = positions.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for pos in sorted {
+            let round = seen.entry(&pos.0).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push(pos.clone());
+            *round += 1;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut found = HashMap::new();
+        let total = rounds.len() as u32;
+        for (i, round) in rounds.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = left / (total - i as u32).max(1);
+            for (tp, record) in self.peek_round(round, share)? {
+                if let Some((_, asked)) = round.iter().find(|(t, _)| *t == tp) {
+                    found.insert((tp, *asked), record);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One round of [`OffsetReader::peek`]: each partition at most once.
+    fn peek_round(
         &self,
         positions: &[(TopicPartition, i64)],
         timeout: Duration,
     ) -> Result<HashMap<TopicPartition, PeekedRecord>, OffsetError> {
         let mut found = HashMap::new();
-        if positions.is_empty() {
+        if positions.is_empty() || timeout.is_zero() {
             return Ok(found);
         }
         let consumer = self.peek.lock().unwrap_or_else(|p| p.into_inner());

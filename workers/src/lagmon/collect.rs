@@ -121,11 +121,7 @@ impl Collector {
                     tracing::warn!(error = %e, "could not read first unconsumed records; lag seconds are interpolated");
                     HashMap::new()
                 });
-            for (tp, offset) in &missing {
-                if let Some(r) = fresh.get(tp) {
-                    peeked.insert((tp.clone(), *offset), *r);
-                }
-            }
+            peeked.extend(fresh);
             for k in &wanted {
                 if let Some(r) = self.peeked.get(k) {
                     peeked.insert(k.clone(), *r);
