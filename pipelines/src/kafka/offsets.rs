@@ -8,7 +8,8 @@
 //!   one client), not from reading `__consumer_offsets`, so managed clusters
 //!   that hide that topic work. rdkafka 0.39 does not wrap this call, so it is
 //!   made through `rdkafka-sys`, as the mock cluster's controls are;
-//! - watermarks come from ListOffsets (`rd_kafka_query_watermark_offsets`);
+//! - watermarks come from ListOffsets (earliest and latest), batched per
+//!   partition leader;
 //! - the first unconsumed record is fetched by a consumer of its own group id
 //!   (`<group_prefix>-lag-monitor-peek`) that is `assign()`ed, never commits and
 //!   stops after one record per partition.
