@@ -431,6 +431,38 @@ mod tests {
     }
 
     #[test]
+    fn a_low_traffic_partition_that_just_got_a_record_is_not_stopped() {
+        // Caught up and idle for 1000 s (stopped_after is 60 s), then one
+        // record arrives; nothing says when but the high-watermark history.
+        let mut m = Monitor::new(settings());
+        for i in 0..=100 {
+            let r = m.observe(&collection(
+                i * 10,
+                vec![("g", vec![part(0, Some(10), 0, 10)])],
+            ));
+            assert_eq!(r[0].status, Status::Ok);
+        }
+        let r = m.observe(&collection(
+            1010,
+            vec![("g", vec![part(0, Some(10), 0, 11)])],
+        ));
+        let p = &r[0].partitions[0];
+        assert_eq!(p.lag, Some(1));
+        assert!(p.lag_seconds.unwrap() <= 10.0, "{p:?}");
+        assert_eq!(r[0].status, Status::Ok);
+        // Left waiting, it becomes STALLED, then STOPPED a minute after it arrived.
+        let mut last = Status::Ok;
+        for i in 102..=108 {
+            last = m.observe(&collection(
+                i * 10,
+                vec![("g", vec![part(0, Some(10), 0, 11)])],
+            ))[0]
+                .status;
+        }
+        assert_eq!(last, Status::Stopped);
+    }
+
+    #[test]
     fn a_reset_offset_is_rewind() {
         let mut m = Monitor::new(settings());
         m.observe(&collection(
