@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use pipelines::OutputEvent;
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError,
 };
@@ -320,8 +321,9 @@ impl RecurringWorker {
             Step::Publish { events, .. } => events
                 .iter()
                 .map(|e| {
-                    let key = e.task_id.as_deref().unwrap_or_default();
-                    async move { (i, ctx.publish(&self.output_topic, key, e).await) }
+                    let key = e.task_id.clone().unwrap_or_default();
+                    let out = OutputEvent::new(self.output_topic.clone(), key, e.clone());
+                    async move { (i, ctx.publish_event(&out).await) }
                 })
                 .collect::<Vec<_>>(),
             Step::Finished(_) => Vec::new(),
