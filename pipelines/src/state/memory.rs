@@ -89,6 +89,21 @@ impl StateStore for MemoryStore {
         })
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        Ok(self.with(|m, now| {
+            keys.iter()
+                .map(|key| match live(m, &self.key(key), now) {
+                    Some(Entry {
+                        value: Value::Bytes(b),
+                        ..
+                    }) => Some(b.clone()),
+                    // MGET answers nil for a key of another type.
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
         let k = self.key(key);
         self.with(|m, now| {
