@@ -276,7 +276,7 @@ impl RecurringWorker {
         })
     }
 
-    /// Reads, in two concurrent waves, what the batch's task events will
+    /// Reads, in two `MGET`s, what the batch's task events will
     /// ask of the store: the task records, then their series' state.
     async fn prefetch(
         &self,
