@@ -1,0 +1,279 @@
+//! The aggregates worker: events fold into window counters as they come;
+//! each partition's timer closes the windows the worker's watermark has
+//! passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pipelines::config::PipelineConfig;
+use pipelines::state::{ScoreBound, ScoreRange};
+use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, Timer, TimerScope, Worker, WorkerError};
+
+use super::close::{close_window, Closed};
+use super::config::AggregatesConfig;
+use super::metrics;
+use super::plan::{plan, EventFacts};
+use super::store;
+use super::watermark::{self, PartitionMark};
+use super::window::{WindowId, WindowSpec};
+
+/// Windows closed per tick at most before the tick yields (and runs again at once).
+const CLOSES_PER_TICK: usize = 200;
+/// Closed windows remembered in process (beyond them the close mark is read).
+const CLOSED_CACHE: usize = 10_000;
+
+/// Windowed task metrics by event time.
+pub struct AggregatesWorker {
+    config: AggregatesConfig,
+    specs: Vec<WindowSpec>,
+    lateness_ms: i64,
+    idle_ms: i64,
+    /// Newest event time of each partition this replica owns.
+    newest: Mutex<HashMap<(Arc<str>, i32), i64>>,
+    /// Windows known closed (a close never reopens).
+    closed: Mutex<HashSet<WindowId>>,
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl AggregatesWorker {
+    pub fn new(config: &AggregatesConfig) -> Result<Self, String> {
+        let specs = config.window_specs().map_err(|e| e.to_string())?;
+        Ok(AggregatesWorker {
+            config: config.clone(),
+            specs,
+            lateness_ms: ms(config.allowed_lateness),
+            idle_ms: ms(config.idle_timeout),
+            newest: Mutex::new(HashMap::new()),
+            closed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), i64>> {
+        self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed(&self) -> std::sync::MutexGuard<'_, HashSet<WindowId>> {
+        self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_closed(&self, w: WindowId) {
+        let mut c = self.closed();
+        if c.len() >= CLOSED_CACHE {
+            c.clear();
+        }
+        c.insert(w);
+    }
+
+    /// The windows among `windows` that are closed: from memory, else their
+    /// close marks (read concurrently).
+    async fn closed_among(
+        &self,
+        ctx: &Ctx,
+        windows: HashSet<WindowId>,
+    ) -> Result<HashSet<WindowId>, WorkerError> {
+        let (mut known, unknown): (HashSet<WindowId>, Vec<WindowId>) = {
+            let c = self.closed();
+            let (k, u): (Vec<_>, Vec<_>) = windows.into_iter().partition(|w| c.contains(w));
+            (k.into_iter().collect(), u)
+        };
+        let marks = futures::future::try_join_all(
+            unknown
+                .iter()
+                .map(|w| async move { ctx.state().get(&store::closed_key(w)).await }),
+        )
+        .await?;
+        for (w, m) in unknown.into_iter().zip(marks) {
+            if m.is_some() {
+                self.remember_closed(w.clone());
+                known.insert(w);
+            }
+        }
+        Ok(known)
+    }
+
+    async fn fold(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let src = &first.source;
+        let key = (src.topic.clone(), src.partition);
+        let prior = self.newest().get(&key).copied();
+        let prior = match prior {
+            Some(p) => Some(p),
+            None => store::mark(ctx.state(), &src.topic, src.partition)
+                .await?
+                .map(|m| m.max_event_ms),
+        };
+        let facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
+        let touched: HashSet<WindowId> = facts
+            .iter()
+            .flat_map(|f| self.specs.iter().map(|s| s.window_of(f.t_ms)))
+            .collect();
+        let closed = self.closed_among(ctx, touched).await?;
+        let plan = plan(&self.specs, self.lateness_ms, prior, &closed, &facts);
+        let now = ctx.now().timestamp_millis();
+        let mark = plan.max_event_ms.map(|max_event_ms| PartitionMark {
+            max_event_ms,
+            seen_ms: now,
+        });
+        let field = store::mark_field(&src.topic, src.partition);
+        let ops = store::batch_ops(
+            &plan,
+            mark.map(|m| (field.as_str(), m)),
+            self.config.state_ttl,
+        );
+        ctx.apply_for_all(events, ops).await?;
+
+        if let Some(max) = plan.max_event_ms {
+            self.newest().insert(key, max);
+        }
+        for f in &facts {
+            let kind = if pipelines::event::is_known_type(&f.kind) {
+                f.kind.as_str()
+            } else {
+                "other"
+            };
+            metrics::event(kind, f.priority.as_deref(), f.completion_seconds);
+        }
+        for (w, n) in &plan.late {
+            metrics::late(w, *n);
+        }
+        // Wake this partition's timer when its watermark crossed a boundary
+        // of the shortest window: a window may have become closable.
+        let smallest = self.specs.first().map_or(60_000, |s| s.size_ms);
+        let crossed = match (prior, plan.max_event_ms) {
+            (Some(a), Some(b)) => {
+                (a - self.lateness_ms).div_euclid(smallest)
+                    != (b - self.lateness_ms).div_euclid(smallest)
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if crossed {
+            ctx.wake_timer_at(src, ctx.now());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Worker for AggregatesWorker {
+    fn name(&self) -> &'static str {
+        "aggregates"
+    }
+
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        default_topics(config)
+    }
+
+    /// One partition's timer: windows close as that partition's watermark
+    /// (or any replica's, through the shared marks) allows.
+    fn timer_scope(&self) -> TimerScope {
+        TimerScope::Partition
+    }
+
+    async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        self.fold(std::slice::from_ref(event), ctx).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// The whole batch is one atomic update (counters, marks, idempotency
+    /// marks): it lands entirely or not at all.
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        match self.fold(events, ctx).await {
+            Ok(()) => BatchOutcome {
+                outcomes: vec![Outcome::Done; events.len()],
+                failure: None,
+            },
+            Err(e) => BatchOutcome {
+                outcomes: Vec::new(),
+                failure: Some(e),
+            },
+        }
+    }
+
+    async fn on_assigned(&self, topic: &str, partition: i32, ctx: &Ctx) -> Result<(), WorkerError> {
+        if let Some(m) = store::mark(ctx.state(), topic, partition).await? {
+            self.newest()
+                .insert((Arc::from(topic), partition), m.max_event_ms);
+        }
+        Ok(())
+    }
+
+    async fn on_revoked(&self, topic: &str, partition: i32, _ctx: &Ctx) {
+        self.newest().remove(&(Arc::from(topic), partition));
+    }
+
+    async fn tick(&self, timer: &Timer, ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
+        let now = ctx.now().timestamp_millis();
+        let marks = store::marks(ctx.state()).await?;
+        let Some(wm) = watermark::combined(&marks, now, self.lateness_ms, self.idle_ms) else {
+            return Ok(None);
+        };
+        metrics::watermark(wm);
+        let due = ctx
+            .state()
+            .zrange(
+                store::OPEN,
+                ScoreRange {
+                    min: ScoreBound::Unbounded,
+                    max: ScoreBound::Inclusive(wm as f64),
+                    offset: 0,
+                    limit: CLOSES_PER_TICK,
+                },
+            )
+            .await?;
+        let mut windows: Vec<WindowId> = due
+            .iter()
+            .filter_map(|s| WindowId::from_member(&s.member))
+            .collect();
+        windows.sort_by(|a, b| a.close_order(b));
+        let topic = ctx.config().topics.task_metrics.clone();
+        for w in &windows {
+            if timer.stop.is_cancelled() {
+                return Ok(Some(ctx.now()));
+            }
+            match close_window(
+                ctx,
+                w,
+                &topic,
+                self.config.close_lease,
+                self.config.state_ttl,
+            )
+            .await?
+            {
+                Closed::Published(r) => {
+                    tracing::debug!(window = %w.name, start = %r.window_start, events = r.events, "window closed");
+                    self.remember_closed(w.clone());
+                }
+                Closed::NotOurs => {}
+            }
+        }
+        if due.len() >= CLOSES_PER_TICK {
+            return Ok(Some(ctx.now()));
+        }
+        if ctx.state().zfirst(store::OPEN).await?.is_none() {
+            return Ok(None);
+        }
+        // Open windows remain: look again when a partition may turn idle
+        // (or after check_interval, for closes another replica left behind).
+        let mut next = now.saturating_add(ms(self.config.check_interval));
+        if let Some(idle_at) = watermark::next_idle_at(&marks, now, self.idle_ms) {
+            next = next.min(idle_at);
+        }
+        Ok(DateTime::from_timestamp_millis(next))
+    }
+}
+
+/// `task-events` and `analytics-events`.
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    vec![
+        config.topics.task_events.clone(),
+        config.topics.analytics_events.clone(),
+    ]
+}
