@@ -24,7 +24,7 @@ use super::window::WindowId;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Closed {
     /// Published by this call.
-    Published(WindowResult),
+    Published(Box<WindowResult>),
     /// Another replica holds (or finished) the close.
     NotOurs,
 }
@@ -84,5 +84,5 @@ pub async fn close_window(
     ctx.publish_event(&result.output(w, topic)).await?;
     ctx.state().zrem(store::OPEN, &w.member()).await?;
     metrics::window_closed(&w.name, &result);
-    Ok(Closed::Published(result))
+    Ok(Closed::Published(Box::new(result)))
 }
