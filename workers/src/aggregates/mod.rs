@@ -18,6 +18,7 @@
 
 pub mod close;
 pub mod config;
+pub mod demo;
 pub mod histogram;
 pub mod metrics;
 pub mod plan;
