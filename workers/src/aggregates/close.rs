@@ -6,8 +6,8 @@
 //! derived from the window) and removes the window from the open set. A
 //! claimer that crashed in between leaves the window open with an old mark:
 //! after `close_lease` another replica takes the claim over
-//! (compare-and-set) and publishes the same result with the same id, which
-//! consumers dedupe. The mark stays for the window's length plus
+//! (compare-and-set) and, if the window is still open, publishes the same
+//! result with the same id, which consumers dedupe. The mark stays for the window's length plus
 //! `state_ttl`: events that arrive for the window after its close are
 //! refused as late.
 
@@ -61,10 +61,22 @@ async fn claim(
     if claimed_at.saturating_add(lease_ms) > now {
         return Ok(false);
     }
-    Ok(ctx
+    if !ctx
         .state()
         .compare_and_set(&key, &old, stamp.as_bytes(), Some(ttl))
-        .await?)
+        .await?
+    {
+        return Ok(false);
+    }
+    // Taken over: but if the window has left the open set, its closer
+    // finished (our list of due windows was older than its close): nothing
+    // to do. If it is still there, the closer crashed, or is slower than
+    // the lease: publish (a second copy has the same id).
+    Ok(ctx
+        .state()
+        .zscore(store::OPEN, &w.member())
+        .await?
+        .is_some())
 }
 
 /// Closes `w` if nobody else is: claim, read, publish to `topic`, forget.

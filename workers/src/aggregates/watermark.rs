@@ -7,8 +7,13 @@
 //! partition. A partition that has delivered nothing for `idle_timeout` of
 //! processing time is left out (Flink's idle sources), so one quiet
 //! partition cannot stall every window; when every partition is idle, the
-//! most advanced one decides. Partitions that never delivered an event have
-//! no mark and hold nothing back.
+//! most advanced one decides. A partition's idle clock restarts when it is
+//! assigned (its mark says "nothing yet" if it was never read), so a new
+//! owner's backlog is read before windows close. So `idle_timeout` must be
+//! longer than the longest stall of a partition that has events waiting
+//! (a Redis outage, a rebalance): a partition stalled longer is taken for
+//! idle, windows may close without it, and its events then count as late
+//! (never twice, never silently).
 //!
 //! The marks live in one Redis hash shared by every replica, each written
 //! by the partition's owner in the same transaction as the counters it

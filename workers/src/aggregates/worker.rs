@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pipelines::config::PipelineConfig;
-use pipelines::state::{ScoreBound, ScoreRange};
+use pipelines::state::{ScoreBound, ScoreRange, StateOp};
 use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, Timer, TimerScope, Worker, WorkerError};
 
 use super::close::{close_window, Closed};
@@ -21,6 +21,9 @@ use super::window::{WindowId, WindowSpec};
 
 /// Windows closed per tick at most before the tick yields (and runs again at once).
 const CLOSES_PER_TICK: usize = 200;
+/// The newest event time of a partition assigned but not yet read: its
+/// watermark is the beginning of time while it is active.
+const NOTHING_YET: i64 = i64::MIN;
 /// Closed windows remembered in process (beyond them the close mark is read).
 const CLOSED_CACHE: usize = 10_000;
 
@@ -107,7 +110,8 @@ impl AggregatesWorker {
             Some(p) => Some(p),
             None => store::mark(ctx.state(), &src.topic, src.partition)
                 .await?
-                .map(|m| m.max_event_ms),
+                .map(|m| m.max_event_ms)
+                .filter(|m| *m != NOTHING_YET),
         };
         let facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
         let touched: HashSet<WindowId> = facts
@@ -148,8 +152,8 @@ impl AggregatesWorker {
         let smallest = self.specs.first().map_or(60_000, |s| s.size_ms);
         let crossed = match (prior, plan.max_event_ms) {
             (Some(a), Some(b)) => {
-                (a - self.lateness_ms).div_euclid(smallest)
-                    != (b - self.lateness_ms).div_euclid(smallest)
+                a.saturating_sub(self.lateness_ms).div_euclid(smallest)
+                    != b.saturating_sub(self.lateness_ms).div_euclid(smallest)
             }
             (None, Some(_)) => true,
             _ => false,
@@ -197,10 +201,30 @@ impl Worker for AggregatesWorker {
         }
     }
 
+    /// Loads the partition's newest event time and restarts its idle clock:
+    /// a partition just assigned (maybe with a backlog, maybe never read
+    /// before) holds the watermark back for `idle_timeout`, so windows do
+    /// not close before its events are read.
     async fn on_assigned(&self, topic: &str, partition: i32, ctx: &Ctx) -> Result<(), WorkerError> {
-        if let Some(m) = store::mark(ctx.state(), topic, partition).await? {
-            self.newest()
-                .insert((Arc::from(topic), partition), m.max_event_ms);
+        let existing = store::mark(ctx.state(), topic, partition)
+            .await?
+            .map(|m| m.max_event_ms)
+            .filter(|m| *m != NOTHING_YET);
+        let mark = PartitionMark {
+            max_event_ms: existing.unwrap_or(NOTHING_YET),
+            seen_ms: ctx.now().timestamp_millis(),
+        };
+        ctx.state()
+            .apply(&[StateOp::HashSet {
+                key: store::MARKS.into(),
+                fields: vec![(
+                    store::mark_field(topic, partition),
+                    mark.encode().into_bytes(),
+                )],
+            }])
+            .await?;
+        if let Some(m) = existing {
+            self.newest().insert((Arc::from(topic), partition), m);
         }
         Ok(())
     }
