@@ -62,7 +62,7 @@ fn start(bootstrap: &str, redis: &str, prefix: &str, dir: &std::path::Path) -> P
             "TASKSTREAM_KAFKA__GROUP_PREFIX",
             prefix.trim_end_matches(':'),
         )
-        .env("TASKSTREAM_KAFKA__SESSION_TIMEOUT", "3s")
+        .env("TASKSTREAM_KAFKA__SESSION_TIMEOUT", "6s")
         // Nothing is committed before the SIGKILL: everything is re-read.
         .env("TASKSTREAM_KAFKA__COMMIT_INTERVAL", "60s")
         .env("TASKSTREAM_AGGREGATES__WINDOWS", "[\"1m\", \"1h\"]")
@@ -157,6 +157,9 @@ async fn sigkill_restart_and_a_redis_outage_count_every_event_once() {
         "the first process counted the first half"
     );
     drop(first); // SIGKILL
+                 // Let the mock coordinator expire the dead member's session first (it
+                 // stops answering the newcomer's heartbeats while both are in the group).
+    tokio::time::sleep(Duration::from_secs(7)).await;
 
     // The second half; a new process re-reads everything while Redis stops
     // answering for four seconds.
