@@ -16,6 +16,7 @@
 //! - [`close`]: closing a window once across replicas; [`result`]: what is
 //!   published; [`worker`]: the `Worker`; [`metrics`]; [`config`].
 
+pub mod cli;
 pub mod close;
 pub mod config;
 pub mod demo;

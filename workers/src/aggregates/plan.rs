@@ -67,6 +67,23 @@ pub struct WindowDelta {
     pub users: BTreeSet<String>,
 }
 
+impl WindowDelta {
+    /// Adds another delta of the same window.
+    pub fn merge(&mut self, other: &WindowDelta) {
+        self.events += other.events;
+        for (k, n) in &other.by_type {
+            *self.by_type.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.by_priority {
+            *self.by_priority.entry(k.clone()).or_default() += n;
+        }
+        self.created += other.created;
+        self.completed += other.completed;
+        self.durations.merge(&other.durations);
+        self.users.extend(other.users.iter().cloned());
+    }
+}
+
 /// A batch folded: per-window additions, late events per window size, and
 /// the partition's newest event time afterwards.
 #[derive(Debug, Clone, Default, PartialEq)]
