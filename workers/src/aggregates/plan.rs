@@ -27,21 +27,25 @@ pub struct EventFacts {
     pub priority: Option<String>,
     /// Created-to-completed seconds, for a completion whose creation time is known.
     pub completion_seconds: Option<f64>,
+    pub task_id: Option<String>,
+    /// For a completion: when it was completed (the snapshot's
+    /// `completed_at`, else the event time), ms since the epoch.
+    pub completed_ms: Option<i64>,
 }
 
 impl EventFacts {
     pub fn of(e: &TaskEvent) -> EventFacts {
         let task = e.task.as_ref();
-        let completion_seconds = (e.kind == "task.completed")
-            .then(|| {
-                let created = task
-                    .and_then(|t| t.created_at)
-                    .or_else(|| e.previous.as_ref().and_then(|p| p.created_at))?;
-                let completed = task.and_then(|t| t.completed_at).unwrap_or(e.occurred_at);
-                let ms = (completed - created).num_milliseconds();
-                (ms >= 0).then_some(ms as f64 / 1000.0)
-            })
-            .flatten();
+        let completed_ms = (e.kind == "task.completed").then(|| {
+            task.and_then(|t| t.completed_at)
+                .unwrap_or(e.occurred_at)
+                .timestamp_millis()
+        });
+        let created_ms = task
+            .and_then(|t| t.created_at)
+            .or_else(|| e.previous.as_ref().and_then(|p| p.created_at))
+            .map(|c| c.timestamp_millis());
+        let completion_seconds = completed_ms.zip(created_ms).and_then(completion_seconds);
         EventFacts {
             t_ms: e.occurred_at.timestamp_millis(),
             kind: e.kind.clone(),
@@ -51,8 +55,17 @@ impl EventFacts {
                 .map(|p| p.trim().to_ascii_lowercase())
                 .filter(|p| !p.is_empty()),
             completion_seconds,
+            task_id: e.task_id.clone(),
+            completed_ms,
         }
     }
+}
+
+/// Seconds from creation to completion (`None` when negative: clocks of
+/// different producers disagree, and a negative time is no measurement).
+pub fn completion_seconds((completed_ms, created_ms): (i64, i64)) -> Option<f64> {
+    let ms = completed_ms.checked_sub(created_ms)?;
+    (ms >= 0).then_some(ms as f64 / 1000.0)
 }
 
 /// What a batch adds to one window.
@@ -156,6 +169,8 @@ mod tests {
             user: Some(user.into()),
             priority: None,
             completion_seconds: None,
+            task_id: None,
+            completed_ms: None,
         }
     }
 

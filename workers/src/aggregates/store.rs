@@ -8,7 +8,9 @@
 //! - `agg:open`: windows with counts and no published result, scored by end;
 //! - `agg:closed:{window}:{start}`: the close mark (who claimed it, when);
 //! - `agg:marks`: every partition's [`PartitionMark`];
-//! - `agg:late:{window}`: events refused as late, per window size.
+//! - `agg:late:{window}`: events refused as late, per window size;
+//! - `agg:created:{task}`: a task's creation time (90 days), so a
+//!   completion without `created_at` still has a completion time.
 //!
 //! Window keys expire `state_ttl` after the window's length from their last
 //! write; a batch's writes, its partition's mark and its events'
@@ -40,6 +42,15 @@ pub fn users_key(w: &WindowId) -> String {
 pub fn closed_key(w: &WindowId) -> String {
     format!("agg:closed:{}:{}", w.name, w.start_ms)
 }
+
+/// When a task was created (ms), from its `task.created` event: for
+/// completions whose snapshot carries no `created_at`.
+pub fn created_key(task_id: &str) -> String {
+    format!("agg:created:{task_id}")
+}
+
+/// How long a task's creation time is kept for its completion.
+pub const CREATED_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 pub fn late_key(window: &str) -> String {
     format!("agg:late:{window}")

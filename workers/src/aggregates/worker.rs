@@ -113,7 +113,8 @@ impl AggregatesWorker {
                 .map(|m| m.max_event_ms)
                 .filter(|m| *m != NOTHING_YET),
         };
-        let facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
+        let mut facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
+        let created_ops = completion_times(&mut facts, ctx).await?;
         let touched: HashSet<WindowId> = facts
             .iter()
             .flat_map(|f| self.specs.iter().map(|s| s.window_of(f.t_ms)))
@@ -126,11 +127,12 @@ impl AggregatesWorker {
             seen_ms: now,
         });
         let field = store::mark_field(&src.topic, src.partition);
-        let ops = store::batch_ops(
+        let mut ops = store::batch_ops(
             &plan,
             mark.map(|m| (field.as_str(), m)),
             self.config.state_ttl,
         );
+        ops.extend(created_ops);
         ctx.apply_for_all(events, ops).await?;
 
         if let Some(max) = plan.max_event_ms {
@@ -294,10 +296,100 @@ impl Worker for AggregatesWorker {
     }
 }
 
+/// Fills in the completion time of completions whose snapshot has no
+/// creation time, from `task.created` events earlier in the batch or the
+/// creation index (read concurrently); returns the index writes of the
+/// batch's `task.created` events.
+async fn completion_times(
+    facts: &mut [EventFacts],
+    ctx: &Ctx,
+) -> Result<Vec<StateOp>, WorkerError> {
+    let mut created_here: HashMap<String, i64> = HashMap::new();
+    let mut ops = Vec::new();
+    let mut wanted: Vec<(usize, String)> = Vec::new();
+    for (i, f) in facts.iter().enumerate() {
+        let Some(task) = &f.task_id else { continue };
+        if f.kind == "task.created" {
+            created_here.entry(task.clone()).or_insert(f.t_ms);
+            ops.push(StateOp::Set {
+                key: store::created_key(task),
+                value: f.t_ms.to_string().into_bytes(),
+                ttl: Some(store::CREATED_TTL),
+            });
+        } else if f.completed_ms.is_some() && f.completion_seconds.is_none() {
+            wanted.push((i, task.clone()));
+        }
+    }
+    let created_here = &created_here;
+    let found = futures::future::try_join_all(wanted.iter().map(|(_, task)| async move {
+        match created_here.get(task) {
+            Some(t) => Ok(Some(*t)),
+            None => ctx
+                .state()
+                .get(&store::created_key(task))
+                .await
+                .map(|v| v.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())),
+        }
+    }))
+    .await?;
+    for ((i, _), created) in wanted.into_iter().zip(found) {
+        if let (Some(f), Some(created)) = (facts.get_mut(i), created) {
+            f.completion_seconds = f
+                .completed_ms
+                .and_then(|c| super::plan::completion_seconds((c, created)));
+        }
+    }
+    Ok(ops)
+}
+
 /// `task-events` and `analytics-events`.
 pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
     vec![
         config.topics.task_events.clone(),
         config.topics.analytics_events.clone(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelines::state::MemoryStore;
+
+    fn fact(kind: &str, task: &str, t_s: i64) -> EventFacts {
+        EventFacts {
+            t_ms: t_s * 1000,
+            kind: kind.into(),
+            user: None,
+            priority: None,
+            completion_seconds: None,
+            task_id: Some(task.into()),
+            completed_ms: (kind == "task.completed").then_some(t_s * 1000),
+        }
+    }
+
+    #[tokio::test]
+    async fn completions_without_created_at_take_it_from_the_batch_or_the_index() {
+        let ctx = Ctx::new(
+            "aggregates",
+            Arc::new(MemoryStore::new("t:")),
+            None,
+            Arc::new(PipelineConfig::default()),
+        );
+        ctx.state()
+            .set(&store::created_key("t2"), b"100000", None)
+            .await
+            .unwrap();
+        let mut facts = vec![
+            fact("task.created", "t1", 0),
+            fact("task.completed", "t1", 600),
+            fact("task.completed", "t2", 400),
+            fact("task.completed", "unknown", 400),
+        ];
+        let ops = completion_times(&mut facts, &ctx).await.unwrap();
+        assert_eq!(facts[1].completion_seconds, Some(600.0));
+        assert_eq!(facts[2].completion_seconds, Some(300.0));
+        assert_eq!(facts[3].completion_seconds, None, "no creation known");
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].key(), store::created_key("t1"));
+    }
 }
