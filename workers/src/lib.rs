@@ -3,6 +3,7 @@
 //! One folder per worker holds its whole logic; everything Kafka, Redis,
 //! retries, offsets and metrics lives in the `pipelines` crate.
 
+pub mod aggregates;
 pub mod audit;
 pub mod bench;
 pub mod config;

@@ -11,12 +11,13 @@ use crate::config::Config;
 use crate::lagmon;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["audit", "recurring"];
+pub const NAMES: &[&str] = &["aggregates", "audit", "recurring"];
 
 /// The topics a worker reads unless `workers.<name>.topics` says otherwise,
 /// known without building it (the lag monitor watches them).
 pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
     match name {
+        "aggregates" => crate::aggregates::default_topics(&config.pipeline),
         "audit" => audit::default_topics(&config.pipeline),
         _ => Vec::new(),
     }
@@ -35,6 +36,10 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
                 config.audit.clone(),
             )))
         }
+        "aggregates" => Ok(Arc::new(
+            crate::aggregates::AggregatesWorker::new(&config.aggregates)
+                .map_err(anyhow::Error::msg)?,
+        )),
         "recurring" => Ok(Arc::new(
             crate::recurring::RecurringWorker::new(&config.recurring)
                 .map_err(anyhow::Error::msg)?,
