@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod lagmon;
 pub mod recurring;

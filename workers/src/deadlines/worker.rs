@@ -1,0 +1,141 @@
+//! The worker: task events in, the index kept; crossings out, once each.
+//!
+//! Timer scope: **per partition** (see the README's "Deadlines" for why).
+//! The partition an event arrives on owns the crossings it plans; the
+//! replica that consumes the partition indexes the task and runs that
+//! partition's scanner, so a sooner crossing wakes the scanner in-process
+//! (`wake_timer_at`), and the scanner sleeps until the partition's next
+//! crossing, with no polling. Ownership is the consumer group's: a revoked
+//! partition's scanner has stopped before the partition is handed on, a
+//! killed replica's partitions go to the others after the session timeout,
+//! and the claims in Redis (`zclaim_due`) keep a replica that still thinks
+//! it owns a partition from announcing the same crossing within a lease.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pipelines::{
+    Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker, WorkerError,
+};
+
+use super::config::DeadlinesConfig;
+use super::entry::{change_of, Change};
+use super::index::{crossings_key, DeadlineIndex, DUE_KEY};
+use super::metrics;
+use super::scan::{scan, ScanSpec};
+
+/// The deadlines worker.
+pub struct DeadlinesWorker {
+    index: DeadlineIndex,
+    output_topic: String,
+    claim_lease: Duration,
+    scan_batch: usize,
+}
+
+impl DeadlinesWorker {
+    /// Builds the worker from its config section.
+    pub fn new(config: &DeadlinesConfig) -> Result<Self, pipelines::config::ConfigError> {
+        config.validate()?;
+        Ok(DeadlinesWorker {
+            index: DeadlineIndex::new(config.parsed_thresholds()?),
+            output_topic: config.output_topic.clone(),
+            claim_lease: config.claim_lease,
+            scan_batch: config.scan_batch,
+        })
+    }
+
+    pub fn index(&self) -> &DeadlineIndex {
+        &self.index
+    }
+
+    /// One scan of a crossing set (the timer's tick, and the benchmark's).
+    pub async fn scan_set(
+        &self,
+        ctx: &Ctx,
+        crossings: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<super::scan::ScanReport, WorkerError> {
+        let spec = ScanSpec {
+            crossings,
+            output_topic: &self.output_topic,
+            claim_lease: self.claim_lease,
+            batch: self.scan_batch,
+        };
+        scan(ctx, &self.index, &spec, stop).await
+    }
+}
+
+/// Default topics (known without building the worker).
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    vec![config.topics.task_events.clone()]
+}
+
+#[async_trait]
+impl Worker for DeadlinesWorker {
+    fn name(&self) -> &'static str {
+        "deadlines"
+    }
+
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        default_topics(config)
+    }
+
+    fn timer_scope(&self) -> TimerScope {
+        TimerScope::Partition
+    }
+
+    /// Moves the task in the index: one read of its record, then every write
+    /// together with the event's idempotency mark.
+    async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let e = &inbound.event;
+        let change = change_of(e);
+        let (Some(task), false) = (e.task_id.as_deref(), change == Change::Ignore) else {
+            return Ok(Outcome::Skipped);
+        };
+        let old = self.index.load(ctx.state(), task).await?;
+        let now_ms = ctx.now().timestamp_millis();
+        let set = crossings_key(&inbound.source.topic, inbound.source.partition);
+        let planned = self.index.change(
+            task,
+            old,
+            &change,
+            e.occurred_at.timestamp_millis(),
+            now_ms,
+            &set,
+        );
+        if planned.ops.is_empty() {
+            return Ok(Outcome::Skipped);
+        }
+        ctx.apply_for(inbound, planned.ops).await?;
+        if let Some(at) = planned.wake_at_ms.and_then(DateTime::from_timestamp_millis) {
+            ctx.wake_timer_at(&inbound.source, at);
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn on_assigned(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        _ctx: &Ctx,
+    ) -> Result<(), WorkerError> {
+        metrics::took_over();
+        Ok(())
+    }
+
+    /// Announces the partition's due crossings; sleeps until its next one.
+    async fn tick(&self, timer: &Timer, ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
+        let TimerOwner::Partition { topic, partition } = &timer.owner else {
+            return Err(WorkerError::permanent(
+                "the deadlines timer runs per partition",
+            ));
+        };
+        let report = self
+            .scan_set(ctx, &crossings_key(topic, *partition), &timer.stop)
+            .await?;
+        metrics::scanned(report.took);
+        metrics::tasks_indexed(ctx.state().zcard(DUE_KEY).await?);
+        Ok(report.next_ms.and_then(DateTime::from_timestamp_millis))
+    }
+}
