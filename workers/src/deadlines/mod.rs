@@ -11,7 +11,7 @@
 //! - [`worker`]: the [`Worker`](pipelines::Worker); [`metrics`], [`config`],
 //!   [`bench`] (`taskstream bench --worker deadlines`), [`demo`].
 
-//BENCH
+pub mod bench;
 pub mod config;
 //DEMO
 pub mod entry;
