@@ -72,6 +72,10 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let mut messages = messages()?;
     let recurring_messages = crate::recurring::demo::messages()?;
     messages.extend(recurring_messages.iter().cloned());
+    messages.extend(crate::deadlines::demo::messages(
+        &config.pipeline.topics.task_events,
+        chrono::Utc::now(),
+    ));
     println!("taskstream demo");
     println!(
         "  mock Kafka at {bootstrap}; state store: in-memory; audit store: {}",
@@ -96,7 +100,9 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let recurring: Arc<dyn Worker> = Arc::new(
         crate::recurring::RecurringWorker::new(&config.recurring).map_err(anyhow::Error::msg)?,
     );
-    let run = tokio::spawn(async move { rt.run(vec![worker, recurring]).await });
+    let deadlines: Arc<dyn Worker> =
+        Arc::new(crate::deadlines::DeadlinesWorker::new(&config.deadlines)?);
+    let run = tokio::spawn(async move { rt.run(vec![worker, recurring, deadlines]).await });
 
     // Each recurring completion is audited, and so is the occurrence it creates.
     let expected_records = 16 + 2 * recurring_messages.len();
@@ -143,6 +149,15 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     })
     .await??;
     crate::recurring::demo::print(&occurrences);
+    let announcements = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.deadlines.output_topic.clone();
+        move || {
+            crate::deadlines::demo::published(&bootstrap, &topic, crate::deadlines::demo::EXPECTED)
+        }
+    })
+    .await??;
+    crate::deadlines::demo::print(&announcements);
     println!("\ndead letters:");
     for m in &dead {
         println!(

@@ -13,7 +13,7 @@
 
 pub mod bench;
 pub mod config;
-//DEMO
+pub mod demo;
 pub mod entry;
 pub mod index;
 pub mod metrics;
