@@ -42,7 +42,7 @@ impl DeadlinesConfig {
         let mut out: Vec<Threshold> = Vec::with_capacity(self.thresholds.len());
         for text in &self.thresholds {
             let t = Threshold::parse(text)
-                .map_err(|e| ConfigError::invalid("deadlines.thresholds", text, &e.to_string()))?;
+                .map_err(|e| ConfigError::invalid("deadlines.thresholds", text, e.to_string()))?;
             if out.iter().any(|o| o.duration == t.duration) {
                 return Err(ConfigError::invalid(
                     "deadlines.thresholds",
@@ -52,7 +52,7 @@ impl DeadlinesConfig {
             }
             out.push(t);
         }
-        out.sort_by(|a, b| b.duration.cmp(&a.duration));
+        out.sort_by_key(|t| std::cmp::Reverse(t.duration));
         Ok(out)
     }
 

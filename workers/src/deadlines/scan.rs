@@ -52,7 +52,7 @@ pub struct ScanReport {
 }
 
 enum Verdict {
-    Announce(OutputEvent, String, i64),
+    Announce(Box<OutputEvent>, String, i64),
     Drop(&'static str),
 }
 
@@ -90,7 +90,7 @@ pub async fn scan(
         let outs: Vec<OutputEvent> = verdicts
             .iter()
             .filter_map(|v| match v {
-                Verdict::Announce(o, ..) => Some(o.clone()),
+                Verdict::Announce(o, ..) => Some(o.as_ref().clone()),
                 Verdict::Drop(_) => None,
             })
             .collect();
@@ -172,7 +172,7 @@ fn judge(member: &str, record: Option<StoredTask>, topic: &str) -> Verdict {
     };
     let event = announcement(m.task, m.threshold, due_at, nominal, &task);
     Verdict::Announce(
-        OutputEvent::new(topic, m.task, event),
+        Box::new(OutputEvent::new(topic, m.task, event)),
         m.threshold.to_string(),
         m.due_ms,
     )
