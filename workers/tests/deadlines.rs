@@ -290,3 +290,71 @@ fn redis_away_means_waiting_not_ready_and_nothing_lost() {
         .read("task-events.dlq", 1, Duration::from_secs(1))
         .is_empty());
 }
+
+#[test]
+fn a_sigkilled_replicas_partitions_are_announced_by_the_survivor_on_time_once() {
+    let s = Setup::new();
+    let fast_commit = [("TASKSTREAM_KAFKA__COMMIT_INTERVAL", "200ms")];
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
+    let a = s.run("a", port_a, &fast_commit);
+    let b = s.run("b", port_b, &fast_commit);
+    let owns = |port: u16| {
+        scrape(
+            port,
+            "taskstream_assigned_partitions",
+            "worker=\"deadlines\"",
+        )
+    };
+    wait_for(
+        "both replicas own partitions",
+        &a,
+        Duration::from_secs(60),
+        || owns(port_a) >= 1.0 && owns(port_b) >= 1.0 && owns(port_a) + owns(port_b) == 3.0,
+    );
+    // 60 tasks on every partition, due 20 s from now (their 1h at once).
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let due = now + chrono::Duration::seconds(20);
+    let mut expected = BTreeSet::new();
+    for i in 0..60 {
+        let task = format!("k-{i}");
+        s.send(&task, &created(&task, due));
+        expected.insert(derive_event_id(&[&task, "1h", &rfc(due)]));
+        expected.insert(derive_event_id(&[&task, "overdue", &rfc(due)]));
+    }
+    wait_for("the 1h announcements", &a, Duration::from_secs(30), || {
+        s.read(OUTPUT, 60, Duration::from_secs(1)).len() >= 60
+    });
+    // Kill the replica with the most partitions, before the due time.
+    let (victim, survivor, survivor_port) = if owns(port_a) >= owns(port_b) {
+        (a, b, port_b)
+    } else {
+        (b, a, port_a)
+    };
+    victim.kill();
+    let mut out = Vec::new();
+    wait_for(
+        "every overdue, by the survivor",
+        &survivor,
+        Duration::from_secs(60),
+        || {
+            out = s.read(OUTPUT, expected.len(), Duration::from_secs(1));
+            out.len() >= expected.len()
+        },
+    );
+    let finished = Utc::now();
+    assert!(
+        finished < due + chrono::Duration::seconds(15),
+        "no gap: due {due}, all announced by {finished}"
+    );
+    assert_eq!(
+        owns(survivor_port),
+        3.0,
+        "the survivor took every partition"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let out = s.read(OUTPUT, expected.len() + 1, Duration::from_secs(3));
+    let ids = by_id(&out);
+    assert_eq!(ids.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "announced twice: {twice:?}");
+}
