@@ -87,9 +87,14 @@ impl DeadlineIndex {
         now_ms: i64,
         crossings: &str,
     ) -> IndexChange {
-        if old.as_ref().is_some_and(|o| o.updated_ms > event_ms) {
-            // Older than what the index already applied (the task's events
-            // arrived out of order through different partitions).
+        let stale = old.as_ref().is_some_and(|o| {
+            o.updated_ms > event_ms && o.crossings_key.as_deref() != Some(crossings)
+        });
+        if stale {
+            // Older than what the index already applied, from another
+            // partition than the one that set the task's due time (its events
+            // took different paths). Within one partition the log's order
+            // wins: producers' clocks disagree by seconds.
             return IndexChange::default();
         }
         let key = task_key(task);
@@ -290,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn completion_drops_crossings_and_a_stale_event_changes_nothing() {
+    fn completion_drops_crossings_and_a_stale_event_from_another_partition_changes_nothing() {
         let ix = index();
         let now = 1_000 * H;
         let stored = applied(&ix.change(
@@ -324,9 +329,24 @@ mod tests {
             &due(now + 5 * H),
             9,
             now,
+            "deadlines:crossings:t:1",
+        );
+        assert!(
+            stale.ops.is_empty(),
+            "an event older than the completion, from another partition"
+        );
+        let same_partition = ix.change(
+            "t1",
+            Some(applied(&done)),
+            &due(now + 5 * H),
+            9,
+            now,
             "deadlines:crossings:t:0",
         );
-        assert!(stale.ops.is_empty(), "an event older than the completion");
+        assert!(
+            !same_partition.ops.is_empty(),
+            "within one partition the log's order wins over timestamps"
+        );
     }
 
     #[test]
