@@ -3,8 +3,8 @@
 //! Against a throwaway `redis-server` (or `--redis-url`) and an in-process
 //! mock Kafka cluster for the announcements:
 //! 1. indexes `indexed` open tasks (due 10 to 40 days ahead, spread over six
-//!    partitions' crossing sets) through the worker's own `handle`, 512 at a
-//!    time: `index_per_second`;
+//!    partitions' crossing sets) through the worker's own `handle_batch`, in
+//!    batches of 500, 12 at a time: `index_per_second`;
 //! 2. scans one partition's crossings when nothing is due, 21 times:
 //!    `idle_scan_ms` is the median;
 //! 3. indexes `burst` tasks due a few seconds ahead in one partition (their
@@ -45,7 +45,8 @@ pub struct DeadlinesBench {
 
 const TOPIC: &str = "task-events";
 const PARTITIONS: i32 = 6;
-const IN_FLIGHT: usize = 512;
+const BATCH: usize = 500;
+const IN_FLIGHT: usize = 12;
 
 fn inbound(i: u64, partition: i32, due: chrono::DateTime<Utc>) -> Inbound {
     let event = TaskEvent {
@@ -83,18 +84,28 @@ fn inbound(i: u64, partition: i32, due: chrono::DateTime<Utc>) -> Inbound {
     }
 }
 
-/// Handles `events` through the worker, `IN_FLIGHT` at a time.
+/// Handles `events` through the worker's `handle_batch`, in batches of
+/// `BATCH` (as the pipeline hands them over), `IN_FLIGHT` batches at once.
 async fn index_all(
     worker: &DeadlinesWorker,
     ctx: &Ctx,
-    events: impl Iterator<Item = Inbound>,
+    range: std::ops::Range<u64>,
+    make: impl Fn(u64) -> Inbound + Copy,
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let mut results = futures::stream::iter(events)
-        .map(|e| async move { worker.handle(&e, ctx).await })
+    // Batches are built as they are handed over, so memory stays flat.
+    let starts = (range.start..range.end).step_by(BATCH);
+    let end = range.end;
+    let mut results = futures::stream::iter(starts)
+        .map(|from| async move {
+            let batch: Vec<Inbound> = (from..(from + BATCH as u64).min(end)).map(make).collect();
+            worker.handle_batch(&batch, ctx).await
+        })
         .buffer_unordered(IN_FLIGHT);
     while let Some(r) = results.next().await {
-        r.map_err(|e| anyhow::anyhow!("indexing failed: {e}"))?;
+        if let Some(e) = r.failure {
+            anyhow::bail!("indexing failed: {e}");
+        }
     }
     Ok(())
 }
@@ -138,16 +149,12 @@ pub async fn run(
     // 1. Index.
     let now = Utc::now();
     let started = Instant::now();
-    index_all(
-        &worker,
-        &ctx,
-        (0..indexed).map(|i| {
-            let due = now
-                + chrono::Duration::days(10)
-                + chrono::Duration::seconds((i * 2_591_999 / indexed.max(1)) as i64);
-            inbound(i, (i % PARTITIONS as u64) as i32, due)
-        }),
-    )
+    index_all(&worker, &ctx, 0..indexed, |i| {
+        let due = now
+            + chrono::Duration::days(10)
+            + chrono::Duration::seconds((i * 2_591_999 / indexed.max(1)) as i64);
+        inbound(i, (i % PARTITIONS as u64) as i32, due)
+    })
     .await?;
     let index_secs = started.elapsed().as_secs_f64();
 
@@ -168,11 +175,9 @@ pub async fn run(
         + chrono::Duration::seconds(5)
         + chrono::Duration::milliseconds(burst as i64 / 2);
     let due = chrono::DateTime::from_timestamp(due.timestamp() + 1, 0).unwrap_or(due);
-    index_all(
-        &worker,
-        &ctx,
-        (0..burst).map(|i| inbound(indexed + i, burst_partition, due)),
-    )
+    index_all(&worker, &ctx, indexed..indexed + burst, |i| {
+        inbound(i, burst_partition, due)
+    })
     .await?;
     let flushed = worker.scan_set(&ctx, &burst_key, &stop).await?;
     anyhow::ensure!(

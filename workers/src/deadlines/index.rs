@@ -53,6 +53,9 @@ pub struct IndexChange {
     pub ops: Vec<StateOp>,
     /// The earliest new crossing (ms): wake the timer for it.
     pub wake_at_ms: Option<i64>,
+    /// The task's record after the change (`None`: unchanged), so a batch
+    /// can plan its next event for the same task without reading it back.
+    pub record: Option<StoredTask>,
 }
 
 impl DeadlineIndex {
@@ -117,6 +120,7 @@ impl DeadlineIndex {
                     key: key.clone(),
                     fields: closed.to_fields(),
                 });
+                let closed_record = closed;
                 ops.push(StateOp::Expire {
                     key,
                     ttl: CLOSED_TTL,
@@ -124,6 +128,7 @@ impl DeadlineIndex {
                 IndexChange {
                     ops,
                     wake_at_ms: None,
+                    record: Some(closed_record),
                 }
             }
             Change::Upsert(fields) => {
@@ -139,6 +144,7 @@ impl DeadlineIndex {
                             fields: new.to_fields(),
                         }],
                         wake_at_ms: None,
+                        record: Some(new),
                     };
                 };
                 let mut ops = Vec::new();
@@ -171,12 +177,18 @@ impl DeadlineIndex {
                     });
                 }
                 // A full rewrite: also clears a closed record's expiry.
-                ops.push(StateOp::Delete { key: key.clone() });
+                if old.is_some() {
+                    ops.push(StateOp::Delete { key: key.clone() });
+                }
                 ops.push(StateOp::HashSet {
                     key,
                     fields: new.to_fields(),
                 });
-                IndexChange { ops, wake_at_ms }
+                IndexChange {
+                    ops,
+                    wake_at_ms,
+                    record: Some(new),
+                }
             }
         }
     }

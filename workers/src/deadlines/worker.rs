@@ -11,16 +11,18 @@
 //! and the claims in Redis (`zclaim_due`) keep a replica that still thinks
 //! it owns a partition from announcing the same crossing within a lease.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pipelines::{
-    Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker, WorkerError,
+    BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker,
+    WorkerError,
 };
 
 use super::config::DeadlinesConfig;
-use super::entry::{change_of, Change};
+use super::entry::{change_of, Change, StoredTask};
 use super::index::{crossings_key, DeadlineIndex, DUE_KEY};
 use super::metrics;
 use super::scan::{scan, ScanSpec};
@@ -85,8 +87,87 @@ impl Worker for DeadlinesWorker {
         TimerScope::Partition
     }
 
-    /// Moves the task in the index: one read of its record, then every write
-    /// together with the event's idempotency mark.
+    /// A batch: the records of its tasks read at once, each event planned in
+    /// order against them (a later event of the same task sees the earlier
+    /// one's result), and every write of the batch in one `MULTI`/`EXEC`.
+    /// Replaying a batch (a crash before the pipeline marked it handled)
+    /// changes nothing more: an unchanged due time is not re-armed, a moved
+    /// or closed task is found moved or closed.
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let fail = |e: WorkerError| BatchOutcome {
+            outcomes: Vec::new(),
+            failure: Some(e),
+        };
+        let changes: Vec<(Option<&str>, Change)> = events
+            .iter()
+            .map(|i| (i.event.task_id.as_deref(), change_of(&i.event)))
+            .collect();
+        let tasks: BTreeSet<&str> = changes
+            .iter()
+            .filter(|(_, c)| *c != Change::Ignore)
+            .filter_map(|(t, _)| *t)
+            .collect();
+        let loaded = futures::future::join_all(
+            tasks
+                .iter()
+                .map(|t| async move { (*t, self.index.load(ctx.state(), t).await) }),
+        )
+        .await;
+        let mut view: HashMap<&str, Option<StoredTask>> = HashMap::with_capacity(loaded.len());
+        for (t, r) in loaded {
+            match r {
+                Ok(r) => view.insert(t, r),
+                Err(e) => return fail(e.into()),
+            };
+        }
+        let now_ms = ctx.now().timestamp_millis();
+        let mut ops = Vec::new();
+        let mut wakes = Vec::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (inbound, (task, change)) in events.iter().zip(&changes) {
+            let Some(task) = task.filter(|_| *change != Change::Ignore) else {
+                outcomes.push(Outcome::Skipped);
+                continue;
+            };
+            let set = crossings_key(&inbound.source.topic, inbound.source.partition);
+            let old = view.get(task).cloned().flatten();
+            let planned = self.index.change(
+                task,
+                old,
+                change,
+                inbound.event.occurred_at.timestamp_millis(),
+                now_ms,
+                &set,
+            );
+            if planned.ops.is_empty() {
+                outcomes.push(Outcome::Skipped);
+                continue;
+            }
+            ops.extend(planned.ops);
+            if let Some(r) = planned.record {
+                view.insert(task, Some(r));
+            }
+            if let Some(at) = planned.wake_at_ms.and_then(DateTime::from_timestamp_millis) {
+                wakes.push((&inbound.source, at));
+            }
+            outcomes.push(Outcome::Done);
+        }
+        if !ops.is_empty() {
+            if let Err(e) = ctx.state().apply(&ops).await {
+                return fail(e.into());
+            }
+        }
+        for (source, at) in wakes {
+            ctx.wake_timer_at(source, at);
+        }
+        BatchOutcome {
+            outcomes,
+            failure: None,
+        }
+    }
+
+    /// One event: its record read, then every write together with the
+    /// event's idempotency mark.
     async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
         let e = &inbound.event;
         let change = change_of(e);
