@@ -220,3 +220,103 @@ impl Worker for DeadlinesWorker {
         Ok(report.next_ms.and_then(DateTime::from_timestamp_millis))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use pipelines::event::{decode, DecodeContext};
+    use pipelines::state::MemoryStore;
+    use pipelines::{Clock, Source};
+
+    use super::*;
+
+    fn inbound(json: &str) -> Inbound {
+        Inbound {
+            event: decode(
+                json.as_bytes(),
+                &DecodeContext {
+                    topic: "task-events",
+                    kafka_timestamp_ms: None,
+                },
+            )
+            .unwrap(),
+            source: Source {
+                topic: Arc::from("task-events"),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                received_at: Utc::now(),
+            },
+        }
+    }
+
+    async fn members(ctx: &Ctx) -> Vec<String> {
+        ctx.state()
+            .zrange_by_score(&crossings_key("task-events", 0), f64::MIN, f64::MAX, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.member)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_plans_each_event_on_the_previous_ones_result() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
+        let ctx = Ctx::new(
+            "deadlines",
+            Arc::new(MemoryStore::new("t:")),
+            None,
+            Arc::new(PipelineConfig::default()),
+        )
+        .with_clock(Clock::manual(now).0);
+        let w = DeadlinesWorker::new(&DeadlinesConfig::default()).unwrap();
+        let batch = [
+            inbound(
+                r#"{"event_id":"c","event_type":"task.created","timestamp":"2026-11-25T10:00:00Z","data":{"task_id":"t1","user_id":"alice","title":"T","due_date":"2026-12-10T09:00:00Z"}}"#,
+            ),
+            inbound(
+                r#"{"event_id":"m","event_type":"task.due_date_set","timestamp":"2026-11-25T11:00:00Z","data":{"task_id":"t1","due_date":"2026-12-20T09:00:00Z"}}"#,
+            ),
+            inbound(
+                r#"{"event_id":"u","event_type":"user.updated","timestamp":"2026-11-25T11:00:00Z","data":{"user_id":"alice"}}"#,
+            ),
+        ];
+        let out = w.handle_batch(&batch, &ctx).await;
+        assert!(out.failure.is_none());
+        assert_eq!(
+            out.outcomes,
+            [Outcome::Done, Outcome::Done, Outcome::Skipped]
+        );
+        let due = DateTime::parse_from_rfc3339("2026-12-20T09:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let mut want = vec![
+            format!("t1|3d|{due}"),
+            format!("t1|1h|{due}"),
+            format!("t1|overdue|{due}"),
+        ];
+        want.sort();
+        let mut got = members(&ctx).await;
+        got.sort();
+        assert_eq!(got, want, "only the moved due time is armed");
+        let record = w.index().load(ctx.state(), "t1").await.unwrap().unwrap();
+        assert_eq!(
+            record.owner.as_deref(),
+            Some("alice"),
+            "kept across the move"
+        );
+
+        let done = inbound(
+            r#"{"event_id":"d","event_type":"task.completed","timestamp":"2026-11-25T12:00:00Z","data":{"task_id":"t1"}}"#,
+        );
+        assert_eq!(w.handle(&done, &ctx).await.unwrap(), Outcome::Done);
+        assert!(
+            members(&ctx).await.is_empty(),
+            "completion drops every crossing"
+        );
+        assert_eq!(ctx.state().zcard(DUE_KEY).await.unwrap(), 0);
+    }
+}
