@@ -30,7 +30,7 @@ impl Default for DeadlinesConfig {
         DeadlinesConfig {
             thresholds: vec!["3d".into(), "1h".into()],
             output_topic: "schedule-events".into(),
-            claim_lease: Duration::from_secs(30),
+            claim_lease: Duration::from_secs(10),
             scan_batch: 500,
         }
     }
