@@ -18,6 +18,7 @@ pub struct Config {
     pub recurring: crate::recurring::RecurringConfig,
     pub lag_monitor: crate::lagmon::LagMonitorConfig,
     pub aggregates: crate::aggregates::AggregatesConfig,
+    pub deadlines: crate::deadlines::DeadlinesConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -72,6 +73,7 @@ impl Config {
             recurring: pipelines::config::extract(&figment, Some("recurring"))?,
             lag_monitor: pipelines::config::extract(&figment, Some("lag_monitor"))?,
             aggregates: pipelines::config::extract(&figment, Some("aggregates"))?,
+            deadlines: pipelines::config::extract(&figment, Some("deadlines"))?,
         };
         c.validate()?;
         Ok(c)
@@ -82,6 +84,7 @@ impl Config {
         self.reminders.validate(&self.pipeline.smtp.url)?;
         self.lag_monitor.validate()?;
         self.aggregates.validate()?;
+        self.deadlines.validate()?;
         let a = &self.audit;
         if !matches!(a.store.as_str(), "auto" | "file" | "postgres") {
             return Err(ConfigError::invalid(
@@ -127,6 +130,7 @@ impl Config {
             recurring: self.recurring.clone(),
             lag_monitor: self.lag_monitor.clone(),
             aggregates: self.aggregates.clone(),
+            deadlines: self.deadlines.clone(),
         }
     }
 

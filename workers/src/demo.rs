@@ -87,6 +87,10 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         .filter(|(topic, _, _)| *topic == config.pipeline.topics.task_events)
         .count();
     messages.extend(aggregate_messages);
+    messages.extend(crate::deadlines::demo::messages(
+        &config.pipeline.topics.task_events,
+        chrono::Utc::now(),
+    ));
     println!("taskstream demo");
     println!(
         "  mock Kafka at {bootstrap}; state store: in-memory; audit store: {}",
@@ -114,7 +118,10 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let aggregates: Arc<dyn Worker> = Arc::new(
         crate::aggregates::AggregatesWorker::new(&config.aggregates).map_err(anyhow::Error::msg)?,
     );
-    let run = tokio::spawn(async move { rt.run(vec![worker, recurring, aggregates]).await });
+    let deadlines: Arc<dyn Worker> =
+        Arc::new(crate::deadlines::DeadlinesWorker::new(&config.deadlines)?);
+    let run =
+        tokio::spawn(async move { rt.run(vec![worker, recurring, aggregates, deadlines]).await });
 
     // Each recurring completion is audited, and so is the occurrence it creates.
     // The aggregates demo's task events are audited too.
@@ -171,6 +178,15 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     .await??;
     crate::recurring::demo::print(&occurrences);
     crate::aggregates::demo::print(&windows);
+    let announcements = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.deadlines.output_topic.clone();
+        move || {
+            crate::deadlines::demo::published(&bootstrap, &topic, crate::deadlines::demo::EXPECTED)
+        }
+    })
+    .await??;
+    crate::deadlines::demo::print(&announcements);
     println!("\ndead letters:");
     for m in &dead {
         println!(

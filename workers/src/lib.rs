@@ -7,6 +7,7 @@ pub mod aggregates;
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod lagmon;
 pub mod recurring;

@@ -55,6 +55,10 @@ enum Command {
         /// group's topic (default 100).
         #[arg(long)]
         partitions: Option<i32>,
+        /// `deadlines` only: tasks crossing a threshold at once (`--events`
+        /// is the number of tasks indexed).
+        #[arg(long, default_value_t = 10_000)]
+        burst: u64,
         /// `lag-monitor` only: consumer groups, each on its own topic.
         #[arg(long, default_value_t = 50)]
         groups: usize,
@@ -238,10 +242,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
             partitions,
             groups,
+            burst,
             redis_url,
             database_url,
         } => {
             let config = load_config(&cli.config)?;
+            if worker == "deadlines" {
+                pipelines::telemetry::init(&pipelines::config::LogConfig {
+                    level: "error".into(),
+                    ..config.pipeline.log.clone()
+                });
+                let report =
+                    taskstream::deadlines::bench::run(&config, events, burst, redis_url).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if worker == lagmon::NAME {
                 pipelines::telemetry::init(&pipelines::config::LogConfig {
                     level: "error".into(),

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::lagmon;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["aggregates", "audit", "recurring"];
+pub const NAMES: &[&str] = &["aggregates", "audit", "deadlines", "recurring"];
 
 /// The topics a worker reads unless `workers.<name>.topics` says otherwise,
 /// known without building it (the lag monitor watches them).
@@ -19,6 +19,7 @@ pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
     match name {
         "aggregates" => crate::aggregates::default_topics(&config.pipeline),
         "audit" => audit::default_topics(&config.pipeline),
+        "deadlines" => crate::deadlines::worker::default_topics(&config.pipeline),
         _ => Vec::new(),
     }
 }
@@ -44,6 +45,9 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
             crate::recurring::RecurringWorker::new(&config.recurring)
                 .map_err(anyhow::Error::msg)?,
         )),
+        "deadlines" => Ok(Arc::new(crate::deadlines::DeadlinesWorker::new(
+            &config.deadlines,
+        )?)),
         other => bail!(
             "unknown worker {other:?}: expected one of {} or `all`",
             NAMES.join(", ")
