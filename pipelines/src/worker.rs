@@ -375,8 +375,9 @@ pub trait Worker: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// A partition became this replica's: load its state before its timer's
-    /// first tick. Retried while it fails.
+    /// A partition became this replica's: load its state. None of the
+    /// partition's events is handled, and its timer does not tick, before
+    /// this returned `Ok`; retried while it fails.
     async fn on_assigned(
         &self,
         _topic: &str,

@@ -61,9 +61,20 @@ pub trait BatchProcessor: Send + Sync + 'static {
     async fn process(&self, batch: RecordBatch, stop: &CancellationToken) -> Processed;
 
     /// Runs beside the partition's lane from its assignment until `stop`
-    /// (the worker's partition hooks and partition-scoped timer). A revoke
-    /// waits for it, up to `drain_timeout`, before the partition is handed on.
-    async fn run_partition(&self, _topic: Arc<str>, _partition: i32, _stop: CancellationToken) {}
+    /// (the worker's partition hooks and partition-scoped timer). The lane
+    /// handles no batch of the partition before `ready` is sent (the worker
+    /// has loaded the partition's state). A revoke waits for this, up to
+    /// `drain_timeout`, before the partition is handed on.
+    async fn run_partition(
+        &self,
+        _topic: Arc<str>,
+        _partition: i32,
+        stop: CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let _ = ready.send(());
+        stop.cancelled().await
+    }
 }
 
 /// A source could not start.
@@ -149,7 +160,9 @@ impl SourceContext {
             }
             let (tx, rx) = mpsc::channel(self.tuning.partition_queue);
             let stop = CancellationToken::new();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let task = self.runtime.spawn(run_lane(
+                ready_rx,
                 rx,
                 stop.clone(),
                 self.processor.clone(),
@@ -161,7 +174,11 @@ impl SourceContext {
             let partition_task = self.runtime.spawn({
                 let processor = self.processor.clone();
                 let (topic, partition, stop) = (key.0.clone(), key.1, stop.clone());
-                async move { processor.run_partition(topic, partition, stop).await }
+                async move {
+                    processor
+                        .run_partition(topic, partition, stop, ready_tx)
+                        .await
+                }
             });
             tracing::info!(worker = self.worker, topic = %key.0, partition = key.1, "partition assigned");
             lanes.insert(
@@ -399,6 +416,7 @@ impl ConsumerContext for SourceContext {
 }
 
 async fn run_lane(
+    ready: tokio::sync::oneshot::Receiver<()>,
     mut rx: mpsc::Receiver<RecordBatch>,
     stop: CancellationToken,
     processor: Arc<dyn BatchProcessor>,
@@ -407,6 +425,14 @@ async fn run_lane(
     fatal: CancellationToken,
     worker: &'static str,
 ) {
+    // The worker's `on_assigned` first: nothing of the partition is handled
+    // before its state is loaded. A partition task that ended without
+    // sending stopped, so the lane stops too.
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => return,
+        r = ready => if r.is_err() { return },
+    }
     loop {
         let batch = tokio::select! {
             biased;

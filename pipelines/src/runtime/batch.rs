@@ -446,9 +446,16 @@ fn decide(error: &WorkerError, attempts: u32, retry: &RetryConfig) -> Decision {
 #[async_trait]
 impl BatchProcessor for Pipeline {
     /// The partition's hooks and, for a partition-scoped worker, its timer:
-    /// `on_assigned` (retried while it fails), the timer until `stop`, then
-    /// `on_revoked`. The source waits for this before handing the partition on.
-    async fn run_partition(&self, topic: Arc<str>, partition: i32, stop: CancellationToken) {
+    /// `on_assigned` (retried while it fails; the partition's lane waits for
+    /// it), the timer until `stop`, then `on_revoked`. The source waits for
+    /// this before handing the partition on.
+    async fn run_partition(
+        &self,
+        topic: Arc<str>,
+        partition: i32,
+        stop: CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
         let name = self.name();
         let ctx = self.ctx.with_stop(stop.clone());
         let mut attempt = 0u32;
@@ -466,6 +473,8 @@ impl BatchProcessor for Pipeline {
                 }
             }
         }
+        // The lane may hand the partition's events to the worker now.
+        let _ = ready.send(());
         if self.worker.timer_scope() == TimerScope::Partition && !stop.is_cancelled() {
             let key = Some((topic.clone(), partition));
             let slot = ctx.wakers().register(key.clone());
