@@ -161,8 +161,7 @@ impl SourceContext {
             let (tx, rx) = mpsc::channel(self.tuning.partition_queue);
             let stop = CancellationToken::new();
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            let task = self.runtime.spawn(run_lane(
-                ready_rx,
+            let lane = run_lane(
                 rx,
                 stop.clone(),
                 self.processor.clone(),
@@ -170,7 +169,15 @@ impl SourceContext {
                 consumer.clone(),
                 self.fatal.clone(),
                 self.worker,
-            ));
+            );
+            let task = self.runtime.spawn({
+                let stop = stop.clone();
+                async move {
+                    if partition_ready(ready_rx, &stop).await {
+                        lane.await
+                    }
+                }
+            });
             let partition_task = self.runtime.spawn({
                 let processor = self.processor.clone();
                 let (topic, partition, stop) = (key.0.clone(), key.1, stop.clone());
@@ -415,8 +422,21 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-async fn run_lane(
+/// Waits for the worker's `on_assigned` (nothing of the partition is handled
+/// before its state is loaded); false when the lane must not start (stopped,
+/// or the partition task ended without sending).
+async fn partition_ready(
     ready: tokio::sync::oneshot::Receiver<()>,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => false,
+        r = ready => r.is_ok(),
+    }
+}
+
+async fn run_lane(
     mut rx: mpsc::Receiver<RecordBatch>,
     stop: CancellationToken,
     processor: Arc<dyn BatchProcessor>,
@@ -425,14 +445,6 @@ async fn run_lane(
     fatal: CancellationToken,
     worker: &'static str,
 ) {
-    // The worker's `on_assigned` first: nothing of the partition is handled
-    // before its state is loaded. A partition task that ended without
-    // sending stopped, so the lane stops too.
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => return,
-        r = ready => if r.is_err() { return },
-    }
     loop {
         let batch = tokio::select! {
             biased;
