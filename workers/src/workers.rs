@@ -10,7 +10,7 @@ use crate::audit::{self, AuditWorker};
 use crate::config::Config;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["audit"];
+pub const NAMES: &[&str] = &["audit", "reminders"];
 
 /// Builds one worker by name.
 pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker>> {
@@ -23,6 +23,19 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
                 store,
                 kind,
                 config.audit.clone(),
+            )))
+        }
+        "reminders" => {
+            let r = &config.reminders;
+            let mailer =
+                crate::reminders::mailer::Mailer::from_config(r, &config.pipeline.smtp.url)
+                    .context("setting up reminder email")?;
+            let webhook = crate::reminders::webhook::Webhook::from_config(r)
+                .context("setting up the reminder webhook")?;
+            Ok(Arc::new(crate::reminders::RemindersWorker::new(
+                mailer,
+                webhook,
+                r.clone(),
             )))
         }
         other => bail!(
