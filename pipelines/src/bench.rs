@@ -63,6 +63,9 @@ pub struct BenchSpec {
     pub redis_url: Option<String>,
     /// Base config (topics, tuning); Kafka and Redis settings are replaced.
     pub config: PipelineConfig,
+    /// Event `i` as (key, payload); [`sample_event`] unless a worker needs
+    /// its own mix (the recurring worker adds recurring tasks to it).
+    pub sample: fn(u64) -> (String, String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +241,7 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
     // Keep the producer at most this far ahead of the consumer.
     let window = spec.partitions.max(1) as u64 * 8_000;
     let total = spec.events;
+    let sample = spec.sample;
     let start_cpu = rusage().0;
     let started = Instant::now();
     let producer = {
@@ -254,7 +258,7 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
                     p.poll();
                     std::thread::sleep(Duration::from_micros(200));
                 }
-                let (key, payload) = sample_event(i);
+                let (key, payload) = sample(i);
                 p.send(&topic, key.as_bytes(), payload.as_bytes())
                     .map_err(err)?;
                 if i % 1024 == 0 {

@@ -8,7 +8,7 @@ use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Subject};
 use crate::audit::{pg_store::PgStore, AuditWorker};
 use crate::config::Config;
 
-/// Runs the benchmark of `worker` (`baseline`, `pipeline`, `audit`).
+/// Runs the benchmark of `worker` (`baseline`, `pipeline`, `audit`, `recurring`).
 pub async fn run(
     config: &Config,
     worker: &str,
@@ -46,7 +46,19 @@ pub async fn run(
             store.drop_schema().await.ok();
             return report.map_err(Into::into);
         }
-        other => bail!("--worker has value {other:?}: expected baseline, pipeline or audit"),
+        "recurring" => {
+            let mut recurring = config.recurring.clone();
+            // Its own output topic: occurrences must not be counted as input.
+            recurring.output_topic = "bench-recurring-out".into();
+            let worker =
+                crate::recurring::RecurringWorker::new(&recurring).map_err(anyhow::Error::msg)?;
+            let mut spec = spec(config, events, partitions, redis_url);
+            spec.sample = crate::recurring::bench_events::sample_event;
+            return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
+        }
+        other => {
+            bail!("--worker has value {other:?}: expected baseline, pipeline, audit or recurring")
+        }
     };
     Ok(pipelines::bench::run(spec(config, events, partitions, redis_url), subject).await?)
 }
@@ -57,5 +69,6 @@ fn spec(config: &Config, events: u64, partitions: i32, redis_url: Option<String>
         partitions,
         redis_url,
         config: config.pipeline.clone(),
+        sample: pipelines::bench::sample_event,
     }
 }

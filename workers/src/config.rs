@@ -15,6 +15,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub audit: AuditConfig,
     pub reminders: crate::reminders::config::RemindersConfig,
+    pub recurring: crate::recurring::RecurringConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -66,6 +67,7 @@ impl Config {
             pipeline: pipelines::config::extract(&figment, None)?,
             audit: pipelines::config::extract(&figment, Some("audit"))?,
             reminders: pipelines::config::extract(&figment, Some("reminders"))?,
+            recurring: pipelines::config::extract(&figment, Some("recurring"))?,
         };
         c.validate()?;
         Ok(c)
@@ -99,6 +101,7 @@ impl Config {
                 "a PostgreSQL identifier: lower-case letters, digits and _, not starting with a digit",
             ));
         }
+        self.recurring.validate()?;
         if a.pool_size == 0 {
             return Err(ConfigError::invalid(
                 "audit.pool_size",
@@ -115,6 +118,7 @@ impl Config {
             pipeline: self.pipeline.redacted(),
             audit: self.audit.clone(),
             reminders: self.reminders.redacted(),
+            recurring: self.recurring.clone(),
         }
     }
 

@@ -69,7 +69,9 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     config.audit.store = "file".into();
     config.audit.dir = audit_dir.to_string_lossy().into_owned();
 
-    let messages = messages()?;
+    let mut messages = messages()?;
+    let recurring_messages = crate::recurring::demo::messages()?;
+    messages.extend(recurring_messages.iter().cloned());
     println!("taskstream demo");
     println!(
         "  mock Kafka at {bootstrap}; state store: in-memory; audit store: {}",
@@ -91,9 +93,13 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let rt = Runtime::new(config.pipeline.clone(), shutdown.clone()).await?;
     let metrics = pipelines::metrics::install();
-    let run = tokio::spawn(async move { rt.run(vec![worker]).await });
+    let recurring: Arc<dyn Worker> = Arc::new(
+        crate::recurring::RecurringWorker::new(&config.recurring).map_err(anyhow::Error::msg)?,
+    );
+    let run = tokio::spawn(async move { rt.run(vec![worker, recurring]).await });
 
-    let expected_records = 16;
+    // Each recurring completion is audited, and so is the occurrence it creates.
+    let expected_records = 16 + 2 * recurring_messages.len();
     let dlq_topic = format!("task-events{}", config.pipeline.pipeline.dlq_suffix);
     let deadline = Instant::now() + Duration::from_secs(60);
     let records = loop {
@@ -129,6 +135,14 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let from = chrono::DateTime::<chrono::Utc>::MIN_UTC;
     let to = chrono::Utc::now() + chrono::Duration::days(1);
     audit::cli::write_report(&mut stdout.lock(), &store.report(from, to).await?)?;
+    let occurrences = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.recurring.output_topic.clone();
+        let n = recurring_messages.len();
+        move || crate::recurring::demo::published(&bootstrap, &topic, n)
+    })
+    .await??;
+    crate::recurring::demo::print(&occurrences);
     println!("\ndead letters:");
     for m in &dead {
         println!(
@@ -145,6 +159,7 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
             .lines()
             .filter(|l| {
                 l.starts_with(pipelines::metrics::HANDLED)
+                    && l.contains("worker=\"audit\"")
                     && l.contains(&format!("outcome=\"{outcome}\""))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -7,5 +7,6 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod recurring;
 pub mod reminders;
 pub mod workers;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use pipelines::event::{decode, is_known_type, DecodeContext};
 use taskstream::audit::{self, cli::Format, AuditQuery};
 use taskstream::config::Config;
-use taskstream::{bench, demo, workers};
+use taskstream::{bench, demo, recurring, workers};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +81,33 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Recurrence rules: check one with the worker's own engine.
+    Recurrence {
+        #[command(subcommand)]
+        command: RecurrenceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecurrenceCommand {
+    /// Print the next occurrences of a rule, one RFC 3339 UTC instant per line.
+    Next {
+        /// `RRULE:...`, a cron expression (5 or 6 fields), or a simple pattern
+        /// (`daily`, or JSON such as {"frequency":"weekly","weekdays":["mon"]}).
+        #[arg(long)]
+        rule: String,
+        /// The series' first occurrence, local time (2026-03-30T09:00:00).
+        #[arg(long)]
+        dtstart: String,
+        /// IANA time zone of the rule (Europe/Berlin).
+        #[arg(long)]
+        tz: String,
+        /// Occurrences strictly after this instant (RFC 3339); default now.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
     },
 }
 
@@ -209,6 +236,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             demo::run(config, &out).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Recurrence {
+            command:
+                RecurrenceCommand::Next {
+                    rule,
+                    dtstart,
+                    tz,
+                    after,
+                    count,
+                },
+        } => {
+            let now = chrono::Utc::now();
+            match recurring::cli::next(&rule, &dtstart, &tz, after.as_deref(), count, now) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Audit { command } => {
             let config = load_config(&cli.config)?;

@@ -10,7 +10,7 @@ use crate::audit::{self, AuditWorker};
 use crate::config::Config;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["audit", "reminders"];
+pub const NAMES: &[&str] = &["audit", "recurring", "reminders"];
 
 /// Builds one worker by name.
 pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker>> {
@@ -25,6 +25,10 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
                 config.audit.clone(),
             )))
         }
+        "recurring" => Ok(Arc::new(
+            crate::recurring::RecurringWorker::new(&config.recurring)
+                .map_err(anyhow::Error::msg)?,
+        )),
         "reminders" => {
             let r = &config.reminders;
             let mailer =

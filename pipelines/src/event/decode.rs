@@ -18,10 +18,12 @@ use std::fmt::{self, Write as _};
 use std::io;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::local_time::{self, LocalTime};
 use super::model::{
     Dialect, FieldChange, Recurrence, ReminderRequest, RequestContext, TaskEvent, TaskSnapshot,
     UserProfile,
@@ -1201,13 +1203,14 @@ fn take_snapshot(map: &mut Object, parent: &str) -> Result<TaskSnapshot, DecodeE
         conv_flag,
     )?;
     fill(&mut s.priority, map, parent, &["priority"], conv_text)?;
-    fill(
-        &mut s.due_at,
-        map,
-        parent,
-        &["due_at", "due_date", "dueDate", "dueAt"],
-        conv_time,
-    )?;
+    const DUE_KEYS: &[&str] = &["due_at", "due_date", "dueDate", "dueAt"];
+    let zone = peek_zone(map, parent)?;
+    let naive = peek_naive(map, DUE_KEYS);
+    fill(&mut s.due_at, map, parent, DUE_KEYS, conv_time)?;
+    s.due_local = match take_local(map, parent, "due_local")? {
+        Some(kept) => Some(kept),
+        None => localise(&mut s.due_at, naive, &zone),
+    };
     fill(&mut s.tags, map, parent, &["tags"], conv_tags)?;
     s.recurrence = take_recurrence(map, parent)?;
     fill_id(&mut s.assignee_id, map, parent, ASSIGNEE_KEYS)?;
@@ -1374,6 +1377,9 @@ fn take_profile(map: &mut Object, parent: &str) -> Result<Option<UserProfile>, D
 /// The reminder fields; the method defaults to email (the notification
 /// service's default channel) but an unknown one is an error, not a guess.
 fn take_reminder(map: &mut Object, parent: &str) -> Result<ReminderRequest, DecodeError> {
+    let zone = peek_zone(map, parent)?;
+    let naive_remind = peek_naive(map, &["remind_at", "remindAt"]);
+    let naive_due = peek_naive(map, &["due_at", "due_date", "dueAt", "dueDate"]);
     let mut remind_at = None;
     fill(
         &mut remind_at,
@@ -1382,6 +1388,10 @@ fn take_reminder(map: &mut Object, parent: &str) -> Result<ReminderRequest, Deco
         &["remind_at", "remindAt"],
         conv_time,
     )?;
+    let remind_local = match take_local(map, parent, "remind_local")? {
+        Some(kept) => Some(kept),
+        None => localise(&mut remind_at, naive_remind, &zone),
+    };
     let Some(remind_at) = remind_at else {
         return Err(DecodeError::MissingField {
             field: Loc {
@@ -1399,6 +1409,7 @@ fn take_reminder(map: &mut Object, parent: &str) -> Result<ReminderRequest, Deco
         &["due_at", "due_date", "dueAt", "dueDate"],
         conv_time,
     )?;
+    localise(&mut due_at, naive_due, &zone);
     let mut title = None;
     fill(&mut title, map, parent, &["title"], conv_text)?;
     let mut method = None;
@@ -1411,6 +1422,7 @@ fn take_reminder(map: &mut Object, parent: &str) -> Result<ReminderRequest, Deco
     )?;
     Ok(ReminderRequest {
         remind_at,
+        remind_local,
         due_at,
         title,
         method: method.unwrap_or_else(|| "email".to_owned()),
@@ -1437,6 +1449,28 @@ fn parse_time(v: &Value, loc: Loc<'_>) -> Result<DateTime<Utc>, DecodeError> {
 
 fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
+    if let Some(t) = offset_time_str(s) {
+        return Some(t);
+    }
+    if let Some(t) = naive_time_str(s) {
+        return Some(t.and_utc());
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return epoch_i64(i);
+    }
+    match s.parse::<f64>() {
+        Ok(f)
+            if s.bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') =>
+        {
+            epoch_f64(f)
+        }
+        _ => None,
+    }
+}
+
+/// A timestamp with an offset (`Z`, `+02:00`).
+fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -1452,6 +1486,11 @@ fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
             return Some(t.with_timezone(&Utc));
         }
     }
+    None
+}
+
+/// A wall-clock reading without offset (a bare date is its midnight).
+fn naive_time_str(s: &str) -> Option<NaiveDateTime> {
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S%.f",
@@ -1459,23 +1498,114 @@ fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc());
+            return Some(t);
         }
     }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+}
+
+// ---------------------------------------------------------------- local times
+
+/// Keys under which a payload names the zone of its local times.
+const ZONE_KEYS: &[&str] = &["timezone", "tz", "time_zone", "timeZone"];
+
+/// The zone `map` names, if any (looked at, not taken: the recurrence and the
+/// attributes keep it too). An unknown zone name is an error naming it.
+fn peek_zone(map: &Object, parent: &str) -> Result<Option<(String, Tz)>, DecodeError> {
+    for &key in ZONE_KEYS {
+        match map.get(key) {
+            Some(v) if is_blank(v) => continue,
+            Some(Value::String(name)) => {
+                return match local_time::parse_zone(name) {
+                    Some(tz) => Ok(Some((name.trim().to_owned(), tz))),
+                    None => Err(invalid(
+                        Loc { parent, key },
+                        &map[key],
+                        "an IANA time zone such as Europe/Berlin",
+                    )),
+                };
+            }
+            Some(other) => {
+                return Err(invalid(
+                    Loc { parent, key },
+                    other,
+                    "an IANA time zone such as Europe/Berlin",
+                ))
+            }
+            None => continue,
+        }
     }
-    if let Ok(i) = s.parse::<i64>() {
-        return epoch_i64(i);
+    Ok(None)
+}
+
+/// The first usable value among `keys`, when it is a wall-clock reading
+/// without offset.
+fn peek_naive(map: &Object, keys: &[&str]) -> Option<NaiveDateTime> {
+    let v = keys
+        .iter()
+        .filter_map(|k| map.get(*k))
+        .find(|v| !is_blank(v))?;
+    let s = v.as_str()?.trim();
+    if offset_time_str(s).is_some() {
+        return None;
     }
-    match s.parse::<f64>() {
-        Ok(f)
-            if s.bytes()
-                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') =>
+    naive_time_str(s)
+}
+
+/// A local time already in canonical form (`{"local", "timezone"}`), as our
+/// own output carries it.
+fn take_local(
+    map: &mut Object,
+    parent: &str,
+    key: &'static str,
+) -> Result<Option<LocalTime>, DecodeError> {
+    let Some(v) = take(map, key) else {
+        return Ok(None);
+    };
+    match serde_json::from_value::<LocalTime>(v.clone()) {
+        Ok(t)
+            if t.timezone
+                .as_deref()
+                .is_none_or(|z| local_time::parse_zone(z).is_some()) =>
         {
-            epoch_f64(f)
+            Ok(Some(t))
         }
-        _ => None,
+        _ => Err(invalid(
+            Loc { parent, key },
+            &v,
+            "{\"local\": \"YYYY-MM-DDTHH:MM:SS\", \"timezone\": an IANA zone}",
+        )),
+    }
+}
+
+/// Re-reads a time in the message's zone: a naive reading with a zone is
+/// that wall time there; an absolute time with a zone gains its local
+/// reading; a naive reading without a zone stays UTC but keeps its local form.
+fn localise(
+    instant: &mut Option<DateTime<Utc>>,
+    naive: Option<NaiveDateTime>,
+    zone: &Option<(String, Tz)>,
+) -> Option<LocalTime> {
+    let at = (*instant)?;
+    match (naive, zone) {
+        (Some(local), Some((name, tz))) => {
+            *instant = Some(local_time::resolve(local, *tz));
+            Some(LocalTime {
+                local,
+                timezone: Some(name.clone()),
+            })
+        }
+        (Some(local), None) => Some(LocalTime {
+            local,
+            timezone: None,
+        }),
+        (None, Some((name, tz))) => Some(LocalTime {
+            local: local_time::to_local(at, *tz),
+            timezone: Some(name.clone()),
+        }),
+        (None, None) => None,
     }
 }
 
@@ -2392,6 +2522,56 @@ mod tests {
     }
 
     #[test]
+    fn local_times_keep_their_zone_through_decoding() {
+        // A reminder written in local time on the spring-forward day.
+        let e = dec(
+            r#"{"task_id": 7, "user_id": "u1", "remind_at": "2026-03-29T02:30:00", "due_at": "2026-03-29T10:00:00", "tz": "Europe/Berlin", "created_at": "2026-03-01T10:00:00Z"}"#,
+        );
+        let r = e.reminder.clone().expect("a reminder");
+        assert_eq!(
+            r.remind_at,
+            t("2026-03-29T01:30:00Z"),
+            "02:30 in the gap is 03:30 CEST"
+        );
+        assert_eq!(r.due_at, Some(t("2026-03-29T08:00:00Z")), "10:00 CEST");
+        let local = r.remind_local.expect("local reading kept");
+        assert_eq!(local.local.to_string(), "2026-03-29 02:30:00");
+        assert_eq!(local.timezone, some("Europe/Berlin"));
+        assert_round_trips(&dec(&serde_json::to_string(&e).unwrap()));
+
+        // An absolute time with a zone gains its local reading, unchanged.
+        let e = dec(
+            r#"{"event_type":"updated","task_id":1,"timestamp":"2026-01-03T10:00:00Z","task_data":{"due_date":"2026-07-01T07:00:00Z","timezone":"America/New_York"}}"#,
+        );
+        let task = e.task.unwrap();
+        assert_eq!(task.due_at, Some(t("2026-07-01T07:00:00Z")));
+        assert_eq!(
+            task.due_local.unwrap().local.to_string(),
+            "2026-07-01 03:00:00"
+        );
+
+        // A naive time and no zone anywhere: UTC, as before, local form kept.
+        let e = dec(
+            r#"{"event_type":"updated","task_id":1,"timestamp":"2026-01-03T10:00:00Z","task_data":{"due_date":"2026-07-01T07:00:00"}}"#,
+        );
+        let task = e.task.unwrap();
+        assert_eq!(task.due_at, Some(t("2026-07-01T07:00:00Z")));
+        assert_eq!(task.due_local.unwrap().timezone, None);
+    }
+
+    #[test]
+    fn an_unknown_zone_is_an_error_naming_field_and_value() {
+        let e = fail(
+            r#"{"event_type":"updated","task_id":1,"timestamp":"2026-01-03T10:00:00Z","task_data":{"due_date":"2026-07-01T07:00:00","timezone":"Mars/Olympus"}}"#,
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("timezone") && msg.contains("Mars/Olympus"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn seed_003_published_recurring_task_decodes_rule_timezone_and_naive_time() {
         let e = dec(SEED_003_PUBLISHED_RECURRING);
         assert_eq!(e.kind, "task.completed");
@@ -2401,9 +2581,12 @@ mod tests {
         let task = e.task.unwrap();
         assert_eq!(
             task.due_at,
-            Some(t("2026-01-03T09:00:00Z")),
-            "naive due date is UTC"
+            Some(t("2026-01-03T08:00:00Z")),
+            "a naive due date with a zone is that wall time in the zone"
         );
+        let local = task.due_local.expect("the local reading is kept");
+        assert_eq!(local.local.to_string(), "2026-01-03 09:00:00");
+        assert_eq!(local.timezone, some("Europe/Berlin"));
         assert_eq!(task.tags, Some(vec![]));
         let rec = task.recurrence.unwrap();
         assert_eq!(rec.rule, "FREQ=WEEKLY;BYDAY=SA");

@@ -1,7 +1,9 @@
 //! Canonical events and the decoders that produce them from every producer dialect.
 
 mod decode;
+pub mod local_time;
 mod model;
 
 pub use decode::{decode, is_known_type, DecodeContext, DecodeError, KNOWN_TYPES};
+pub use local_time::LocalTime;
 pub use model::*;

@@ -9,13 +9,17 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::local_time::LocalTime;
+
 /// One decoded event, in the canonical shape.
 ///
 /// Promises:
 /// - `event_id` is the producer's id when the message carries one, otherwise a
 ///   stable hash of the message bytes, so a re-sent message gets the same id.
 /// - `kind` is dotted and lower-case: `<entity>.<action>` (`task.completed`).
-/// - `occurred_at` is UTC; naive timestamps are read as UTC.
+/// - `occurred_at` is UTC; naive timestamps are read as UTC, unless the
+///   message names a zone (`timezone`/`tz`): then due and reminder times are
+///   read in that zone and also kept as local wall time (`due_local`).
 /// - ids are strings, whatever JSON type the producer used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
@@ -78,6 +82,10 @@ pub struct TaskSnapshot {
     pub priority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<DateTime<Utc>>,
+    /// The due time as the producer wrote it, in local wall time, when it
+    /// was local: with the message's zone (`timezone`/`tz`), or naive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_local: Option<LocalTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +121,9 @@ pub struct FieldChange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReminderRequest {
     pub remind_at: DateTime<Utc>,
+    /// `remind_at` in local wall time, when the producer wrote it so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_local: Option<LocalTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

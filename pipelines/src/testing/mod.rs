@@ -113,6 +113,24 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Runs one command with `redis-cli` (from redis-tools, installed with
+    /// redis-server) and returns its answer: for failover tests
+    /// (`REPLICAOF host port` makes this server a read-only replica).
+    pub fn command(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run redis-cli: {e}")))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!(
+                "redis-cli {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// `rediss://` URL of the TLS port; the certificate is self-signed, so the
     /// client is told not to verify it (`#insecure`).
     pub fn tls_url(&self) -> Option<String> {

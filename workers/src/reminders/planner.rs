@@ -17,8 +17,10 @@
 //!   relay or every replica was down) is recorded as missed, never sent
 //!   hours late and never dropped silently.
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 use chrono_tz::Tz;
+pub use pipelines::event::local_time::resolve;
+use pipelines::event::local_time::{parse_zone, LocalTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -64,22 +66,56 @@ impl DueWall {
             tz,
         }
     }
+
+    /// The instant it names.
+    pub fn instant(&self) -> DateTime<Utc> {
+        resolve(self.local, self.tz)
+    }
 }
 
-/// Reads a wall time in `tz` as an instant: a time in the spring-forward gap
-/// with the offset from before the gap, an ambiguous one as its first instant.
-pub fn resolve(local: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
-    match tz.from_local_datetime(&local) {
-        LocalResult::Single(t) => t.with_timezone(&Utc),
-        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
-        LocalResult::None => {
-            // Gaps are at most a few hours; the offset in force just before.
-            let before = tz.offset_from_utc_datetime(&(local - TimeDelta::hours(6)));
-            let offset = chrono::Offset::fix(&before);
-            Utc.from_utc_datetime(
-                &(local - TimeDelta::seconds(i64::from(offset.local_minus_utc()))),
-            )
+/// The due wall time of a task due at `due_at`: the producer's local reading
+/// when the event kept one (in its own zone, or the user's when the producer
+/// wrote a naive time), else the instant read in the user's zone.
+pub fn due_wall(due_at: DateTime<Utc>, local: Option<&LocalTime>, user_tz: Tz) -> DueWall {
+    match local {
+        Some(l) => DueWall {
+            local: l.local,
+            tz: l
+                .timezone
+                .as_deref()
+                .and_then(parse_zone)
+                .unwrap_or(user_tz),
+        },
+        None => DueWall::of(due_at, user_tz),
+    }
+}
+
+/// A request's `remind_at` and due wall time: a naive reading (no zone
+/// anywhere in the message) is re-read in the user's zone, its due time too
+/// (the decoder read both as UTC).
+pub fn request_times(
+    remind_at: DateTime<Utc>,
+    remind_local: Option<&LocalTime>,
+    due_at: Option<DateTime<Utc>>,
+    user_tz: Tz,
+) -> (DateTime<Utc>, Option<DueWall>) {
+    match remind_local {
+        Some(l) if l.timezone.is_none() => (
+            resolve(l.local, user_tz),
+            due_at.map(|d| DueWall {
+                local: d.naive_utc(),
+                tz: user_tz,
+            }),
+        ),
+        Some(l) => {
+            let tz = l
+                .timezone
+                .as_deref()
+                .and_then(parse_zone)
+                .unwrap_or(user_tz);
+            (remind_at, due_at.map(|d| DueWall::of(d, tz)))
         }
+        None => (remind_at, due_at.map(|d| DueWall::of(d, user_tz))),
     }
 }
 
@@ -488,6 +524,34 @@ mod tests {
         );
         let at = utc("2026-06-11T20:30:00Z");
         assert!(matches!(at_fire_time(at, at, &u, max), Firing::Send { .. }));
+    }
+
+    #[test]
+    fn a_naive_local_due_time_is_read_in_the_users_zone() {
+        let naive = LocalTime {
+            local: wall("2026-03-30 09:00"),
+            timezone: None,
+        };
+        // The decoder read it as 09:00 UTC; the user lives in Berlin.
+        let d = due_wall(utc("2026-03-30T09:00:00Z"), Some(&naive), Berlin);
+        assert_eq!(resolve(d.local, d.tz), utc("2026-03-30T07:00:00Z"));
+        let zoned = LocalTime {
+            local: wall("2026-03-30 09:00"),
+            timezone: Some("America/New_York".into()),
+        };
+        let d = due_wall(utc("2026-03-30T13:00:00Z"), Some(&zoned), Berlin);
+        assert_eq!(d.tz, New_York, "the producer's zone wins");
+        let (at, due) = request_times(
+            utc("2026-03-30T08:30:00Z"),
+            Some(&LocalTime {
+                local: wall("2026-03-30 08:30"),
+                timezone: None,
+            }),
+            Some(utc("2026-03-30T09:00:00Z")),
+            Berlin,
+        );
+        assert_eq!(at, utc("2026-03-30T06:30:00Z"));
+        assert_eq!(due.unwrap().local, wall("2026-03-30 09:00"));
     }
 
     #[test]

@@ -35,8 +35,8 @@ use super::notification::{
 };
 use super::outcome::outcome_event;
 use super::planner::{
-    at_fire_time, fire_time, plan_task, reminder_id, rule_for_request, DueWall, Firing,
-    TaskReminderSettings,
+    at_fire_time, due_wall, fire_time, plan_task, reminder_id, request_times, rule_for_request,
+    Firing, TaskReminderSettings,
 };
 use super::schedule::{Claimed, FiredRecord, Origin, ReminderSchedule, StoredReminder};
 use super::webhook::Webhook;
@@ -115,19 +115,28 @@ impl RemindersWorker {
                 req.method
             ))
         })?;
-        let due = match req.due_at {
-            Some(due_at) => Some(DueWall::of(due_at, self.user(ctx, user_id).await?.tz())),
-            None => None,
+        // The user's zone matters only for times relative to a due time or
+        // written without a zone.
+        let user_tz = if req.due_at.is_some() || req.remind_local.is_some() {
+            self.user(ctx, user_id).await?.tz()
+        } else {
+            chrono_tz::Tz::UTC
         };
-        let rule = rule_for_request(req.remind_at, due);
-        let fire_at = fire_time(rule, due).unwrap_or(req.remind_at);
+        let (remind_at, due) = request_times(
+            req.remind_at,
+            req.remind_local.as_ref(),
+            req.due_at,
+            user_tz,
+        );
+        let rule = rule_for_request(remind_at, due);
+        let fire_at = fire_time(rule, due).unwrap_or(remind_at);
         let r = StoredReminder {
             reminder_id: reminder_id(task_id, fire_at, channel),
             task_id: task_id.clone(),
             user_id: user_id.clone(),
             title: req.title.clone().unwrap_or_default(),
             description: text_attribute(e, "description"),
-            due_at: req.due_at,
+            due_at: due.map(|d| d.instant()),
             due_local: due.map(|d| d.local),
             due_tz: due.map(|d| d.tz.name().to_owned()),
             rule,
@@ -172,7 +181,8 @@ impl RemindersWorker {
             return Ok(Outcome::Skipped);
         };
         let user = self.user(ctx, user_id).await?;
-        let due = DueWall::of(due_at, user.tz());
+        let due = due_wall(due_at, snapshot.due_local.as_ref(), user.tz());
+        let due_at = due.instant();
         let shard = ReminderSchedule::shard_key(&event.source.topic, event.source.partition);
         let pending = self.pending(ctx, task_id).await?;
         let title = snapshot

@@ -1,22 +1,7 @@
-//! Wires a [`Worker`] into the pipeline and runs it.
-//!
-//! The stages a batch of one partition goes through, in offset order:
-//! 1. **decode** every message into a [`TaskEvent`]; an undecodable one is
-//!    dead-lettered in place (with its reason), an unknown type is counted and
-//!    skipped;
-//! 2. **claim** the event ids with the [`IdempotencyGuard`] (one pipelined round
-//!    trip); duplicates are skipped;
-//! 3. **handle** the claimed events with the worker, in order;
-//! 4. **complete** the claims of handled events (one round trip);
-//! 5. report the highest finished offset, which the source stores and commits.
-//!
-//! Failures: a *permanent* error dead-letters the event at once; a *retryable*
-//! one is retried with backoff and dead-lettered after the policy's last
-//! attempt; an *unavailable* dependency (Redis, database, broker) is waited for
-//! as long as it takes: the lane stops, its queue fills, the partition pauses,
-//! the worker reports not-ready, and nothing is skipped.
+//! The per-worker [`BatchProcessor`]: a partition's batches go through decode,
+//! claim, handle, complete and decide (see the [`super`] module docs), and its
+//! hooks and partition timer run beside them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,387 +9,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::config::{PipelineConfig, RetryConfig};
+use crate::config::RetryConfig;
 use crate::dlq::{self, DeadLetter};
 use crate::event::{decode, is_known_type, DecodeContext};
-use crate::health::{Health, WorkerHealth, STATE_STORE};
+use crate::health::WorkerHealth;
 use crate::idempotency::{Claim, Claims, IdempotencyGuard};
 use crate::kafka::sink::Publisher;
-use crate::kafka::source::{self, BatchProcessor, Processed, SourceSettings};
+use crate::kafka::source::{BatchProcessor, Processed};
 use crate::kafka::RecordBatch;
-use crate::lease::LeaderLease;
 use crate::metrics::{self, HandledOutcome};
 use crate::retry::{backoff, outage_backoff};
-use crate::state::StateStore;
-use crate::timer::{self, Timer, TimerOwner, TimerScope, WakeSlot};
+use crate::timer::{TimerOwner, TimerScope};
 use crate::worker::{Ctx, Inbound, Outcome, Source, Worker, WorkerError};
 
-/// A failure to start a worker.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Source(#[from] source::SourceError),
-    #[error("{0}")]
-    Setup(String),
-}
-
-/// The shared pieces of one process: config, state store, producer, health.
-#[derive(Clone)]
-pub struct Runtime {
-    pub config: Arc<PipelineConfig>,
-    pub state: Arc<dyn StateStore>,
-    pub publisher: Publisher,
-    pub health: Health,
-    pub shutdown: CancellationToken,
-    /// The one clock of every worker this runtime runs.
-    pub clock: Clock,
-}
-
-impl Runtime {
-    /// Opens the state store and the producer a config names.
-    pub async fn new(
-        config: PipelineConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Self, RuntimeError> {
-        let state = crate::state::open(&config.redis)
-            .await
-            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
-        let publisher = Publisher::new(&config.kafka, &config.kafka.client_id)
-            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
-        Ok(Runtime {
-            config: Arc::new(config),
-            state,
-            publisher,
-            health: Health::default(),
-            shutdown,
-            clock: Clock::System,
-        })
-    }
-
-    /// The same runtime reading time from `clock` (tests move it by hand).
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The context a worker's handlers and timers receive.
-    pub fn ctx(&self, worker: &'static str) -> Ctx {
-        Ctx::new(
-            worker,
-            self.state.clone(),
-            Some(self.publisher.clone()),
-            self.config.clone(),
-        )
-        .with_clock(self.clock.clone())
-    }
-
-    /// Serves `/metrics`, `/healthz` and `/readyz` on the configured address (if any).
-    pub fn serve_http(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let addr: SocketAddr = self.config.metrics.addr.parse().ok()?;
-        let handle = metrics::install();
-        let health = self.health.clone();
-        let shutdown = self.shutdown.clone();
-        Some(tokio::spawn(async move {
-            if let Err(e) = crate::health::serve(addr, health, handle, shutdown).await {
-                tracing::error!(%addr, error = %e, "metrics server failed");
-            }
-        }))
-    }
-
-    /// Runs the workers until shutdown; returns once every one has drained.
-    pub async fn run(&self, workers: Vec<Arc<dyn Worker>>) -> Result<(), RuntimeError> {
-        let mut tasks = Vec::new();
-        for w in workers {
-            let rt = self.clone();
-            tasks.push(tokio::spawn(async move { rt.run_worker(w).await }));
-        }
-        let mut first_err = None;
-        for t in tasks {
-            match t.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "worker failed");
-                    self.shutdown.cancel();
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => {
-                    self.shutdown.cancel();
-                    first_err
-                        .get_or_insert(RuntimeError::Setup(format!("worker task panicked: {e}")));
-                }
-            }
-        }
-        self.publisher.flush(Duration::from_secs(10));
-        first_err.map_or(Ok(()), Err)
-    }
-
-    /// Runs one worker: its source, its timer and its readiness probe.
-    pub async fn run_worker(&self, worker: Arc<dyn Worker>) -> Result<(), RuntimeError> {
-        let name = worker.name();
-        let health = WorkerHealth::new(name);
-        self.health.register(health.clone());
-        let tuning = self.config.tuning_for(name);
-        let guard = worker.uses_idempotency_guard().then(|| {
-            IdempotencyGuard::new(
-                self.state.clone(),
-                name,
-                tuning.idempotency_lease,
-                tuning.idempotency_ttl,
-            )
-            .with_clock(self.clock.clone())
-        });
-        let ctx = self.ctx(name).with_guard(guard.clone());
-        let retry = self.config.retry_for(name);
-        let pipeline = Arc::new(Pipeline {
-            worker: worker.clone(),
-            ctx: ctx.clone(),
-            guard,
-            publisher: self.publisher.clone(),
-            retry: retry.clone(),
-            dlq_suffix: tuning.dlq_suffix.clone(),
-            health: health.clone(),
-        });
-        let settings = SourceSettings {
-            worker: name,
-            group_id: self.config.group_id(name),
-            topics: self.config.topics_for(name, worker.topics(&self.config)),
-            kafka: self.config.kafka.clone(),
-            tuning: tuning.clone(),
-        };
-
-        let stop_aux = self.shutdown.child_token();
-        let probe = tokio::spawn(probe(
-            self.state.clone(),
-            worker.clone(),
-            health.clone(),
-            stop_aux.clone(),
-        ));
-        let timer = match worker.timer_scope() {
-            TimerScope::Process => Some(tokio::spawn(run_process_timer(
-                worker.clone(),
-                ctx.clone(),
-                retry.clone(),
-                stop_aux.clone(),
-            ))),
-            TimerScope::Leader => Some(tokio::spawn(run_leader_timer(
-                worker.clone(),
-                ctx.clone(),
-                LeaderLease::new(self.state.clone(), &settings.group_id, tuning.leader_lease),
-                retry.clone(),
-                stop_aux.clone(),
-            ))),
-            // Partition timers run beside their lanes (`run_partition`).
-            TimerScope::Partition | TimerScope::None => None,
-        };
-
-        let result = source::run(settings, pipeline, health, self.shutdown.clone()).await;
-        stop_aux.cancel();
-        if let Some(t) = timer {
-            let abort = t.abort_handle();
-            if tokio::time::timeout(tuning.drain_timeout, t).await.is_err() {
-                tracing::warn!(
-                    worker = name,
-                    "timed work did not stop within drain_timeout: aborted"
-                );
-                abort.abort();
-            }
-        }
-        let _ = probe.await;
-        worker.shutdown().await;
-        result.map_err(RuntimeError::from)
-    }
-}
-
-/// Keeps the readiness signals of the state store and of the worker's own
-/// dependencies current: their one writer. Runs every 2 s, and at once when a
-/// handler saw a failure (a nudge), so `/readyz` reflects an outage for its
-/// whole length even while no message is flowing.
-async fn probe(
-    state: Arc<dyn StateStore>,
-    worker: Arc<dyn Worker>,
-    health: Arc<WorkerHealth>,
-    stop: CancellationToken,
-) {
-    let needed = worker.needs_state_store();
-    loop {
-        let store = if needed {
-            match tokio::time::timeout(Duration::from_secs(2), state.ping()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("no answer within 2s".to_string()),
-            }
-        } else {
-            Ok(())
-        };
-        if store.is_err() {
-            metrics::redis_error(health.name);
-        }
-        health.set_dependency(STATE_STORE, store);
-        match tokio::time::timeout(Duration::from_secs(5), worker.check_dependencies()).await {
-            Ok(deps) => {
-                for (dependency, state) in deps {
-                    health.set_dependency(dependency, state);
-                }
-            }
-            Err(_) => tracing::warn!(worker = health.name, "dependency check took over 5s"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = health.nudged() => {
-                // A burst of failures must not become a busy loop.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// One tick with its metrics and logs; the loop decides when the next runs.
-async fn tick_once(
-    worker: &dyn Worker,
-    ctx: &Ctx,
-    owner: &TimerOwner,
-    stop: &CancellationToken,
-) -> Result<Option<DateTime<Utc>>, WorkerError> {
-    let timer = Timer {
-        owner: owner.clone(),
-        stop: stop.clone(),
-    };
-    let result = worker.tick(&timer, &ctx.with_stop(stop.clone())).await;
-    metrics::ticked(worker.name(), result.is_ok());
-    if let Err(e) = &result {
-        tracing::warn!(worker = worker.name(), ?owner, error = %e, "timed work failed; retrying");
-    }
-    result
-}
-
-/// Runs a timer loop for `owner` on `slot` until `stop`.
-async fn run_timer_loop(
-    worker: &dyn Worker,
-    ctx: &Ctx,
-    owner: TimerOwner,
-    slot: &WakeSlot,
-    retry: &RetryConfig,
-    stop: &CancellationToken,
-) {
-    metrics::timers_running(worker.name(), 1.0);
-    timer::run_loop(
-        ctx.clock(),
-        slot,
-        stop,
-        || tick_once(worker, ctx, &owner, stop),
-        |failures| outage_backoff(retry, failures),
-    )
-    .await;
-    metrics::timers_running(worker.name(), -1.0);
-}
-
-async fn run_process_timer(
-    worker: Arc<dyn Worker>,
-    ctx: Ctx,
-    retry: RetryConfig,
-    stop: CancellationToken,
-) {
-    let slot = ctx.wakers().register(None);
-    run_timer_loop(
-        worker.as_ref(),
-        &ctx,
-        TimerOwner::Process,
-        &slot,
-        &retry,
-        &stop,
-    )
-    .await;
-    ctx.wakers().unregister(&None);
-}
-
-/// Contends for the worker's lease and runs its timer while holding it.
-///
-/// The lease is renewed every third of its ttl. A renewal that finds the lease
-/// gone, or two thirds of the ttl without a successful renewal (the store is
-/// unreachable), stops the timer: a running tick gets its stop token and a
-/// sixth of the ttl to return, then is dropped, all before the lease can
-/// expire and a successor start. On shutdown the lease is released (owner
-/// checked), so a successor starts at once; a killed leader's lease simply
-/// expires.
-async fn run_leader_timer(
-    worker: Arc<dyn Worker>,
-    ctx: Ctx,
-    lease: LeaderLease,
-    retry: RetryConfig,
-    stop: CancellationToken,
-) {
-    let name = worker.name();
-    let slot = ctx.wakers().register(None);
-    let ttl = lease.ttl();
-    let period = ttl / 3;
-    metrics::leader(name, false);
-    while !stop.is_cancelled() {
-        let fencing_token = match lease.try_acquire().await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(period) => continue,
-                }
-            }
-            Err(e) => {
-                tracing::debug!(worker = name, error = %e, "cannot contend for the leader lease");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(period) => continue,
-                }
-            }
-        };
-        tracing::info!(worker = name, fencing_token, "leader: running timed work");
-        metrics::leader(name, true);
-        let leading = stop.child_token();
-        let renew = async {
-            let mut last_ok = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = leading.cancelled() => return,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                match lease.renew().await {
-                    Ok(true) => last_ok = Instant::now(),
-                    Ok(false) => {
-                        tracing::warn!(worker = name, "leader lease lost: stopping timed work");
-                        leading.cancel();
-                        return;
-                    }
-                    Err(e) if last_ok.elapsed() >= ttl * 2 / 3 => {
-                        tracing::warn!(worker = name, error = %e, "leader lease not renewable: stopping timed work before it expires");
-                        leading.cancel();
-                        return;
-                    }
-                    Err(_) => {}
-                }
-            }
-        };
-        let work = async {
-            let owner = TimerOwner::Leader { fencing_token };
-            let run = run_timer_loop(worker.as_ref(), &ctx, owner, &slot, &retry, &leading);
-            tokio::select! {
-                _ = run => {}
-                _ = async { leading.cancelled().await; tokio::time::sleep(ttl / 6).await } => {
-                    tracing::warn!(worker = name, "a tick did not stop in time: abandoned");
-                }
-            }
-            leading.cancel();
-        };
-        tokio::join!(renew, work);
-        metrics::leader(name, false);
-        if stop.is_cancelled() {
-            if let Err(e) = lease.release().await {
-                tracing::debug!(worker = name, error = %e, "could not release the leader lease");
-            }
-            break;
-        }
-    }
-    ctx.wakers().unregister(&None);
-}
+use super::timers::run_timer_loop;
 
 /// The per-worker [`BatchProcessor`]: the stages described in the module docs.
 pub struct Pipeline {
@@ -745,53 +363,49 @@ impl Pipeline {
                         },
                     };
                     let attempts = f.attempts + 1;
-                    let give_up = match &error {
-                        WorkerError::Permanent(_) => true,
-                        WorkerError::Retryable(_) => attempts >= self.retry.max_attempts,
-                        WorkerError::Unavailable { .. } => false,
-                    };
-                    if give_up {
-                        let record = &batch.records[indices[pos]];
-                        self.dead_letter(
-                            stop,
-                            DeadLetter {
-                                worker: name,
-                                topic,
-                                partition: batch.partition,
-                                record,
-                                error: error.to_string(),
-                                error_class: error.class().to_string(),
-                                attempts,
-                                first_failure_at: f.first_failure_at,
-                            },
-                        )
-                        .await
-                        .map_err(|_| finished)?;
-                        // Release so a replay from the dead-letter topic is handled.
-                        if let Some(g) = &self.guard {
-                            let id = events[pos].event.event_id.clone();
-                            self.until_available(stop, "idempotency release", || async {
-                                g.release([id.as_str()]).await.map_err(WorkerError::from)
-                            })
+                    let decision = decide(&error, attempts, &self.retry);
+                    let wait = match decision {
+                        Decision::DeadLetter => {
+                            let record = &batch.records[indices[pos]];
+                            self.dead_letter(
+                                stop,
+                                DeadLetter {
+                                    worker: name,
+                                    topic,
+                                    partition: batch.partition,
+                                    record,
+                                    error: error.to_string(),
+                                    error_class: error.class().to_string(),
+                                    attempts,
+                                    first_failure_at: f.first_failure_at,
+                                },
+                            )
                             .await
                             .map_err(|_| finished)?;
-                            held[pos] = false;
+                            // Release so a replay from the dead-letter topic is handled.
+                            if let Some(g) = &self.guard {
+                                let id = events[pos].event.event_id.clone();
+                                self.until_available(stop, "idempotency release", || async {
+                                    g.release([id.as_str()]).await.map_err(WorkerError::from)
+                                })
+                                .await
+                                .map_err(|_| finished)?;
+                                held[pos] = false;
+                            }
+                            finished = pos + 1;
+                            start = pos + 1;
+                            failing = None;
+                            continue;
                         }
-                        finished = pos + 1;
-                        start = pos + 1;
-                        failing = None;
-                        continue;
-                    }
-                    let wait = match &error {
-                        WorkerError::Unavailable { .. } => {
+                        Decision::WaitForDependency(wait) => {
                             self.health.nudge();
                             tracing::warn!(worker = name, error = %error, "dependency unavailable; waiting");
-                            outage_backoff(&self.retry, attempts)
+                            wait
                         }
-                        _ => {
+                        Decision::Retry(wait) => {
                             metrics::handled(name, topic, HandledOutcome::Retried, 1);
                             tracing::info!(worker = name, error = %error, attempts, "handling failed; will retry");
-                            backoff(&self.retry, attempts)
+                            wait
                         }
                     };
                     failing = Some(Failing { attempts, ..f });
@@ -803,6 +417,29 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+/// What the pipeline does with an event whose handling failed: the *decide*
+/// step, from the error's class alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decision {
+    /// Permanent, or retryable with no attempt left.
+    DeadLetter,
+    /// Retryable: try again after this backoff.
+    Retry(Duration),
+    /// A dependency is down: wait (never dead-letter), however long it takes.
+    WaitForDependency(Duration),
+}
+
+fn decide(error: &WorkerError, attempts: u32, retry: &RetryConfig) -> Decision {
+    match error {
+        WorkerError::Permanent(_) => Decision::DeadLetter,
+        WorkerError::Retryable(_) if attempts >= retry.max_attempts => Decision::DeadLetter,
+        WorkerError::Retryable(_) => Decision::Retry(backoff(retry, attempts)),
+        WorkerError::Unavailable { .. } => {
+            Decision::WaitForDependency(outage_backoff(retry, attempts))
+        }
     }
 }
 
@@ -957,6 +594,58 @@ impl BatchProcessor for Pipeline {
         Processed {
             finished_up_to,
             complete,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 3,
+            jitter: false,
+            ..RetryConfig::default()
+        }
+    }
+
+    #[test]
+    fn permanent_failures_are_dead_lettered_at_once() {
+        assert_eq!(
+            decide(&WorkerError::permanent("bad rule"), 1, &retry()),
+            Decision::DeadLetter
+        );
+    }
+
+    #[test]
+    fn retryable_failures_back_off_until_the_last_attempt() {
+        let r = retry();
+        assert!(matches!(
+            decide(&WorkerError::retryable("451"), 1, &r),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            decide(&WorkerError::retryable("451"), 2, &r),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            decide(&WorkerError::retryable("451"), 3, &r),
+            Decision::DeadLetter
+        );
+    }
+
+    #[test]
+    fn an_unavailable_dependency_is_waited_for_forever() {
+        let r = retry();
+        for attempts in [1, 3, 50, 10_000] {
+            assert!(
+                matches!(
+                    decide(&WorkerError::unavailable("redis", "READONLY"), attempts, &r),
+                    Decision::WaitForDependency(_)
+                ),
+                "attempt {attempts}"
+            );
         }
     }
 }

@@ -1,0 +1,141 @@
+//! What handling one batch has read and decided so far.
+//!
+//! Most events of a batch are not about recurring tasks, but every completion
+//! must be checked against what the worker remembers about its task, and each
+//! recurring one against its series' tombstone and last published occurrence.
+//! Reading those one event at a time would cost state-store round trips per
+//! completion, in sequence; instead they are read up front in two concurrent
+//! waves (task records, then the series they name), and later events see
+//! what earlier events of the same batch wrote. Partition order is kept: the
+//! view is the store as it would be at that event.
+
+use std::collections::HashMap;
+
+use pipelines::WorkerError;
+
+use super::directory::{Directory, TaskRecord};
+
+/// Task records and series state, as of the event being handled.
+#[derive(Debug, Default)]
+pub struct BatchView {
+    tasks: HashMap<String, Option<TaskRecord>>,
+    ended: HashMap<String, bool>,
+    /// Highest occurrence published (read) or planned (this batch) per series.
+    last: HashMap<String, u32>,
+}
+
+fn distinct(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl BatchView {
+    /// Reads the records of `task_ids` concurrently.
+    pub async fn prefetch_tasks(
+        &mut self,
+        dir: &Directory<'_>,
+        task_ids: Vec<String>,
+    ) -> Result<(), WorkerError> {
+        let ids = distinct(task_ids);
+        let records = futures::future::try_join_all(ids.iter().map(|id| dir.task(id))).await?;
+        self.tasks.extend(ids.into_iter().zip(records));
+        Ok(())
+    }
+
+    /// Reads the tombstones and last published numbers of `series` concurrently.
+    pub async fn prefetch_series(
+        &mut self,
+        dir: &Directory<'_>,
+        series: Vec<String>,
+    ) -> Result<(), WorkerError> {
+        let ids = distinct(series);
+        let (ended, last) = futures::future::try_join(
+            futures::future::try_join_all(ids.iter().map(|s| dir.is_ended(s))),
+            futures::future::try_join_all(ids.iter().map(|s| dir.last_published(s))),
+        )
+        .await?;
+        for ((id, e), l) in ids.into_iter().zip(ended).zip(last) {
+            self.ended.insert(id.clone(), e);
+            self.last.insert(id, l);
+        }
+        Ok(())
+    }
+
+    /// The task record as far as known (without reading the store).
+    pub fn known_task(&self, task_id: &str) -> Option<&TaskRecord> {
+        self.tasks.get(task_id).and_then(Option::as_ref)
+    }
+
+    pub async fn task(
+        &mut self,
+        dir: &Directory<'_>,
+        task_id: &str,
+    ) -> Result<Option<TaskRecord>, WorkerError> {
+        if let Some(known) = self.tasks.get(task_id) {
+            return Ok(known.clone());
+        }
+        let read = dir.task(task_id).await?;
+        self.tasks.insert(task_id.to_string(), read.clone());
+        Ok(read)
+    }
+
+    pub async fn remember(
+        &mut self,
+        dir: &Directory<'_>,
+        task_id: &str,
+        record: TaskRecord,
+    ) -> Result<(), WorkerError> {
+        dir.remember_task(task_id, &record).await?;
+        self.tasks.insert(task_id.to_string(), Some(record));
+        Ok(())
+    }
+
+    pub async fn forget(&mut self, dir: &Directory<'_>, task_id: &str) -> Result<(), WorkerError> {
+        dir.forget_task(task_id).await?;
+        self.tasks.insert(task_id.to_string(), None);
+        Ok(())
+    }
+
+    pub async fn is_ended(
+        &mut self,
+        dir: &Directory<'_>,
+        series: &str,
+    ) -> Result<bool, WorkerError> {
+        if let Some(e) = self.ended.get(series) {
+            return Ok(*e);
+        }
+        let e = dir.is_ended(series).await?;
+        self.ended.insert(series.to_string(), e);
+        Ok(e)
+    }
+
+    /// Writes the series' tombstone.
+    pub async fn end(
+        &mut self,
+        dir: &Directory<'_>,
+        series: &str,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        dir.end(series, reason).await?;
+        self.ended.insert(series.to_string(), true);
+        Ok(())
+    }
+
+    /// The highest occurrence of `series` published, or planned earlier in
+    /// this batch.
+    pub async fn last(&mut self, dir: &Directory<'_>, series: &str) -> Result<u32, WorkerError> {
+        if let Some(n) = self.last.get(series) {
+            return Ok(*n);
+        }
+        let n = dir.last_published(series).await?;
+        self.last.insert(series.to_string(), n);
+        Ok(n)
+    }
+
+    /// Occurrences up to `number` are planned in this batch (published and
+    /// recorded at its end).
+    pub fn set_planned(&mut self, series: &str, number: u32) {
+        self.last.insert(series.to_string(), number);
+    }
+}
