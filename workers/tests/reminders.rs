@@ -1,0 +1,563 @@
+//! The reminders worker end to end: the real binary on the mock Kafka
+//! cluster, a throwaway redis-server and a real SMTP server (aiosmtpd).
+//! Reminders are due a second or two after they are produced, so each test
+//! takes seconds of real time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use pipelines::kafka::mock::MockKafka;
+use pipelines::testing::smtp::{ReceivedMail, SmtpServer};
+use pipelines::testing::{free_port, read_topic, unique, RedisServer, TestProducer};
+use serde_json::json;
+
+mod common;
+use common::taskstream;
+
+const SECRET: &str = "0123456789abcdef-test-secret";
+
+struct Process(Child);
+
+impl Process {
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+    fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "taskstream did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Everything one test runs against.
+struct Env {
+    mock: MockKafka,
+    redis: RedisServer,
+    smtp: SmtpServer,
+    group: String,
+    logs: PathBuf,
+    producer: TestProducer,
+}
+
+impl Env {
+    fn start() -> Env {
+        let mock = MockKafka::start(1).unwrap();
+        mock.set_group_initial_rebalance_delay(Duration::ZERO);
+        for t in [
+            "reminders",
+            "task-events",
+            "user-events",
+            "notification-events",
+        ] {
+            mock.create_topic(t, 3).unwrap();
+        }
+        let logs = std::env::temp_dir().join(unique("reminders-logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let producer = TestProducer::new(mock.bootstrap_servers()).unwrap();
+        Env {
+            redis: RedisServer::start().unwrap(),
+            smtp: SmtpServer::start().unwrap(),
+            group: unique("reminders-e2e"),
+            logs,
+            producer,
+            mock,
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        self.mock.bootstrap_servers().to_string()
+    }
+
+    /// `taskstream run reminders`, relaying to `smtp_url`.
+    fn run(&self, name: &str, smtp_url: &str, port: u16, extra: &[(&str, &str)]) -> Process {
+        let log = std::fs::File::create(self.log(name)).unwrap();
+        let mut c = taskstream();
+        c.args(["run", "reminders"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap())
+            .env("REDIS_URL", self.redis.url())
+            .env("SMTP_URL", smtp_url)
+            .env("TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET", SECRET)
+            .env("TASKSTREAM_REMINDERS__SEND_TIMEOUT", "2s")
+            .env("TASKSTREAM_REMINDERS__CLAIM_LEASE", "4s")
+            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", &self.group)
+            .env("TASKSTREAM_KAFKA__SESSION_TIMEOUT", "3s")
+            .env("TASKSTREAM_RETRY__MAX_BACKOFF", "500ms")
+            .env("TASKSTREAM_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        Process(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+
+    fn logs_text(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.logs).unwrap().flatten() {
+            out += &format!("--- {}\n", e.path().display());
+            out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+        }
+        out
+    }
+
+    fn send(&self, topic: &str, key: &str, value: serde_json::Value) {
+        self.producer
+            .send(topic, key.as_bytes(), value.to_string().as_bytes())
+            .unwrap();
+    }
+
+    fn flush(&self) {
+        self.producer.flush().unwrap();
+    }
+
+    fn user(&self, user_id: &str, email: &str, tz: &str) {
+        self.send(
+            "user-events",
+            user_id,
+            json!({
+                "event_id": unique("user"),
+                "event_type": "user.created",
+                "timestamp": rfc3339(Utc::now()),
+                "data": {"user_id": user_id, "email": email, "name": "Ada Lovelace", "timezone": tz}
+            }),
+        );
+    }
+
+    fn request(&self, task_id: &str, user_id: &str, title: &str, in_ms: i64) {
+        let now = Utc::now();
+        self.send(
+            "reminders",
+            task_id,
+            json!({
+                "task_id": task_id,
+                "user_id": user_id,
+                "title": title,
+                "due_at": rfc3339(now + chrono::Duration::hours(1)),
+                "remind_at": rfc3339(now + chrono::Duration::milliseconds(in_ms)),
+                "notification_method": "email",
+                "created_at": rfc3339(now)
+            }),
+        );
+    }
+}
+
+fn rfc3339(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Sum of a metric's samples whose line contains `filter`, from `/metrics`.
+fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until `port` answers `/readyz` with 200 (the worker consumes).
+fn wait_ready(env: &Env, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(port, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready in time; logs:\n{}",
+            env.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Messages by subject, counting each.
+fn by_subject(mail: &[ReceivedMail]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for m in mail {
+        *out.entry(m.header("Subject").unwrap_or("").to_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn settle(env: &Env, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
+    let mail = env.smtp.wait_for_messages(n, timeout).unwrap();
+    // Anything extra (a duplicate) would arrive right after.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = mail;
+    env.smtp.messages().unwrap()
+}
+
+#[test]
+fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hostile_title_is_harmless(
+) {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let p = env.run("1", &env.smtp.url(), port, &[]);
+    wait_ready(&env, port);
+    env.user("u-ada", "ada@example.com", "Europe/Berlin");
+    env.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Utc::now();
+    env.request("task-1", "u-ada", "Pay the rent", 1500);
+    env.request(
+        "task-2",
+        "u-ada",
+        "Hi\r\nBcc: victim@example.com\r\n\r\n<script>alert(1)</script><b>bold</b>",
+        1500,
+    );
+    env.flush();
+
+    let mail = settle(&env, 2, Duration::from_secs(20));
+    assert_eq!(mail.len(), 2, "logs:\n{}", env.logs_text());
+    let rent = mail
+        .iter()
+        .find(|m| {
+            m.header("Subject")
+                .is_some_and(|s| s.contains("Pay the rent"))
+        })
+        .expect("the rent reminder");
+    assert_eq!(rent.recipients, vec!["ada@example.com".to_string()]);
+    assert!(rent.mail_from.contains("reminders@"), "{}", rent.mail_from);
+    let text = rent.part("text/plain").expect("a plain-text part");
+    assert!(text.contains("Pay the rent"), "{text}");
+    assert!(text.contains("/tasks/task-1"), "{text}");
+    assert!(
+        rent.header("Message-ID")
+            .is_some_and(|m| m.contains("reminder-")),
+        "a Message-ID derived from the reminder"
+    );
+    assert!(rent.header("List-Unsubscribe").is_some());
+    assert_eq!(
+        rent.header("List-Unsubscribe-Post"),
+        Some("List-Unsubscribe=One-Click")
+    );
+
+    let hostile = mail
+        .iter()
+        .find(|m| m.header("Subject").is_some_and(|s| s.contains("Bcc")))
+        .expect("the hostile reminder");
+    assert_eq!(
+        hostile.recipients,
+        vec!["ada@example.com".to_string()],
+        "no recipient added"
+    );
+    assert!(hostile.header("Bcc").is_none(), "no header added");
+    assert!(!hostile.header("Subject").unwrap().contains('\n'));
+    let html = hostile.part("text/html").expect("an HTML part");
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("&lt;script&gt;"), "{html}");
+
+    // Each outcome is published once, with the schedule and the actual time.
+    let events = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        2,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(e.header("event-type"), Some("notification.sent"));
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["user_id"], "u-ada");
+        assert_eq!(v["attributes"]["channel"], "email");
+        let scheduled: chrono::DateTime<Utc> = v["attributes"]["scheduled_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let actual: chrono::DateTime<Utc> = v["attributes"]["actual_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(actual >= scheduled && scheduled > started);
+        assert!(
+            (actual - scheduled).num_milliseconds() < 1000,
+            "sent on time: {v}"
+        );
+    }
+    assert_eq!(scrape(port, "taskstream_reminders_sent_total", ""), 2.0);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn completing_the_task_first_cancels_and_a_due_date_change_moves_it() {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let p = env.run("1", &env.smtp.url(), port, &[]);
+    wait_ready(&env, port);
+    env.user("u-bob", "bob@example.com", "America/New_York");
+    let now = Utc::now();
+    let task = |id: &str, kind: &str, title: &str, due_in_ms: i64| {
+        json!({
+            "event_id": unique("task"),
+            "event_type": kind,
+            "timestamp": rfc3339(Utc::now()),
+            "data": {
+                "task_id": id,
+                "user_id": "u-bob",
+                "title": title,
+                "due_date": rfc3339(now + chrono::Duration::milliseconds(due_in_ms)),
+                "reminder_offsets": ["-1s"]
+            }
+        })
+    };
+    // Cancelled: completed before its reminder (due in 3 s, reminder at 2 s).
+    env.send(
+        "task-events",
+        "t-cancel",
+        task("t-cancel", "task.created", "Cancelled one", 3000),
+    );
+    env.send(
+        "task-events",
+        "t-cancel",
+        json!({"event_id": unique("task"), "event_type": "task.completed", "timestamp": rfc3339(Utc::now()),
+               "data": {"task_id": "t-cancel", "user_id": "u-bob", "completed": true}}),
+    );
+    // Moved: due in a minute, then moved to 3.5 s from now.
+    env.send(
+        "task-events",
+        "t-move",
+        task("t-move", "task.created", "Moved one", 60_000),
+    );
+    env.send(
+        "task-events",
+        "t-move",
+        task("t-move", "task.updated", "Moved one", 3500),
+    );
+    env.flush();
+
+    let mail = settle(&env, 1, Duration::from_secs(20));
+    let subjects = by_subject(&mail);
+    assert_eq!(
+        subjects.len(),
+        1,
+        "{subjects:?}; logs:\n{}",
+        env.logs_text()
+    );
+    let (subject, n) = subjects.iter().next().unwrap();
+    assert!(subject.contains("Moved one"), "{subject}");
+    assert_eq!(*n, 1);
+    assert!(
+        Utc::now() - now < chrono::Duration::seconds(20),
+        "the moved reminder did not wait for the old due date"
+    );
+    // Wait past the cancelled reminder's time: still nothing for it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!by_subject(&env.smtp.messages().unwrap())
+        .keys()
+        .any(|s| s.contains("Cancelled")));
+    assert!(scrape(port, "taskstream_reminders_cancelled_total", "") >= 2.0);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn two_replicas_and_a_rebalance_send_each_reminder_once() {
+    let env = Env::start();
+    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
+    let a = env.run("a", &env.smtp.url(), pa, &[]);
+    let b = env.run("b", &env.smtp.url(), pb, &[]);
+    wait_ready(&env, pa);
+    wait_ready(&env, pb);
+    env.user("u-cy", "cy@example.com", "UTC");
+    env.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    // 30 reminders spread over every partition, due over the next 4 s.
+    for i in 0..30 {
+        env.request(
+            &format!("t-{i}"),
+            "u-cy",
+            &format!("Reminder {i}"),
+            1500 + 100 * i,
+        );
+    }
+    env.flush();
+    // B leaves mid-way: its partitions (and shards) move to A.
+    std::thread::sleep(Duration::from_millis(2000));
+    b.signal(libc::SIGTERM);
+    assert!(b.wait(Duration::from_secs(30)).success());
+
+    let mail = settle(&env, 30, Duration::from_secs(30));
+    let subjects = by_subject(&mail);
+    assert_eq!(
+        subjects.len(),
+        30,
+        "{subjects:?}; logs:\n{}",
+        env.logs_text()
+    );
+    assert!(subjects.values().all(|n| *n == 1), "{subjects:?}");
+    assert_eq!(mail.len(), 30);
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(30)).success());
+}
+
+/// A relay that accepts connections and never answers: a send hangs there
+/// until `send_timeout`, so a test can kill the worker mid-delivery.
+fn black_hole() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_worker_killed_after_claiming_sends_once_after_restart() {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let (hole, connections) = black_hole();
+    let slow = [
+        ("TASKSTREAM_REMINDERS__SEND_TIMEOUT", "20s"),
+        ("TASKSTREAM_REMINDERS__CLAIM_LEASE", "30s"),
+    ];
+    let p = env.run("1", &format!("smtp://127.0.0.1:{hole}"), port, &slow);
+    // The readiness probe connects to the black hole too: wait for the
+    // consumer by the handled-events metric instead.
+    env.user("u-dee", "dee@example.com", "UTC");
+    env.flush();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(port, "taskstream_messages_handled_total", "") < 1.0 {
+        assert!(Instant::now() < deadline, "logs:\n{}", env.logs_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = connections.load(std::sync::atomic::Ordering::SeqCst);
+    env.request("t-kill", "u-dee", "Survives a crash", 500);
+    env.flush();
+    // Claimed and stuck in delivery: a new connection to the black hole
+    // beyond the probe's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(port, "taskstream_messages_handled_total", "") < 2.0
+        || connections.load(std::sync::atomic::Ordering::SeqCst) <= before
+    {
+        assert!(Instant::now() < deadline, "logs:\n{}", env.logs_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    p.signal(libc::SIGKILL);
+    p.wait(Duration::from_secs(10));
+    assert!(env.smtp.messages().unwrap().is_empty());
+
+    // Restarted against the real relay with a short lease: the claim of
+    // the dead process runs out (30 s lease from the claim), then it is sent
+    // once. The lease is the dead process's, so wait it out.
+    let port = free_port().unwrap();
+    let p = env.run("2", &env.smtp.url(), port, &[]);
+    let mail = settle(&env, 1, Duration::from_secs(45));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
+    assert!(mail[0]
+        .header("Subject")
+        .unwrap()
+        .contains("Survives a crash"));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn smtp_down_for_ten_seconds_delivers_late_but_once_and_readyz_is_503_meanwhile() {
+    let mut env = Env::start();
+    let port = free_port().unwrap();
+    let p = env.run("1", &env.smtp.url(), port, &[]);
+    wait_ready(&env, port);
+    env.user("u-eve", "eve@example.com", "UTC");
+    env.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    env.smtp.stop();
+    for i in 0..5 {
+        env.request(&format!("t-{i}"), "u-eve", &format!("Outage {i}"), 500);
+    }
+    env.flush();
+    let down_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(port, "/readyz") != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready while the relay is down; logs:\n{}",
+            env.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down_at.elapsed()));
+    assert_eq!(http_status(port, "/readyz"), Some(503));
+    env.smtp.restart().unwrap();
+
+    let mail = settle(&env, 5, Duration::from_secs(30));
+    let subjects = by_subject(&mail);
+    assert_eq!(
+        subjects.len(),
+        5,
+        "{subjects:?}; logs:\n{}",
+        env.logs_text()
+    );
+    assert!(subjects.values().all(|n| *n == 1), "{subjects:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(port, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "ready again once the relay is back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(scrape(port, "taskstream_reminders_missed_total", "") <= 0.0);
+    let events = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        5,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 5);
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["type"], "notification.sent");
+        assert!(
+            v["attributes"]["lateness_ms"].as_i64().unwrap() > 5000,
+            "delivered late, after the outage: {v}"
+        );
+    }
+    assert!(scrape(port, "taskstream_dead_letters_total", "") <= 0.0);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
