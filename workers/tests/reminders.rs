@@ -9,7 +9,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use pipelines::config::RedisConfig;
 use pipelines::kafka::mock::MockKafka;
+use pipelines::state::{RedisStore, ScoreBound, ScoreRange, StateStore};
 use pipelines::testing::smtp::{ReceivedMail, SmtpServer};
 use pipelines::testing::{free_port, read_topic, unique, RedisServer, TestProducer};
 use serde_json::json;
@@ -429,29 +431,26 @@ fn two_replicas_and_a_rebalance_send_each_reminder_once() {
 
 /// A relay that accepts connections and never answers: a send hangs there
 /// until `send_timeout`, so a test can kill the worker mid-delivery.
-fn black_hole() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+fn black_hole() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let s = seen.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for c in listener.incoming().flatten() {
-            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(c);
         }
     });
-    (port, seen)
+    port
 }
 
 #[test]
 fn a_worker_killed_after_claiming_sends_once_after_restart() {
     let env = Env::start();
     let port = free_port().unwrap();
-    let (hole, connections) = black_hole();
+    let hole = black_hole();
     let slow = [
-        ("TASKSTREAM_REMINDERS__SEND_TIMEOUT", "20s"),
-        ("TASKSTREAM_REMINDERS__CLAIM_LEASE", "30s"),
+        ("TASKSTREAM_REMINDERS__SEND_TIMEOUT", "5s"),
+        ("TASKSTREAM_REMINDERS__CLAIM_LEASE", "6s"),
     ];
     let p = env.run("1", &format!("smtp://127.0.0.1:{hole}"), port, &slow);
     // The readiness probe connects to the black hole too: wait for the
@@ -463,16 +462,42 @@ fn a_worker_killed_after_claiming_sends_once_after_restart() {
         assert!(Instant::now() < deadline, "logs:\n{}", env.logs_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = connections.load(std::sync::atomic::Ordering::SeqCst);
     env.request("t-kill", "u-dee", "Survives a crash", 500);
     env.flush();
-    // Claimed and stuck in delivery: a new connection to the black hole
-    // beyond the probe's.
+    // Wait until it is claimed: its member re-scored to the lease (6 s
+    // after the claim, well past its fire time), while delivery hangs.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(RedisStore::connect(&RedisConfig {
+            url: env.redis.url(),
+            ..RedisConfig::default()
+        }))
+        .unwrap();
+    let claimed = |store: &RedisStore| {
+        (0..3).any(|p| {
+            let members = rt
+                .block_on(store.zrange(
+                    &format!("reminders:due:reminders:{p}"),
+                    ScoreRange {
+                        min: ScoreBound::Unbounded,
+                        max: ScoreBound::Unbounded,
+                        offset: 0,
+                        limit: 10,
+                    },
+                ))
+                .unwrap();
+            members
+                .iter()
+                .any(|m| m.score > (Utc::now().timestamp_millis() + 3000) as f64)
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while scrape(port, "taskstream_messages_handled_total", "") < 2.0
-        || connections.load(std::sync::atomic::Ordering::SeqCst) <= before
-    {
-        assert!(Instant::now() < deadline, "logs:\n{}", env.logs_text());
+    while !claimed(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "never claimed; logs:\n{}",
+            env.logs_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(1000));
@@ -480,9 +505,8 @@ fn a_worker_killed_after_claiming_sends_once_after_restart() {
     p.wait(Duration::from_secs(10));
     assert!(env.smtp.messages().unwrap().is_empty());
 
-    // Restarted against the real relay with a short lease: the claim of
-    // the dead process runs out (30 s lease from the claim), then it is sent
-    // once. The lease is the dead process's, so wait it out.
+    // Restarted against the real relay: the dead process's claim runs out
+    // (6 s from the claim), then the reminder is sent, once.
     let port = free_port().unwrap();
     let p = env.run("2", &env.smtp.url(), port, &[]);
     let mail = settle(&env, 1, Duration::from_secs(45));
