@@ -585,3 +585,214 @@ fn smtp_down_for_ten_seconds_delivers_late_but_once_and_readyz_is_503_meanwhile(
     p.signal(libc::SIGTERM);
     assert!(p.wait(Duration::from_secs(30)).success());
 }
+
+// ------------------------------------------------- in process, manual clock
+
+/// The worker in this process on the pipeline's runtime with a manual
+/// clock, so days pass in milliseconds: the same Kafka, Redis and SMTP as
+/// the binary tests.
+struct InProcess {
+    hand: std::sync::Arc<pipelines::clock::ManualClock>,
+    store: RedisStore,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), pipelines::runtime::RuntimeError>>,
+}
+
+impl InProcess {
+    async fn start(env: &Env, start: chrono::DateTime<Utc>) -> InProcess {
+        use taskstream::reminders::config::{RemindersConfig, Secret};
+        use taskstream::reminders::mailer::Mailer;
+        let mut config = pipelines::testing::test_config(&env.bootstrap(), &env.redis.url());
+        config.kafka.session_timeout = Duration::from_secs(3);
+        let store = RedisStore::connect(&config.redis).await.unwrap();
+        let reminders = RemindersConfig {
+            unsubscribe_secret: Secret::new(SECRET),
+            ..RemindersConfig::default()
+        };
+        let mailer = Mailer::from_config(&reminders, &env.smtp.url()).unwrap();
+        let worker = std::sync::Arc::new(taskstream::reminders::RemindersWorker::new(
+            mailer, None, reminders,
+        ));
+        let (clock, hand) = pipelines::Clock::manual(start);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let rt = pipelines::Runtime::new(config, shutdown.clone())
+            .await
+            .unwrap()
+            .with_clock(clock);
+        let task = tokio::spawn(async move { rt.run(vec![worker]).await });
+        InProcess {
+            hand,
+            store,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits until `key` exists in the worker's store (an event was handled).
+    async fn wait_key(&self, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let there = if key.starts_with("reminders:task:") {
+                !self.store.hget_all(key).await.unwrap().is_empty()
+            } else {
+                self.store.get(key).await.unwrap().is_some()
+            };
+            if there {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{key} never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn at(s: &str) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+async fn mail_after(env: &Env, n: usize, wait: Duration) -> Vec<ReceivedMail> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let m = env.smtp.messages().unwrap();
+        if m.len() >= n || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dst_change_between_scheduling_and_firing_keeps_the_users_wall_time() {
+    let env = Env::start();
+    // Friday 2026-03-27, 13:00 in Berlin; DST starts Sunday 02:00.
+    let w = InProcess::start(&env, at("2026-03-27T12:00:00Z")).await;
+    let user = |id: &str, tz: &str| {
+        json!({"event_id": unique("u"), "event_type": "user.created", "timestamp": "2026-03-27T12:00:00Z",
+               "data": {"user_id": id, "email": format!("{id}@example.com"), "timezone": tz}})
+    };
+    env.send("user-events", "berlin", user("berlin", "Europe/Berlin"));
+    env.flush();
+    w.wait_key("reminders:user:berlin").await;
+    // Due Monday 09:00 Berlin (CEST, 07:00 UTC), remind two days before:
+    // Saturday 09:00 Berlin, still CET, so 08:00 UTC (47 real hours before,
+    // not 48).
+    env.send(
+        "task-events",
+        "dst-task",
+        json!({"event_id": unique("t"), "event_type": "task.created", "timestamp": "2026-03-27T12:00:00Z",
+               "data": {"task_id": "dst-task", "user_id": "berlin", "title": "Monday meeting",
+                        "due_date": "2026-03-30T07:00:00Z", "reminder_offsets": ["-2d"]}}),
+    );
+    // A request written in naive local time: 09:00 on Sunday in the
+    // user's zone (CEST: 07:00 UTC), not 09:00 UTC.
+    env.send(
+        "reminders",
+        "naive-task",
+        json!({"task_id": "naive-task", "user_id": "berlin", "title": "Sunday call",
+               "remind_at": "2026-03-29T09:00:00", "notification_method": "email",
+               "created_at": "2026-03-27T12:00:00Z"}),
+    );
+    env.flush();
+    w.wait_key("reminders:task:dst-task").await;
+    w.wait_key("reminders:task:naive-task").await;
+
+    // Saturday 07:59:59.900 UTC = 08:59:59.9 CET: nothing yet.
+    w.hand.set(at("2026-03-28T07:59:59.900Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.smtp.messages().unwrap().is_empty());
+    // 09:00 CET Saturday = 08:00 UTC: two days before Monday 09:00 in wall
+    // time, 47 real hours.
+    w.hand.set(at("2026-03-28T08:00:00Z"));
+    let m = mail_after(&env, 1, Duration::from_secs(10)).await;
+    assert_eq!(m.len(), 1);
+    assert!(m[0].header("Subject").unwrap().contains("Monday meeting"));
+    // The body shows the due time in the user's wall time.
+    assert!(
+        m[0].part("text/plain").unwrap().contains("09:00"),
+        "{}",
+        m[0].part("text/plain").unwrap()
+    );
+
+    // Sunday 06:59:59.9 UTC: the naive 09:00 is not 09:00 UTC...
+    w.hand.set(at("2026-03-29T06:59:59.900Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.smtp.messages().unwrap().len(), 1);
+    // ...but 09:00 CEST.
+    w.hand.set(at("2026-03-29T07:00:00Z"));
+    let m = mail_after(&env, 2, Duration::from_secs(10)).await;
+    assert_eq!(m.len(), 2);
+    assert!(m[1].header("Subject").unwrap().contains("Sunday call"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_hours_hold_a_reminder_and_one_later_than_max_lateness_is_recorded_missed() {
+    let env = Env::start();
+    let w = InProcess::start(&env, at("2026-06-10T21:00:00Z")).await;
+    env.send(
+        "user-events",
+        "night",
+        json!({"event_id": unique("u"), "event_type": "user.created", "timestamp": "2026-06-10T21:00:00Z",
+               "data": {"user_id": "night", "email": "night@example.com", "timezone": "Europe/Berlin",
+                        "preferences": {"quiet_hours": {"start": "22:00", "end": "07:00"}}}}),
+    );
+    env.flush();
+    w.wait_key("reminders:user:night").await;
+    let request = |task: &str, title: &str, remind_at: &str| {
+        json!({"task_id": task, "user_id": "night", "title": title, "remind_at": remind_at,
+               "notification_method": "email", "created_at": "2026-06-10T19:00:00Z"})
+    };
+    // 23:30 Berlin (CEST): inside quiet hours, held to 07:00 Berlin.
+    env.send(
+        "reminders",
+        "q",
+        request("q", "Quiet one", "2026-06-10T21:30:00Z"),
+    );
+    // Two hours before "now" (the worker was down): later than max_lateness.
+    env.send(
+        "reminders",
+        "m",
+        request("m", "Missed one", "2026-06-10T19:00:00Z"),
+    );
+    env.flush();
+    w.wait_key("reminders:task:q").await;
+
+    let events = tokio::task::spawn_blocking({
+        let b = env.bootstrap();
+        move || read_topic(&b, "notification-events", 1, Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(events.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&events[0].payload).unwrap();
+    assert_eq!(v["type"], "notification.missed");
+    assert_eq!(v["task_id"], "m");
+
+    w.hand.set(at("2026-06-10T21:30:00Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.hand.set(at("2026-06-11T04:59:59Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.smtp.messages().unwrap().is_empty(),
+        "nothing during quiet hours, and nothing for the missed one"
+    );
+    w.hand.set(at("2026-06-11T05:00:00Z"));
+    let m = mail_after(&env, 1, Duration::from_secs(10)).await;
+    assert_eq!(m.len(), 1);
+    assert!(m[0].header("Subject").unwrap().contains("Quiet one"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.smtp.messages().unwrap().len(), 1);
+    w.stop().await;
+}
