@@ -796,3 +796,84 @@ async fn quiet_hours_hold_a_reminder_and_one_later_than_max_lateness_is_recorded
     assert_eq!(env.smtp.messages().unwrap().len(), 1);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_traveller_s_new_time_zone_moves_reminders_set_in_local_time() {
+    let env = Env::start();
+    let w = InProcess::start(&env, at("2026-06-10T06:00:00Z")).await;
+    let user = |tz: &str, kind: &str| {
+        json!({"event_id": unique("u"), "event_type": kind, "timestamp": "2026-06-10T06:00:00Z",
+               "data": {"user_id": "trav", "email": "trav@example.com", "timezone": tz}})
+    };
+    env.send("user-events", "trav", user("Europe/Berlin", "user.created"));
+    env.flush();
+    w.wait_key("reminders:user:trav").await;
+    // 09:00 wherever the user is, written without a zone.
+    env.send(
+        "reminders",
+        "trip",
+        json!({"task_id": "trip", "user_id": "trav", "title": "Morning check-in",
+               "remind_at": "2026-06-11T09:00:00", "notification_method": "email",
+               "created_at": "2026-06-10T06:00:00Z"}),
+    );
+    env.flush();
+    w.wait_key("reminders:task:trip").await;
+    // The user flies to New York: 09:00 there is 13:00 UTC, not 07:00 UTC.
+    env.send(
+        "user-events",
+        "trav",
+        user("America/New_York", "user.updated"),
+    );
+    env.flush();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let first = w
+            .store
+            .zrange(
+                "reminders:due:reminders:0",
+                ScoreRange {
+                    min: ScoreBound::Unbounded,
+                    max: ScoreBound::Unbounded,
+                    offset: 0,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let mut all = first;
+        for p in 1..3 {
+            all.extend(
+                w.store
+                    .zrange(
+                        &format!("reminders:due:reminders:{p}"),
+                        ScoreRange {
+                            min: ScoreBound::Unbounded,
+                            max: ScoreBound::Unbounded,
+                            offset: 0,
+                            limit: 10,
+                        },
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let moved =
+            all.len() == 1 && all[0].score == at("2026-06-11T13:00:00Z").timestamp_millis() as f64;
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not moved: {all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.hand.set(at("2026-06-11T07:00:00Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.smtp.messages().unwrap().is_empty(),
+        "not at 09:00 Berlin"
+    );
+    w.hand.set(at("2026-06-11T13:00:00Z"));
+    let m = mail_after(&env, 1, Duration::from_secs(10)).await;
+    assert_eq!(m.len(), 1);
+    assert!(m[0].header("Subject").unwrap().contains("Morning check-in"));
+    w.stop().await;
+}

@@ -10,6 +10,8 @@
 //! - `reminders:reminder:{id}`: the reminder's payload (JSON);
 //! - `reminders:task:{task_id}`: hash reminder id -> shard, so a completed or
 //!   deleted task cancels every pending reminder of it, in any shard;
+//! - `reminders:user-pending:{user_id}`: hash reminder id -> task id, so a
+//!   user's new time zone reschedules their reminders set in local time;
 //! - `reminders:sent:{id}`: the sent mark (id = task, nominal fire time and
 //!   channel), holding the outcome; set with the payload's removal in one
 //!   atomic update, kept for [`SENT_MARK_TTL`].
@@ -47,6 +49,23 @@ pub enum Origin {
     Request,
 }
 
+/// Where the zone of a reminder's wall time came from, which decides what
+/// a user's new time zone does to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneSource {
+    /// The producer named the zone, or the time is a fixed instant: a new
+    /// user zone changes nothing.
+    #[default]
+    Producer,
+    /// A fixed due instant read in the user's zone: the due instant stays,
+    /// offsets are re-applied in the new zone's wall time.
+    UserInstant,
+    /// A naive wall time read in the user's zone: the wall time stays (09:00
+    /// stays 09:00 where the user now is).
+    UserLocal,
+}
+
 /// One pending reminder, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReminder {
@@ -58,11 +77,14 @@ pub struct StoredReminder {
     pub description: Option<String>,
     #[serde(default)]
     pub due_at: Option<DateTime<Utc>>,
-    /// The due wall time and zone the rule was applied in.
+    /// The wall time and zone the rule is anchored to: the due time, or
+    /// the requested time of a request written in naive local time.
     #[serde(default)]
     pub due_local: Option<chrono::NaiveDateTime>,
     #[serde(default)]
     pub due_tz: Option<String>,
+    #[serde(default)]
+    pub zone: ZoneSource,
     pub rule: ReminderRule,
     /// The planned fire time (before any quiet-hours hold): part of the id.
     pub nominal_at: DateTime<Utc>,
@@ -134,6 +156,10 @@ impl ReminderSchedule {
         format!("reminders:task:{task_id}")
     }
 
+    pub fn user_key(user_id: &str) -> String {
+        format!("reminders:user-pending:{user_id}")
+    }
+
     pub fn sent_key(reminder_id: &str) -> String {
         format!("reminders:sent:{reminder_id}")
     }
@@ -155,12 +181,17 @@ impl ReminderSchedule {
                 key: Self::task_key(&r.task_id),
                 fields: vec![(r.reminder_id.clone(), r.shard.clone().into_bytes())],
             },
+            StateOp::HashSet {
+                key: Self::user_key(&r.user_id),
+                fields: vec![(r.reminder_id.clone(), r.task_id.clone().into_bytes())],
+            },
         ]
     }
 
-    /// The ops that cancel pending reminder `id` of `task_id` in `shard`.
-    pub fn cancel_ops(task_id: &str, id: &str, shard: &str) -> Vec<StateOp> {
-        vec![
+    /// The ops that cancel pending reminder `id` of `task_id` in `shard`
+    /// (and of `user_id`, when its payload said whose it was).
+    pub fn cancel_ops(task_id: &str, id: &str, shard: &str, user_id: Option<&str>) -> Vec<StateOp> {
+        let mut ops = vec![
             StateOp::ZRem {
                 key: shard.to_owned(),
                 member: id.to_owned(),
@@ -172,7 +203,29 @@ impl ReminderSchedule {
                 key: Self::task_key(task_id),
                 fields: vec![id.to_owned()],
             },
-        ]
+        ];
+        if let Some(u) = user_id {
+            ops.push(StateOp::HashDelete {
+                key: Self::user_key(u),
+                fields: vec![id.to_owned()],
+            });
+        }
+        ops
+    }
+
+    /// Every pending reminder of a user: (id, task id). May name reminders
+    /// already gone (cancelled without their payload): check the payload.
+    pub async fn pending_of_user(
+        &self,
+        store: &dyn StateStore,
+        user_id: &str,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        Ok(store
+            .hget_all(&Self::user_key(user_id))
+            .await?
+            .into_iter()
+            .map(|(id, task)| (id, String::from_utf8_lossy(&task).into_owned()))
+            .collect())
     }
 
     /// Every pending reminder of a task: (id, shard).
@@ -241,7 +294,8 @@ impl ReminderSchedule {
 
     /// The ops that record a fired reminder: the sent mark, and the payload
     /// and task-index entry gone. Applied atomically.
-    pub fn finish_ops(task_id: &str, reminder_id: &str, record: &FiredRecord) -> Vec<StateOp> {
+    pub fn finish_ops(reminder_id: &str, record: &FiredRecord) -> Vec<StateOp> {
+        let task_id = &record.task_id;
         vec![
             StateOp::Set {
                 key: Self::sent_key(reminder_id),
@@ -253,6 +307,10 @@ impl ReminderSchedule {
             },
             StateOp::HashDelete {
                 key: Self::task_key(task_id),
+                fields: vec![reminder_id.to_owned()],
+            },
+            StateOp::HashDelete {
+                key: Self::user_key(&record.user_id),
                 fields: vec![reminder_id.to_owned()],
             },
         ]
@@ -318,6 +376,7 @@ mod tests {
             due_at: None,
             due_local: None,
             due_tz: None,
+            zone: ZoneSource::Producer,
             rule: ReminderRule::At { at },
             nominal_at: at,
             channel: Channel::Email,
@@ -385,7 +444,7 @@ mod tests {
             message_id: None,
         };
         store
-            .apply(&ReminderSchedule::finish_ops("t1", "r1", &record))
+            .apply(&ReminderSchedule::finish_ops("r1", &record))
             .await
             .unwrap();
         assert!(s.ack(&store, &shard, "r1", lease(now)).await.unwrap());
@@ -393,6 +452,7 @@ mod tests {
         assert_eq!(s.fired(&store, "r1").await.unwrap(), Some(record));
         assert!(s.load(&store, "r1").await.unwrap().is_none());
         assert!(s.pending_of_task(&store, "t1").await.unwrap().is_empty());
+        assert!(s.pending_of_user(&store, "u1").await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -451,7 +511,7 @@ mod tests {
         assert_eq!(pending.len(), 2);
         let ops: Vec<StateOp> = pending
             .iter()
-            .flat_map(|(id, shard)| ReminderSchedule::cancel_ops("t1", id, shard))
+            .flat_map(|(id, shard)| ReminderSchedule::cancel_ops("t1", id, shard, Some("u1")))
             .collect();
         store.apply(&ops).await.unwrap();
         assert_eq!(s.pending(&store, &a).await.unwrap(), 0);

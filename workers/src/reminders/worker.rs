@@ -36,9 +36,9 @@ use super::notification::{
 use super::outcome::outcome_event;
 use super::planner::{
     at_fire_time, due_wall, fire_time, plan_task, reminder_id, request_times, rule_for_request,
-    Firing, TaskReminderSettings,
+    DueWall, Firing, TaskReminderSettings,
 };
-use super::schedule::{Claimed, FiredRecord, Origin, ReminderSchedule, StoredReminder};
+use super::schedule::{Claimed, FiredRecord, Origin, ReminderSchedule, StoredReminder, ZoneSource};
 use super::webhook::Webhook;
 
 /// Most reminders claimed by one claim (one tick claims again while more are due).
@@ -89,13 +89,49 @@ impl RemindersWorker {
 
     // ------------------------------------------------------------ handling
 
+    /// Keeps the directory; a new time zone reschedules the user's pending
+    /// reminders that were set in the user's local time.
     async fn handle_user(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
-        let (_, op) = self
+        let old_tz = match event.event.user_id.as_deref() {
+            Some(u) => Some(self.user(ctx, u).await?.tz()),
+            None => None,
+        };
+        let (record, op) = self
             .directory
             .updated(ctx.state(), &event.event)
             .await?
             .map_err(WorkerError::permanent)?;
-        ctx.apply_for(event, vec![op]).await?;
+        let mut ops = vec![op];
+        let mut wakes = Vec::new();
+        if old_tz.is_some_and(|t| t != record.tz()) {
+            for (id, task_id) in self
+                .schedule
+                .pending_of_user(ctx.state(), &record.user_id)
+                .await?
+            {
+                let Some(r) = self.schedule.load(ctx.state(), &id).await? else {
+                    ops.push(StateOp::HashDelete {
+                        key: ReminderSchedule::user_key(&record.user_id),
+                        fields: vec![id],
+                    });
+                    continue;
+                };
+                if let Some(moved) = rezone(&r, record.tz()) {
+                    ops.extend(ReminderSchedule::cancel_ops(
+                        &task_id,
+                        &id,
+                        &r.shard,
+                        Some(&r.user_id),
+                    ));
+                    ops.extend(ReminderSchedule::schedule_ops(&moved, moved.nominal_at));
+                    wakes.push((moved.shard.clone(), moved.nominal_at));
+                }
+            }
+        }
+        ctx.apply_for(event, ops).await?;
+        for (shard, at) in wakes {
+            ctx.wake_timer_at_shard(&shard, at);
+        }
         Ok(Outcome::Done)
     }
 
@@ -128,8 +164,23 @@ impl RemindersWorker {
             req.due_at,
             user_tz,
         );
-        let rule = rule_for_request(remind_at, due);
-        let fire_at = fire_time(rule, due).unwrap_or(remind_at);
+        // A naive wall time is anchored where it was written, so a new user
+        // zone can re-read it; without a due time the anchor is the
+        // requested time itself.
+        let (zone, anchor) = match (&req.remind_local, due) {
+            (Some(l), d) if l.timezone.is_none() => (
+                ZoneSource::UserLocal,
+                d.or(Some(DueWall {
+                    local: l.local,
+                    tz: user_tz,
+                })),
+            ),
+            (Some(_), d) => (ZoneSource::Producer, d),
+            (None, Some(d)) => (ZoneSource::UserInstant, Some(d)),
+            (None, None) => (ZoneSource::Producer, None),
+        };
+        let rule = rule_for_request(remind_at, anchor);
+        let fire_at = fire_time(rule, anchor).unwrap_or(remind_at);
         let r = StoredReminder {
             reminder_id: reminder_id(task_id, fire_at, channel),
             task_id: task_id.clone(),
@@ -137,8 +188,9 @@ impl RemindersWorker {
             title: req.title.clone().unwrap_or_default(),
             description: text_attribute(e, "description"),
             due_at: due.map(|d| d.instant()),
-            due_local: due.map(|d| d.local),
-            due_tz: due.map(|d| d.tz.name().to_owned()),
+            due_local: anchor.map(|d| d.local),
+            due_tz: anchor.map(|d| d.tz.name().to_owned()),
+            zone,
             rule,
             nominal_at: fire_at,
             channel,
@@ -182,6 +234,11 @@ impl RemindersWorker {
         };
         let user = self.user(ctx, user_id).await?;
         let due = due_wall(due_at, snapshot.due_local.as_ref(), user.tz());
+        let zone = match &snapshot.due_local {
+            Some(l) if l.timezone.is_some() => ZoneSource::Producer,
+            Some(_) => ZoneSource::UserLocal,
+            None => ZoneSource::UserInstant,
+        };
         let due_at = due.instant();
         let shard = ReminderSchedule::shard_key(&event.source.topic, event.source.partition);
         let pending = self.pending(ctx, task_id).await?;
@@ -208,6 +265,7 @@ impl RemindersWorker {
             due_at: Some(due_at),
             due_local: Some(due.local),
             due_tz: Some(due.tz.name().to_owned()),
+            zone,
             rule,
             nominal_at: fire_at,
             channel,
@@ -239,9 +297,10 @@ impl RemindersWorker {
         }
         let mut ops: Vec<StateOp> = Vec::new();
         let mut cancelled = 0;
-        for (id, old_shard, _) in &pending {
+        for (id, old_shard, r) in &pending {
             if !keep.iter().any(|k| &k.reminder_id == id) {
-                ops.extend(ReminderSchedule::cancel_ops(task_id, id, old_shard));
+                let user = r.as_ref().map(|r| r.user_id.as_str());
+                ops.extend(ReminderSchedule::cancel_ops(task_id, id, old_shard, user));
                 cancelled += 1;
             }
         }
@@ -283,10 +342,13 @@ impl RemindersWorker {
         ctx: &Ctx,
         task_id: &str,
     ) -> Result<Outcome, WorkerError> {
-        let pending = self.schedule.pending_of_task(ctx.state(), task_id).await?;
+        let pending = self.pending(ctx, task_id).await?;
         let ops: Vec<StateOp> = pending
             .iter()
-            .flat_map(|(id, shard)| ReminderSchedule::cancel_ops(task_id, id, shard))
+            .flat_map(|(id, shard, r)| {
+                let user = r.as_ref().map(|r| r.user_id.as_str());
+                ReminderSchedule::cancel_ops(task_id, id, shard, user)
+            })
             .collect();
         ctx.apply_for(event, ops).await?;
         metrics::cancelled(pending.len());
@@ -405,7 +467,7 @@ impl RemindersWorker {
             },
         };
         store
-            .apply(&ReminderSchedule::finish_ops(&r.task_id, id, &fired))
+            .apply(&ReminderSchedule::finish_ops(id, &fired))
             .await?;
         self.publish(ctx, &fired).await?;
         self.schedule.ack(store, shard, id, lease_until).await?;
@@ -451,6 +513,32 @@ impl RemindersWorker {
         let topic = &ctx.config().topics.notification_events;
         ctx.publish_event(&outcome_event(topic, record)).await
     }
+}
+
+/// `r` re-planned for a user now in `tz`, when its wall time was the
+/// user's (see [`ZoneSource`]) and its fire time changes.
+fn rezone(r: &StoredReminder, tz: chrono_tz::Tz) -> Option<StoredReminder> {
+    let due = match r.zone {
+        ZoneSource::Producer => return None,
+        ZoneSource::UserLocal => DueWall {
+            local: r.due_local?,
+            tz,
+        },
+        ZoneSource::UserInstant => DueWall::of(r.due_at?, tz),
+    };
+    let fire_at = fire_time(r.rule, Some(due))?;
+    if fire_at == r.nominal_at {
+        return None;
+    }
+    let mut moved = r.clone();
+    moved.reminder_id = reminder_id(&r.task_id, fire_at, r.channel);
+    moved.nominal_at = fire_at;
+    moved.due_local = Some(due.local);
+    moved.due_tz = Some(tz.name().to_owned());
+    if r.zone == ZoneSource::UserLocal && r.due_at.is_some() {
+        moved.due_at = Some(due.instant());
+    }
+    Some(moved)
 }
 
 /// Completed, deleted or archived: every pending reminder goes.
