@@ -13,6 +13,7 @@
 //! - [`config`] (`[reminders]`) and [`metrics`].
 
 pub mod config;
+pub mod demo;
 pub mod directory;
 pub mod mailer;
 pub mod metrics;

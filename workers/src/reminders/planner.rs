@@ -46,9 +46,9 @@ pub enum PlanError {
 pub enum ReminderRule {
     /// A fixed instant (a reminder request without a due time).
     At { at: DateTime<Utc> },
-    /// Seconds relative to the due time, in the user's wall-clock time
+    /// Milliseconds relative to the due time, in the user's wall-clock time
     /// (negative: before). Moves when the due time moves.
-    FromDue { offset_seconds: i64 },
+    FromDue { offset_ms: i64 },
 }
 
 /// The due time as the user meant it: a wall time in a zone.
@@ -123,10 +123,10 @@ pub fn request_times(
 pub fn fire_time(rule: ReminderRule, due: Option<DueWall>) -> Option<DateTime<Utc>> {
     match rule {
         ReminderRule::At { at } => Some(at),
-        ReminderRule::FromDue { offset_seconds } => {
+        ReminderRule::FromDue { offset_ms } => {
             let due = due?;
             Some(resolve(
-                due.local + TimeDelta::seconds(offset_seconds),
+                due.local + TimeDelta::milliseconds(offset_ms),
                 due.tz,
             ))
         }
@@ -140,7 +140,7 @@ pub fn rule_for_request(remind_at: DateTime<Utc>, due: Option<DueWall>) -> Remin
         Some(d) => {
             let remind_wall = remind_at.with_timezone(&d.tz).naive_local();
             ReminderRule::FromDue {
-                offset_seconds: (remind_wall - d.local).num_seconds(),
+                offset_ms: (remind_wall - d.local).num_milliseconds(),
             }
         }
         None => ReminderRule::At { at: remind_at },
@@ -246,7 +246,7 @@ pub fn plan_task(
         }
     };
     rules.extend(offsets.into_iter().map(|o| ReminderRule::FromDue {
-        offset_seconds: o.num_seconds(),
+        offset_ms: o.num_milliseconds(),
     }));
     let mut out: Vec<Planned> = Vec::new();
     for rule in rules {
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(
             rule,
             ReminderRule::FromDue {
-                offset_seconds: -1800
+                offset_ms: -1_800_000
             }
         );
         // Moved to Monday 09:00 CEST: the reminder is Monday 08:30 CEST.

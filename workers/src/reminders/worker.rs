@@ -690,3 +690,123 @@ impl Worker for RemindersWorker {
         self.mailer.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reminders::config::RemindersConfig;
+    use pipelines::event::{decode, DecodeContext};
+    use pipelines::state::{MemoryStore, ScoreRange, StateStore};
+    use pipelines::Source;
+
+    fn inbound(topic: &str, partition: i32, json: &str) -> Inbound {
+        let event = decode(
+            json.as_bytes(),
+            &DecodeContext {
+                topic,
+                kafka_timestamp_ms: Some(1_767_000_000_000),
+            },
+        )
+        .unwrap();
+        Inbound {
+            event,
+            source: Source {
+                topic: Arc::from(topic),
+                partition,
+                offset: 0,
+                timestamp_ms: None,
+                received_at: Utc::now(),
+            },
+        }
+    }
+
+    fn worker(dir: &std::path::Path) -> RemindersWorker {
+        let config = RemindersConfig {
+            mail_dir: dir.to_string_lossy().into_owned(),
+            ..RemindersConfig::default()
+        };
+        RemindersWorker::new(Mailer::from_config(&config, "").unwrap(), None, config)
+    }
+
+    async fn scores(store: &MemoryStore, shard: &str) -> Vec<f64> {
+        store
+            .zrange(shard, ScoreRange::inclusive(f64::MIN, f64::MAX, 100))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.score)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn requests_are_scheduled_to_the_millisecond_in_their_partitions_shard() {
+        let dir = std::env::temp_dir().join(pipelines::testing::unique("rem-unit"));
+        let w = worker(&dir);
+        let store = Arc::new(MemoryStore::new("t:"));
+        let ctx = Ctx::new(
+            "reminders",
+            store.clone(),
+            None,
+            Arc::new(PipelineConfig::default()),
+        );
+        for (task, at) in [
+            ("a", "2026-06-10T08:30:01.500Z"),
+            ("b", "2026-06-10T08:30:01.800Z"),
+        ] {
+            let json = format!(
+                r#"{{"task_id":"{task}","user_id":"u1","title":"T","due_at":"2026-06-10T09:00:00Z","remind_at":"{at}","notification_method":"email","created_at":"2026-06-01T00:00:00Z"}}"#
+            );
+            assert_eq!(
+                w.handle(&inbound("reminders", 2, &json), &ctx)
+                    .await
+                    .unwrap(),
+                Outcome::Done
+            );
+        }
+        let shard = ReminderSchedule::shard_key("reminders", 2);
+        let base = chrono::DateTime::parse_from_rfc3339("2026-06-10T08:30:01Z")
+            .unwrap()
+            .timestamp_millis() as f64;
+        assert_eq!(
+            scores(&store, &shard).await,
+            vec![base + 500.0, base + 800.0]
+        );
+        // Completing task a cancels its reminder, in whatever shard it is.
+        let done = r#"{"event_id":"c1","event_type":"task.completed","timestamp":"2026-06-02T00:00:00Z","data":{"task_id":"a","user_id":"u1"}}"#;
+        w.handle(&inbound("task-events", 0, done), &ctx)
+            .await
+            .unwrap();
+        assert_eq!(scores(&store, &shard).await, vec![base + 800.0]);
+    }
+
+    #[tokio::test]
+    async fn the_demo_schedules_each_reminder_at_its_own_millisecond_and_cancels_the_completed_task(
+    ) {
+        let dir = std::env::temp_dir().join(pipelines::testing::unique("rem-unit"));
+        let w = worker(&dir);
+        let store = Arc::new(MemoryStore::new("t:"));
+        let ctx = Ctx::new(
+            "reminders",
+            store.clone(),
+            None,
+            Arc::new(PipelineConfig::default()),
+        );
+        let now = Utc::now();
+        let user = crate::reminders::demo::user_messages(now);
+        let (msgs, _) = crate::reminders::demo::reminder_messages(now);
+        for (topic, _, payload) in user.iter().chain(msgs.iter()) {
+            let i = inbound(topic, 0, std::str::from_utf8(payload).unwrap());
+            w.handle(&i, &ctx).await.unwrap();
+        }
+        let ms = |n: i64| (now.timestamp_millis() + n) as f64;
+        assert_eq!(
+            scores(&store, &ReminderSchedule::shard_key("reminders", 0)).await,
+            vec![ms(1500), ms(1800)]
+        );
+        assert_eq!(
+            scores(&store, &ReminderSchedule::shard_key("task-events", 0)).await,
+            vec![ms(2000)],
+            "the completed task's reminder is cancelled"
+        );
+    }
+}
