@@ -12,6 +12,7 @@
 //!   and [`relay`] (SMTP or files), [`template`], [`unsubscribe`], [`webhook`];
 //! - [`config`] (`[reminders]`) and [`metrics`].
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod directory;

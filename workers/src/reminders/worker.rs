@@ -23,7 +23,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pipelines::state::StateOp;
 use pipelines::{
-    Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker, WorkerError,
+    BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker,
+    WorkerError,
 };
 
 use super::config::RemindersConfig;
@@ -43,6 +44,9 @@ use super::webhook::Webhook;
 
 /// Most reminders claimed by one claim (one tick claims again while more are due).
 const CLAIM_BATCH: usize = 256;
+
+/// Most reminders of one shard being fired at once.
+const FIRE_CONCURRENCY: usize = 64;
 
 /// The worker.
 pub struct RemindersWorker {
@@ -138,6 +142,19 @@ impl RemindersWorker {
     /// A `reminder.requested`: one reminder at `remind_at` (relative to the
     /// due time when the request names one, so it moves with it).
     async fn handle_request(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let (ops, fire_at) = self.request_ops(event, ctx).await?;
+        ctx.apply_for(event, ops).await?;
+        ctx.wake_timer_at(&event.source, fire_at);
+        metrics::scheduled(1);
+        Ok(Outcome::Done)
+    }
+
+    /// The schedule update of a request, and its fire time.
+    async fn request_ops(
+        &self,
+        event: &Inbound,
+        ctx: &Ctx,
+    ) -> Result<(Vec<StateOp>, DateTime<Utc>), WorkerError> {
         let e = &event.event;
         let (Some(task_id), Some(user_id), Some(req)) = (&e.task_id, &e.user_id, &e.reminder)
         else {
@@ -197,11 +214,26 @@ impl RemindersWorker {
             origin: Origin::Request,
             shard: ReminderSchedule::shard_key(&event.source.topic, event.source.partition),
         };
-        ctx.apply_for(event, ReminderSchedule::schedule_ops(&r, fire_at))
-            .await?;
-        ctx.wake_timer_at(&event.source, fire_at);
-        metrics::scheduled(1);
-        Ok(Outcome::Done)
+        Ok((ReminderSchedule::schedule_ops(&r, fire_at), fire_at))
+    }
+
+    /// Requests in a row are scheduled with one atomic update: their ops
+    /// are idempotent (the same request sets the same keys to the same
+    /// values), so they need not be tied to each event's idempotency mark.
+    async fn handle_requests(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
+        let mut ops = Vec::with_capacity(events.len() * 4);
+        let mut wakes = Vec::with_capacity(events.len());
+        for e in events {
+            let (o, at) = self.request_ops(e, ctx).await?;
+            ops.extend(o);
+            wakes.push((&e.source, at));
+        }
+        ctx.state().apply(&ops).await?;
+        for (source, at) in wakes {
+            ctx.wake_timer_at(source, at);
+        }
+        metrics::scheduled(events.len());
+        Ok(())
     }
 
     async fn handle_task(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
@@ -619,6 +651,58 @@ impl Worker for RemindersWorker {
         }
     }
 
+    /// Runs of reminder requests are scheduled one atomic update per run
+    /// (50,000 a second needs it); other events one by one. A request that
+    /// fails makes its run fail from its start, which is safe to redo.
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut i = 0;
+        while i < events.len() {
+            let run = events[i..]
+                .iter()
+                .take_while(|e| e.event.kind == "reminder.requested")
+                .count();
+            if run > 1 {
+                if self
+                    .handle_requests(&events[i..i + run], ctx)
+                    .await
+                    .is_err()
+                {
+                    // Redo one by one, so only the bad request fails.
+                    for e in &events[i..i + run] {
+                        match self.handle(e, ctx).await {
+                            Ok(o) => outcomes.push(o),
+                            Err(f) => {
+                                return BatchOutcome {
+                                    outcomes,
+                                    failure: Some(f),
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    outcomes.extend(std::iter::repeat(Outcome::Done).take(run));
+                }
+                i += run;
+                continue;
+            }
+            match self.handle(&events[i], ctx).await {
+                Ok(o) => outcomes.push(o),
+                Err(failure) => {
+                    return BatchOutcome {
+                        outcomes,
+                        failure: Some(failure),
+                    }
+                }
+            }
+            i += 1;
+        }
+        BatchOutcome {
+            outcomes,
+            failure: None,
+        }
+    }
+
     /// A partition's shard is fired by the replica that owns the partition.
     fn timer_scope(&self) -> TimerScope {
         TimerScope::Partition
@@ -632,7 +716,9 @@ impl Worker for RemindersWorker {
         };
         let shard = ReminderSchedule::shard_key(topic, *partition);
         let store = ctx.state();
-        let concurrency = (self.config.smtp_pool_size as usize).max(1) * 2;
+        // Deliveries wait on the relay (bounded by the mailer's pool) and on
+        // the broker's acknowledgement of the outcome: many in flight.
+        let concurrency = FIRE_CONCURRENCY;
         loop {
             if timer.stop.is_cancelled() {
                 return Ok(None);
