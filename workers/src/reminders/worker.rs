@@ -681,7 +681,7 @@ impl Worker for RemindersWorker {
                         }
                     }
                 } else {
-                    outcomes.extend(std::iter::repeat(Outcome::Done).take(run));
+                    outcomes.extend(std::iter::repeat_n(Outcome::Done, run));
                 }
                 i += run;
                 continue;
