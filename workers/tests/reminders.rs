@@ -877,3 +877,33 @@ async fn a_traveller_s_new_time_zone_moves_reminders_set_in_local_time() {
     assert!(m[0].header("Subject").unwrap().contains("Morning check-in"));
     w.stop().await;
 }
+
+#[test]
+fn a_redis_outage_loses_no_reminder_that_arrives_during_it() {
+    let mut env = Env::start();
+    let port = free_port().unwrap();
+    let p = env.run("1", &env.smtp.url(), port, &[]);
+    wait_ready(&env, port);
+    // Redis goes away (and comes back empty: the harness keeps no data).
+    env.redis.stop();
+    env.user("u-fay", "fay@example.com", "UTC");
+    env.request("t-outage", "u-fay", "Through a Redis outage", 6000);
+    env.flush();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(port, "/readyz") != Some(503) {
+        assert!(Instant::now() < deadline, "not ready while Redis is down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    env.redis.restart().unwrap();
+    let mail = settle(&env, 1, Duration::from_secs(30));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
+    assert!(mail[0]
+        .header("Subject")
+        .unwrap()
+        .contains("Through a Redis outage"));
+    assert_eq!(mail[0].recipients, vec!["fay@example.com".to_string()]);
+    assert!(scrape(port, "taskstream_dead_letters_total", "") <= 0.0);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
