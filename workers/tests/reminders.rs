@@ -907,3 +907,59 @@ fn a_redis_outage_loses_no_reminder_that_arrives_during_it() {
     p.signal(libc::SIGTERM);
     assert!(p.wait(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn email_turned_off_or_no_address_sends_nothing_and_records_why() {
+    let env = Env::start();
+    let w = InProcess::start(&env, at("2026-06-10T08:00:00Z")).await;
+    env.send(
+        "user-events",
+        "quiet-user",
+        json!({"event_id": unique("u"), "event_type": "user.created", "timestamp": "2026-06-10T08:00:00Z",
+               "data": {"user_id": "quiet-user", "email": "q@example.com", "timezone": "UTC",
+                        "preferences": {"email_notifications": false}}}),
+    );
+    env.flush();
+    w.wait_key("reminders:user:quiet-user").await;
+    for (task, user) in [("off", "quiet-user"), ("nobody", "unknown-user")] {
+        env.send(
+            "reminders",
+            task,
+            json!({"task_id": task, "user_id": user, "title": "Not sent",
+                   "remind_at": "2026-06-10T08:30:00Z", "notification_method": "email",
+                   "created_at": "2026-06-10T08:00:00Z"}),
+        );
+    }
+    env.flush();
+    w.wait_key("reminders:task:off").await;
+    w.wait_key("reminders:task:nobody").await;
+    w.hand.set(at("2026-06-10T08:30:00Z"));
+    let events = tokio::task::spawn_blocking({
+        let b = env.bootstrap();
+        move || read_topic(&b, "notification-events", 2, Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let mut reasons: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+            assert_eq!(v["type"], "notification.failed");
+            (
+                v["task_id"].as_str().unwrap().to_owned(),
+                v["attributes"]["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("nobody".to_owned(), "no_address".to_owned()),
+            ("off".to_owned(), "opted_out".to_owned())
+        ]
+    );
+    assert!(env.smtp.messages().unwrap().is_empty());
+    w.stop().await;
+}

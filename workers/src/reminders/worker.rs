@@ -42,11 +42,11 @@ use super::planner::{
 use super::schedule::{Claimed, FiredRecord, Origin, ReminderSchedule, StoredReminder, ZoneSource};
 use super::webhook::Webhook;
 
-/// Most reminders claimed by one claim (one tick claims again while more are due).
-const CLAIM_BATCH: usize = 256;
-
-/// Most reminders of one shard being fired at once.
-const FIRE_CONCURRENCY: usize = 64;
+/// Most reminders claimed by one claim, all fired at once (one tick claims
+/// again while more are due). One round lasts at most about
+/// `send_timeout`, which `claim_lease` exceeds, so a claim never runs out
+/// while its round is still delivering.
+const CLAIM_BATCH: usize = 64;
 
 /// The worker.
 pub struct RemindersWorker {
@@ -528,14 +528,14 @@ impl RemindersWorker {
         match (r.channel, &self.webhook) {
             (Channel::Email, _) if !user.email_enabled => Err(DeliveryError::permanent(
                 Channel::Email,
-                PermanentCause::NoAddress,
+                PermanentCause::OptedOut,
                 "the user turned reminder email off",
             )),
             (Channel::Email, _) => self.mailer.send(&n).await,
             (_, Some(w)) => w.send(&n).await,
             (c, None) => Err(DeliveryError::permanent(
                 c,
-                PermanentCause::Message,
+                PermanentCause::Unsupported,
                 format!("channel {c} is unsupported without reminders.webhook_url"),
             )),
         }
@@ -718,7 +718,7 @@ impl Worker for RemindersWorker {
         let store = ctx.state();
         // Deliveries wait on the relay (bounded by the mailer's pool) and on
         // the broker's acknowledgement of the outcome: many in flight.
-        let concurrency = FIRE_CONCURRENCY;
+        let concurrency = CLAIM_BATCH;
         loop {
             if timer.stop.is_cancelled() {
                 return Ok(None);
@@ -762,14 +762,10 @@ impl Worker for RemindersWorker {
     }
 
     async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let mut out = vec![(
+        vec![(
             "smtp",
             self.mailer.relay_ready().await.map_err(|e| e.to_string()),
-        )];
-        if self.webhook.is_some() {
-            out.push(("webhook", Ok(())));
-        }
-        out
+        )]
     }
 
     async fn shutdown(&self) {
