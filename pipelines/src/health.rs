@@ -211,7 +211,7 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics.run_upkeep();
     (
         [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        crate::metrics::render(&s.metrics),
     )
 }
 

@@ -304,4 +304,33 @@ mod tests {
         // Taken over exactly once.
         assert_eq!(claim(&g, &["z"]).await, vec![Claim::InProgress]);
     }
+
+    #[tokio::test]
+    async fn a_renewed_claim_is_not_taken_over_after_the_lease() {
+        use chrono::TimeZone;
+        let (clock, hand) =
+            Clock::manual(chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(
+            store,
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        )
+        .with_clock(clock);
+        let mine = g.claim(["slow", "other"]).await.unwrap();
+        assert_eq!(mine.claims, vec![Claim::Claimed; 2]);
+        // A slow side effect: renewed at 20 s, still running at 40 s.
+        hand.advance(Duration::from_secs(20));
+        g.renew(&mine.token, ["slow"]).await.unwrap();
+        hand.advance(Duration::from_secs(20));
+        assert_eq!(
+            claim(&g, &["slow", "other"]).await,
+            vec![Claim::InProgress, Claim::Claimed],
+            "the renewed claim holds; the unrenewed one is taken over after its lease"
+        );
+        // Completing the renewed claim call still completes it.
+        g.complete_claims(&mine.token).await.unwrap();
+        assert_eq!(claim(&g, &["slow"]).await, vec![Claim::Duplicate]);
+    }
 }

@@ -5,7 +5,7 @@
 //! are `_seconds`. Labels are bounded: `worker`, `topic`, `partition`, `outcome`,
 //! `reason`; never user or task ids.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Unit};
@@ -240,4 +240,32 @@ pub fn timers_running(worker: &'static str, delta: f64) {
 
 pub fn ready(worker: &'static str, ready: bool) {
     gauge!(READY, "worker" => worker).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Text in the Prometheus exposition format that another part of the process
+/// renders itself, appended to every `/metrics` answer. For series that must
+/// disappear when what they describe does (the lag monitor's per-group series:
+/// the `metrics` crate can never delete a series once written).
+pub type ExtraExposition = Arc<dyn Fn() -> Arc<str> + Send + Sync>;
+
+static EXTRA: Mutex<Vec<ExtraExposition>> = Mutex::new(Vec::new());
+
+/// Adds a source of extra exposition text; it must return at once (serve a
+/// snapshot, never wait on a network).
+pub fn add_exposition(source: ExtraExposition) {
+    EXTRA.lock().unwrap_or_else(|p| p.into_inner()).push(source);
+}
+
+/// What `/metrics` answers: the recorder's metrics, then every extra source.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    let sources: Vec<ExtraExposition> = EXTRA.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for s in sources {
+        let text = s();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&text);
+    }
+    out
 }

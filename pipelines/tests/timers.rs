@@ -589,3 +589,50 @@ async fn readyz_stays_not_ready_for_a_whole_redis_outage() {
         let _ = h.await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_is_sent_truncated() {
+    let mock = MockKafka::start(1).unwrap();
+    mock.create_topic(TOPIC, 1).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let mut config = test_config(mock.bootstrap_servers(), &redis.url());
+    // Our producer accepts less than the broker delivered to us.
+    config
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), "100000".into());
+    let producer = TestProducer::new(mock.bootstrap_servers()).unwrap();
+    let garbage = vec![b'#'; 300_000];
+    producer.send(TOPIC, b"task-1", &garbage).unwrap();
+    producer
+        .send(TOPIC, b"task-1", plain_event("next").as_bytes())
+        .unwrap();
+    producer.flush().unwrap();
+    let worker = Arc::new(Counter::default());
+    let run = Replica::start(config, Clock::System, worker.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || worker
+            .seen
+            .lock()
+            .unwrap()
+            .len()
+            == 1)
+        .await,
+        "the partition moved on past the oversized dead letter"
+    );
+    let dead = read_topic(
+        mock.bootstrap_servers(),
+        &format!("{TOPIC}.dlq"),
+        1,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("truncated"), Some("300000"));
+    assert_eq!(dead[0].payload.len(), pipelines::dlq::TRUNCATED_PAYLOAD);
+    assert!(dead[0]
+        .header("error-class")
+        .unwrap_or_default()
+        .starts_with("decode"));
+    run.stop().await;
+}

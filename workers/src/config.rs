@@ -16,6 +16,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub reminders: crate::reminders::config::RemindersConfig,
     pub recurring: crate::recurring::RecurringConfig,
+    pub lag_monitor: crate::lagmon::LagMonitorConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -68,6 +69,7 @@ impl Config {
             audit: pipelines::config::extract(&figment, Some("audit"))?,
             reminders: pipelines::config::extract(&figment, Some("reminders"))?,
             recurring: pipelines::config::extract(&figment, Some("recurring"))?,
+            lag_monitor: pipelines::config::extract(&figment, Some("lag_monitor"))?,
         };
         c.validate()?;
         Ok(c)
@@ -76,6 +78,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pipeline.validate()?;
         self.reminders.validate(&self.pipeline.smtp.url)?;
+        self.lag_monitor.validate()?;
         let a = &self.audit;
         if !matches!(a.store.as_str(), "auto" | "file" | "postgres") {
             return Err(ConfigError::invalid(
@@ -119,6 +122,7 @@ impl Config {
             audit: self.audit.clone(),
             reminders: self.reminders.redacted(),
             recurring: self.recurring.clone(),
+            lag_monitor: self.lag_monitor.clone(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod lagmon;
 pub mod recurring;
 pub mod reminders;
 pub mod workers;

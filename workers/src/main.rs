@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use pipelines::event::{decode, is_known_type, DecodeContext};
 use taskstream::audit::{self, cli::Format, AuditQuery};
 use taskstream::config::Config;
-use taskstream::{bench, demo, recurring, workers};
+use taskstream::{bench, demo, lagmon, recurring, workers};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run workers in this process until SIGINT/SIGTERM (`all` = every worker).
+    /// Run workers in this process until SIGINT/SIGTERM (`all` = every worker;
+    /// `lag-monitor` = the lag monitor, alone or beside workers).
     Run {
         #[arg(required = true, value_name = "WORKER")]
         workers: Vec<String>,
@@ -50,8 +51,13 @@ enum Command {
         worker: String,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
+        /// Partitions of the topic (default 6); with `lag-monitor`, of each
+        /// group's topic (default 100).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// `lag-monitor` only: consumer groups, each on its own topic.
+        #[arg(long, default_value_t = 50)]
+        groups: usize,
         /// Redis to use; default: start a throwaway redis-server.
         #[arg(long)]
         redis_url: Option<String>,
@@ -76,6 +82,21 @@ enum Command {
         /// Where the demo writes its audit trail.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+    },
+    /// Consumer lag of every worker's group (or each --group), read from
+    /// Kafka now: committed offset, high watermark, lag, lag seconds, status.
+    Lag {
+        /// A consumer group id (repeatable); default: every configured worker's group.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: lagmon::cli::Format,
+        /// Reads to judge the status on (a status needs more than one look).
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Pause between reads; default: twice kafka.commit_interval, at least 1s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
     /// Read the audit trail back.
     Audit {
@@ -203,10 +224,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             worker,
             events,
             partitions,
+            groups,
             redis_url,
             database_url,
         } => {
             let config = load_config(&cli.config)?;
+            if worker == lagmon::NAME {
+                pipelines::telemetry::init(&pipelines::config::LogConfig {
+                    level: "error".into(),
+                    ..config.pipeline.log.clone()
+                });
+                let report = lagmon::bench::run(&config, groups, partitions.unwrap_or(100)).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let partitions = partitions.unwrap_or(6);
             pipelines::telemetry::init(&pipelines::config::LogConfig {
                 level: "warn".into(),
                 ..config.pipeline.log.clone()
@@ -267,6 +299,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Command::Lag {
+            groups,
+            format,
+            samples,
+            every,
+        } => {
+            let config = load_config(&cli.config)?;
+            pipelines::telemetry::init(&pipelines::config::LogConfig {
+                level: "warn".into(),
+                ..config.pipeline.log.clone()
+            });
+            let every = every.unwrap_or_else(|| {
+                (config.pipeline.kafka.commit_interval * 2).max(std::time::Duration::from_secs(1))
+            });
+            lagmon::cli::lag(&config, &groups, format, samples, every).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => {
             let config = load_config(&cli.config)?;

@@ -8,9 +8,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditWorker};
 use crate::config::Config;
+use crate::lagmon;
 
 /// Every worker this binary can run, in `run all` order.
 pub const NAMES: &[&str] = &["audit", "recurring", "reminders"];
+
+/// The topics a worker reads unless `workers.<name>.topics` says otherwise,
+/// known without building it (the lag monitor watches them).
+pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
+    match name {
+        "audit" => audit::default_topics(&config.pipeline),
+        _ => Vec::new(),
+    }
+}
 
 /// Builds one worker by name.
 pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker>> {
@@ -76,7 +86,17 @@ pub async fn run(
     names: &[String],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let names = resolve(names)?;
+    // The lag monitor is not a consumer-group worker: it runs beside them.
+    let lag_monitor = names.iter().any(|n| n == lagmon::NAME);
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| *n != lagmon::NAME)
+        .cloned()
+        .collect();
+    if names.is_empty() && lag_monitor {
+        return lagmon::service::run_alone(config, shutdown).await;
+    }
+    let names = resolve(&names)?;
     let rt = Runtime::new(config.pipeline.clone(), shutdown)
         .await
         .context("starting the pipeline")?;
@@ -85,8 +105,16 @@ pub async fn run(
         workers.push(build(n, config).await?);
     }
     let http = rt.serve_http();
-    tracing::info!(workers = ?names, "taskstream running");
+    let monitor = lag_monitor.then(|| {
+        let (config, health, shutdown) = (config.clone(), rt.health.clone(), rt.shutdown.clone());
+        tokio::spawn(async move { lagmon::service::run(&config, &health, shutdown).await })
+    });
+    tracing::info!(workers = ?names, lag_monitor, "taskstream running");
     let result = rt.run(workers).await;
+    if let Some(m) = monitor {
+        rt.shutdown.cancel();
+        m.await.context("the lag monitor panicked")??;
+    }
     if let Some(h) = http {
         let _ = h.await;
     }

@@ -9,6 +9,7 @@ use crate::config::KafkaConfig;
 
 #[cfg(feature = "testkit")]
 pub mod mock;
+pub mod offsets;
 pub mod sink;
 pub mod source;
 

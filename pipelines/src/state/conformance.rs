@@ -23,6 +23,24 @@ pub async fn run_all(store: &dyn StateStore) {
     hashes_round_trip(store).await;
     apply_writes_every_op(store).await;
     distinct_counts_merge(store).await;
+    get_many_reads_in_order(store).await;
+}
+
+async fn get_many_reads_in_order(s: &dyn StateStore) {
+    s.set("conf:m1", b"one", None).await.unwrap();
+    s.set("conf:m3", b"three", None).await.unwrap();
+    let got = s
+        .get_many(&["conf:m1".into(), "conf:m2".into(), "conf:m3".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Some(b"one".to_vec()), None, Some(b"three".to_vec())]
+    );
+    assert!(s.get_many(&[]).await.unwrap().is_empty());
+    s.delete(&["conf:m1".into(), "conf:m3".into()])
+        .await
+        .unwrap();
 }
 
 async fn sorted_set_ranges_have_exclusive_bounds_and_pages(s: &dyn StateStore) {

@@ -89,6 +89,21 @@ impl StateStore for MemoryStore {
         })
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        Ok(self.with(|m, now| {
+            keys.iter()
+                .map(|key| match live(m, &self.key(key), now) {
+                    Some(Entry {
+                        value: Value::Bytes(b),
+                        ..
+                    }) => Some(b.clone()),
+                    // MGET answers nil for a key of another type.
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
         let k = self.key(key);
         self.with(|m, now| {
@@ -356,35 +371,12 @@ impl StateStore for MemoryStore {
     }
 
     async fn distinct_count(&self, keys: &[String]) -> Result<u64, StateError> {
-        self.with(|m, now| {
-            let mut union: HashSet<String> = HashSet::new();
-            for key in keys {
-                match live(m, &self.key(key), now) {
-                    None => {}
-                    Some(Entry {
-                        value: Value::Distinct(d),
-                        ..
-                    }) => union.extend(d.iter().cloned()),
-                    Some(_) => return Err(wrong_type(key)),
-                }
-            }
-            Ok(union.len() as u64)
-        })
+        self.with(|m, now| Ok(self.union_of(m, keys, now)?.len() as u64))
     }
 
     async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError> {
         self.with(|m, now| {
-            let mut union: HashSet<String> = HashSet::new();
-            for key in sources {
-                match live(m, &self.key(key), now) {
-                    None => {}
-                    Some(Entry {
-                        value: Value::Distinct(d),
-                        ..
-                    }) => union.extend(d.iter().cloned()),
-                    Some(_) => return Err(wrong_type(key)),
-                }
-            }
+            let union = self.union_of(m, sources, now)?;
             self.apply_one(
                 m,
                 &StateOp::DistinctAdd {
@@ -398,6 +390,27 @@ impl StateStore for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The members of the distinct counts at `keys`, together.
+    fn union_of(
+        &self,
+        m: &mut HashMap<String, Entry>,
+        keys: &[String],
+        now: Instant,
+    ) -> Result<HashSet<String>, StateError> {
+        let mut union = HashSet::new();
+        for key in keys {
+            match live(m, &self.key(key), now) {
+                None => {}
+                Some(Entry {
+                    value: Value::Distinct(d),
+                    ..
+                }) => union.extend(d.iter().cloned()),
+                Some(_) => return Err(wrong_type(key)),
+            }
+        }
+        Ok(union)
+    }
+
     /// One op of [`StateStore::apply`], under the map's lock.
     fn apply_one(
         &self,
@@ -458,22 +471,18 @@ impl MemoryStore {
                 zrem_in(m, &k, key, member, now)?;
             }
             StateOp::DistinctAdd { members, .. } => {
-                if live(m, &k, now).is_none() {
-                    m.insert(
-                        k.clone(),
-                        Entry {
-                            value: Value::Distinct(HashSet::new()),
-                            expires_at: None,
-                        },
-                    );
-                }
-                match m.get_mut(&k) {
-                    Some(Entry {
-                        value: Value::Distinct(d),
-                        ..
-                    }) => d.extend(members.iter().cloned()),
-                    _ => return Err(wrong_type(key)),
-                }
+                typed_mut(
+                    m,
+                    &k,
+                    key,
+                    now,
+                    || Value::Distinct(HashSet::new()),
+                    |v| match v {
+                        Value::Distinct(d) => Some(d),
+                        _ => None,
+                    },
+                )?
+                .extend(members.iter().cloned());
             }
             StateOp::Expire { ttl, .. } => {
                 if let Some(e) = live(m, &k, now) {
@@ -545,28 +554,47 @@ fn incr_in(
     Ok(next)
 }
 
+/// The live value at `k` as the kind `pick` selects, created by `empty`
+/// when absent; a value of another kind is Redis's WRONGTYPE.
+fn typed_mut<'a, T>(
+    m: &'a mut HashMap<String, Entry>,
+    k: &str,
+    key: &str,
+    now: Instant,
+    empty: fn() -> Value,
+    pick: fn(&mut Value) -> Option<&mut T>,
+) -> Result<&'a mut T, StateError> {
+    if live(m, k, now).is_none() {
+        m.insert(
+            k.to_string(),
+            Entry {
+                value: empty(),
+                expires_at: None,
+            },
+        );
+    }
+    m.get_mut(k)
+        .and_then(|e| pick(&mut e.value))
+        .ok_or_else(|| wrong_type(key))
+}
+
 fn zset_mut<'a>(
     m: &'a mut HashMap<String, Entry>,
     k: &str,
     key: &str,
     now: Instant,
 ) -> Result<&'a mut HashMap<String, f64>, StateError> {
-    if live(m, k, now).is_none() {
-        m.insert(
-            k.to_string(),
-            Entry {
-                value: Value::ZSet(HashMap::new()),
-                expires_at: None,
-            },
-        );
-    }
-    match m.get_mut(k) {
-        Some(Entry {
-            value: Value::ZSet(z),
-            ..
-        }) => Ok(z),
-        _ => Err(wrong_type(key)),
-    }
+    typed_mut(
+        m,
+        k,
+        key,
+        now,
+        || Value::ZSet(HashMap::new()),
+        |v| match v {
+            Value::ZSet(z) => Some(z),
+            _ => None,
+        },
+    )
 }
 
 fn hash_mut<'a>(
@@ -575,22 +603,17 @@ fn hash_mut<'a>(
     key: &str,
     now: Instant,
 ) -> Result<&'a mut HashMap<String, Vec<u8>>, StateError> {
-    if live(m, k, now).is_none() {
-        m.insert(
-            k.to_string(),
-            Entry {
-                value: Value::Hash(HashMap::new()),
-                expires_at: None,
-            },
-        );
-    }
-    match m.get_mut(k) {
-        Some(Entry {
-            value: Value::Hash(h),
-            ..
-        }) => Ok(h),
-        _ => Err(wrong_type(key)),
-    }
+    typed_mut(
+        m,
+        k,
+        key,
+        now,
+        || Value::Hash(HashMap::new()),
+        |v| match v {
+            Value::Hash(h) => Some(h),
+            _ => None,
+        },
+    )
 }
 
 fn zrem_in(

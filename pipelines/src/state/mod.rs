@@ -49,6 +49,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// `PING`: is the store reachable?
     async fn ping(&self) -> Result<(), StateError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
+    /// Several keys in one command (`MGET`), in order; absent keys are `None`.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError>;
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError>;
     /// Sets only if absent; true when this call set it.
     async fn set_nx(

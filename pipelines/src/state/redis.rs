@@ -186,6 +186,20 @@ impl StateStore for RedisStore {
             .map_err(|e| classify(key, e))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(self.key(k));
+        }
+        cmd.query_async(&mut c)
+            .await
+            .map_err(|e| classify(first, e))
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
         let mut c = self.conn.clone();
         let mut cmd = redis::cmd("SET");

@@ -406,3 +406,27 @@ pub fn test_config(bootstrap: &str, redis_url: &str) -> crate::config::PipelineC
     c.pipeline.drain_timeout = Duration::from_secs(10);
     c
 }
+
+/// Commits `offsets` (`(topic, partition, next offset to read)`) for `group`
+/// without joining it, as a consumer that stopped would have left them: for
+/// lag tests and the lag monitor's benchmark.
+pub fn commit_offsets(
+    bootstrap: &str,
+    group: &str,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), HarnessError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| HarnessError(e.to_string()))?;
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| HarnessError(e.to_string()))?;
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| HarnessError(format!("commit for group {group}: {e}")))
+}

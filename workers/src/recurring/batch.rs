@@ -4,8 +4,8 @@
 //! must be checked against what the worker remembers about its task, and each
 //! recurring one against its series' tombstone and last published occurrence.
 //! Reading those one event at a time would cost state-store round trips per
-//! completion, in sequence; instead they are read up front in two concurrent
-//! waves (task records, then the series they name), and later events see
+//! completion, in sequence; instead they are read up front in two `MGET`s
+//! (task records, then the series they name), and later events see
 //! what earlier events of the same batch wrote. Partition order is kept: the
 //! view is the store as it would be at that event.
 
@@ -31,33 +31,35 @@ fn distinct(mut ids: Vec<String>) -> Vec<String> {
 }
 
 impl BatchView {
-    /// Reads the records of `task_ids` concurrently.
+    /// Reads the records of `task_ids` (one `MGET`).
     pub async fn prefetch_tasks(
         &mut self,
         dir: &Directory<'_>,
         task_ids: Vec<String>,
     ) -> Result<(), WorkerError> {
         let ids = distinct(task_ids);
-        let records = futures::future::try_join_all(ids.iter().map(|id| dir.task(id))).await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let records = dir.tasks(&ids).await?;
         self.tasks.extend(ids.into_iter().zip(records));
         Ok(())
     }
 
-    /// Reads the tombstones and last published numbers of `series` concurrently.
+    /// Reads the tombstones and last published numbers of `series` (one `MGET`).
     pub async fn prefetch_series(
         &mut self,
         dir: &Directory<'_>,
         series: Vec<String>,
     ) -> Result<(), WorkerError> {
         let ids = distinct(series);
-        let (ended, last) = futures::future::try_join(
-            futures::future::try_join_all(ids.iter().map(|s| dir.is_ended(s))),
-            futures::future::try_join_all(ids.iter().map(|s| dir.last_published(s))),
-        )
-        .await?;
-        for ((id, e), l) in ids.into_iter().zip(ended).zip(last) {
-            self.ended.insert(id.clone(), e);
-            self.last.insert(id, l);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let states = dir.series_states(&ids).await?;
+        for (id, (ended, last)) in ids.into_iter().zip(states) {
+            self.ended.insert(id.clone(), ended);
+            self.last.insert(id, last);
         }
         Ok(())
     }

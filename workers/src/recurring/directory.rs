@@ -117,6 +117,46 @@ impl<'a> Directory<'a> {
         Ok(())
     }
 
+    /// Several JSON values in one `MGET`, in order.
+    async fn get_json_many<T: for<'de> Deserialize<'de>>(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<T>>, WorkerError> {
+        Ok(self
+            .store
+            .get_many(keys)
+            .await?
+            .into_iter()
+            // Unreadable values count as absent, as in `get_json`.
+            .map(|v| v.and_then(|b| serde_json::from_slice(&b).ok()))
+            .collect())
+    }
+
+    /// The records of `task_ids`, in one round trip.
+    pub async fn tasks(&self, task_ids: &[String]) -> Result<Vec<Option<TaskRecord>>, WorkerError> {
+        let keys: Vec<String> = task_ids.iter().map(|t| task_key(t)).collect();
+        self.get_json_many(&keys).await
+    }
+
+    /// Tombstones and last published numbers of `series`, in one round trip.
+    pub async fn series_states(&self, series: &[String]) -> Result<Vec<(bool, u32)>, WorkerError> {
+        let mut keys: Vec<String> = series.iter().map(|s| ended_key(s)).collect();
+        keys.extend(series.iter().map(|s| last_key(s)));
+        let values = self.store.get_many(&keys).await?;
+        let (ended, last) = values.split_at(series.len());
+        Ok(ended
+            .iter()
+            .zip(last)
+            .map(|(e, l)| {
+                let last = l
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<u32>(b).ok())
+                    .unwrap_or(0);
+                (e.is_some(), last)
+            })
+            .collect())
+    }
+
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, WorkerError> {
         self.get_json(&task_key(task_id)).await
     }

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use pipelines::OutputEvent;
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, TaskEvent, Worker, WorkerError,
 };
@@ -275,7 +276,7 @@ impl RecurringWorker {
         })
     }
 
-    /// Reads, in two concurrent waves, what the batch's task events will
+    /// Reads, in two `MGET`s, what the batch's task events will
     /// ask of the store: the task records, then their series' state.
     async fn prefetch(
         &self,
@@ -320,8 +321,9 @@ impl RecurringWorker {
             Step::Publish { events, .. } => events
                 .iter()
                 .map(|e| {
-                    let key = e.task_id.as_deref().unwrap_or_default();
-                    async move { (i, ctx.publish(&self.output_topic, key, e).await) }
+                    let key = e.task_id.clone().unwrap_or_default();
+                    let out = OutputEvent::new(self.output_topic.clone(), key, e.clone());
+                    async move { (i, ctx.publish_event(&out).await) }
                 })
                 .collect::<Vec<_>>(),
             Step::Finished(_) => Vec::new(),
