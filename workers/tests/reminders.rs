@@ -963,3 +963,30 @@ async fn email_turned_off_or_no_address_sends_nothing_and_records_why() {
     assert!(env.smtp.messages().unwrap().is_empty());
     w.stop().await;
 }
+
+#[test]
+fn the_demo_writes_reminder_email_into_out_mail() {
+    let out = std::env::temp_dir().join(unique("reminders-demo"));
+    let result = taskstream()
+        .args(["demo", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&result.stdout).into_owned()
+        + &String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{text}");
+    let mail: Vec<String> = std::fs::read_dir(out.join("mail"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(mail.len(), 3, "{text}");
+    assert!(mail.iter().any(|m| m.contains("Send the quarterly report")));
+    assert!(
+        !mail.iter().any(|m| m.contains("Cancelled by completion")),
+        "the completed task's reminder was cancelled"
+    );
+    assert!(text.contains("notification.sent"), "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}
