@@ -12,6 +12,9 @@
 //!   deleted task cancels every pending reminder of it, in any shard;
 //! - `reminders:user-pending:{user_id}`: hash reminder id -> task id, so a
 //!   user's new time zone reschedules their reminders set in local time;
+//! - `reminders:ended:{task_id}`: the task was completed, deleted or
+//!   archived (kept for [`ENDED_TTL`]), so a request for it that arrives
+//!   after the completion (another topic, no order between them) is ignored;
 //! - `reminders:sent:{id}`: the sent mark (id = task, nominal fire time and
 //!   channel), holding the outcome; set with the payload's removal in one
 //!   atomic update, kept for [`SENT_MARK_TTL`].
@@ -36,6 +39,10 @@ use super::planner::{DueWall, ReminderRule};
 /// How long a sent mark is kept: longer than any redelivery of the event
 /// that scheduled the reminder (topic retention is 7 days).
 pub const SENT_MARK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long an ended task is remembered: the topics' retention, so every
+/// late request for it is still recognised.
+pub const ENDED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What caused a reminder, which decides what a due-date change does to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +165,41 @@ impl ReminderSchedule {
 
     pub fn user_key(user_id: &str) -> String {
         format!("reminders:user-pending:{user_id}")
+    }
+
+    pub fn ended_key(task_id: &str) -> String {
+        format!("reminders:ended:{task_id}")
+    }
+
+    /// Marks a task ended: later requests for it are ignored.
+    pub fn ended_op(task_id: &str) -> StateOp {
+        StateOp::Set {
+            key: Self::ended_key(task_id),
+            value: b"1".to_vec(),
+            ttl: Some(ENDED_TTL),
+        }
+    }
+
+    /// A task that has a due date again (reopened) takes reminders again.
+    pub fn reopened_op(task_id: &str) -> StateOp {
+        StateOp::Delete {
+            key: Self::ended_key(task_id),
+        }
+    }
+
+    /// Which of `task_ids` ended, in order.
+    pub async fn ended(
+        &self,
+        store: &dyn StateStore,
+        task_ids: &[&str],
+    ) -> Result<Vec<bool>, StateError> {
+        let keys: Vec<String> = task_ids.iter().map(|t| Self::ended_key(t)).collect();
+        Ok(store
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .map(|v| v.is_some())
+            .collect())
     }
 
     pub fn sent_key(reminder_id: &str) -> String {

@@ -142,6 +142,10 @@ impl RemindersWorker {
     /// A `reminder.requested`: one reminder at `remind_at` (relative to the
     /// due time when the request names one, so it moves with it).
     async fn handle_request(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let task_id = event.event.task_id.as_deref().unwrap_or_default();
+        if self.schedule.ended(ctx.state(), &[task_id]).await?[0] {
+            return Ok(Outcome::Skipped);
+        }
         let (ops, fire_at) = self.request_ops(event, ctx).await?;
         ctx.apply_for(event, ops).await?;
         ctx.wake_timer_at(&event.source, fire_at);
@@ -220,20 +224,35 @@ impl RemindersWorker {
     /// Requests in a row are scheduled with one atomic update: their ops
     /// are idempotent (the same request sets the same keys to the same
     /// values), so they need not be tied to each event's idempotency mark.
-    async fn handle_requests(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
+    async fn handle_requests(
+        &self,
+        events: &[Inbound],
+        ctx: &Ctx,
+    ) -> Result<Vec<Outcome>, WorkerError> {
+        let tasks: Vec<&str> = events
+            .iter()
+            .map(|e| e.event.task_id.as_deref().unwrap_or_default())
+            .collect();
+        let ended = self.schedule.ended(ctx.state(), &tasks).await?;
         let mut ops = Vec::with_capacity(events.len() * 4);
         let mut wakes = Vec::with_capacity(events.len());
-        for e in events {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (e, ended) in events.iter().zip(ended) {
+            if ended {
+                outcomes.push(Outcome::Skipped);
+                continue;
+            }
+            outcomes.push(Outcome::Done);
             let (o, at) = self.request_ops(e, ctx).await?;
             ops.extend(o);
             wakes.push((&e.source, at));
         }
         ctx.state().apply(&ops).await?;
+        metrics::scheduled(wakes.len());
         for (source, at) in wakes {
             ctx.wake_timer_at(source, at);
         }
-        metrics::scheduled(events.len());
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn handle_task(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
@@ -242,7 +261,7 @@ impl RemindersWorker {
             return Ok(Outcome::Skipped);
         };
         if ends_task(e) {
-            return self.cancel_task(event, ctx, task_id).await;
+            return self.cancel_task(event, ctx, task_id, true).await;
         }
         let snapshot = e.task.clone().unwrap_or_default();
         let settings = TaskReminderSettings::from_attributes(task_id, &e.attributes)
@@ -254,7 +273,7 @@ impl RemindersWorker {
             .is_some_and(|c| c.new.is_null());
         let Some(due_at) = snapshot.due_at.filter(|_| !due_removed) else {
             if due_removed {
-                return self.cancel_task(event, ctx, task_id).await;
+                return self.cancel_task(event, ctx, task_id, false).await;
             }
             if snapshot.title.is_some() || snapshot.description.is_some() {
                 return self.retitle(event, ctx, task_id, &snapshot).await;
@@ -327,7 +346,7 @@ impl RemindersWorker {
                 }
             }
         }
-        let mut ops: Vec<StateOp> = Vec::new();
+        let mut ops: Vec<StateOp> = vec![ReminderSchedule::reopened_op(task_id)];
         let mut cancelled = 0;
         for (id, old_shard, r) in &pending {
             if !keep.iter().any(|k| &k.reminder_id == id) {
@@ -373,22 +392,22 @@ impl RemindersWorker {
         event: &Inbound,
         ctx: &Ctx,
         task_id: &str,
+        ended: bool,
     ) -> Result<Outcome, WorkerError> {
         let pending = self.pending(ctx, task_id).await?;
-        let ops: Vec<StateOp> = pending
+        let mut ops: Vec<StateOp> = pending
             .iter()
             .flat_map(|(id, shard, r)| {
                 let user = r.as_ref().map(|r| r.user_id.as_str());
                 ReminderSchedule::cancel_ops(task_id, id, shard, user)
             })
             .collect();
+        if ended {
+            ops.push(ReminderSchedule::ended_op(task_id));
+        }
         ctx.apply_for(event, ops).await?;
         metrics::cancelled(pending.len());
-        Ok(if pending.is_empty() {
-            Outcome::Skipped
-        } else {
-            Outcome::Done
-        })
+        Ok(Outcome::Done)
     }
 
     /// A title or description change reaches reminders not yet sent.
@@ -663,11 +682,9 @@ impl Worker for RemindersWorker {
                 .take_while(|e| e.event.kind == "reminder.requested")
                 .count();
             if run > 1 {
-                if self
-                    .handle_requests(&events[i..i + run], ctx)
-                    .await
-                    .is_err()
-                {
+                if let Ok(o) = self.handle_requests(&events[i..i + run], ctx).await {
+                    outcomes.extend(o);
+                } else {
                     // Redo one by one, so only the bad request fails.
                     for e in &events[i..i + run] {
                         match self.handle(e, ctx).await {
@@ -680,8 +697,6 @@ impl Worker for RemindersWorker {
                             }
                         }
                     }
-                } else {
-                    outcomes.extend(std::iter::repeat_n(Outcome::Done, run));
                 }
                 i += run;
                 continue;
@@ -859,6 +874,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(scores(&store, &shard).await, vec![base + 800.0]);
+        // A request for it that arrives after the completion is ignored...
+        let late = r#"{"task_id":"a","user_id":"u1","title":"T","remind_at":"2026-06-10T08:40:00Z","notification_method":"email","created_at":"2026-06-01T00:00:00Z"}"#;
+        assert_eq!(
+            w.handle(&inbound("reminders", 2, late), &ctx)
+                .await
+                .unwrap(),
+            Outcome::Skipped
+        );
+        let batch = [inbound("reminders", 2, late), inbound("reminders", 2, late)];
+        let out = w.handle_batch(&batch, &ctx).await;
+        assert!(out.failure.is_none());
+        assert_eq!(out.outcomes, vec![Outcome::Skipped, Outcome::Skipped]);
+        assert_eq!(scores(&store, &shard).await, vec![base + 800.0]);
+        // ...until the task is reopened with a due date.
+        let reopened = r#"{"event_id":"r1","event_type":"task.updated","timestamp":"2026-06-03T00:00:00Z","data":{"task_id":"a","user_id":"u1","status":"pending","due_date":"2026-06-10T09:00:00Z","reminder_offsets":["-1h"]}}"#;
+        w.handle(&inbound("task-events", 0, reopened), &ctx)
+            .await
+            .unwrap();
+        assert_eq!(
+            w.handle(&inbound("reminders", 2, late), &ctx)
+                .await
+                .unwrap(),
+            Outcome::Done
+        );
     }
 
     #[tokio::test]
