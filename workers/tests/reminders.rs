@@ -600,6 +600,10 @@ struct InProcess {
 
 impl InProcess {
     async fn start(env: &Env, start: chrono::DateTime<Utc>) -> InProcess {
+        Self::start_with(env, start, String::new()).await
+    }
+
+    async fn start_with(env: &Env, start: chrono::DateTime<Utc>, webhook_url: String) -> InProcess {
         use taskstream::reminders::config::{RemindersConfig, Secret};
         use taskstream::reminders::mailer::Mailer;
         let mut config = pipelines::testing::test_config(&env.bootstrap(), &env.redis.url());
@@ -607,11 +611,13 @@ impl InProcess {
         let store = RedisStore::connect(&config.redis).await.unwrap();
         let reminders = RemindersConfig {
             unsubscribe_secret: Secret::new(SECRET),
+            webhook_url,
             ..RemindersConfig::default()
         };
         let mailer = Mailer::from_config(&reminders, &env.smtp.url()).unwrap();
+        let webhook = taskstream::reminders::webhook::Webhook::from_config(&reminders).unwrap();
         let worker = std::sync::Arc::new(taskstream::reminders::RemindersWorker::new(
-            mailer, None, reminders,
+            mailer, webhook, reminders,
         ));
         let (clock, hand) = pipelines::Clock::manual(start);
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -989,4 +995,87 @@ fn the_demo_writes_reminder_email_into_out_mail() {
     );
     assert!(text.contains("notification.sent"), "{text}");
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// An HTTP endpoint that answers 200 to everything and keeps the bodies.
+async fn hook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push(text[end + 4..end + 4 + length].to_string());
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_requests_go_to_the_webhook_once() {
+    let env = Env::start();
+    let (url, bodies) = hook().await;
+    let w = InProcess::start_with(&env, at("2026-06-10T08:00:00Z"), url).await;
+    env.send(
+        "reminders",
+        "pushed",
+        json!({"task_id": "pushed", "user_id": "u-push", "title": "Pushed reminder",
+               "remind_at": "2026-06-10T08:30:00Z", "notification_method": "push",
+               "created_at": "2026-06-10T08:00:00Z"}),
+    );
+    env.flush();
+    w.wait_key("reminders:task:pushed").await;
+    w.hand.set(at("2026-06-10T08:30:00Z"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bodies.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "nothing posted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["task_id"], "pushed");
+    assert!(got[0].contains("Pushed reminder"), "{}", got[0]);
+    assert!(
+        env.smtp.messages().unwrap().is_empty(),
+        "no email for a push"
+    );
+    w.stop().await;
 }
