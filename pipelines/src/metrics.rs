@@ -71,6 +71,27 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), &size_buckets)
                 })
+                // Task completion times run from minutes to weeks (a full
+                // match wins over the `_seconds` suffix).
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("taskstream_aggregates_completion_duration_seconds".into()),
+                        &[
+                            60.0,
+                            300.0,
+                            900.0,
+                            1800.0,
+                            3600.0,
+                            7200.0,
+                            14_400.0,
+                            28_800.0,
+                            86_400.0,
+                            172_800.0,
+                            604_800.0,
+                            2_592_000.0,
+                        ],
+                    )
+                })
                 .map(|b| b.build_recorder());
             match recorder {
                 Ok(recorder) => {

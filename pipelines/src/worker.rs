@@ -232,6 +232,22 @@ impl Ctx {
         self.state.apply(&ops).await.map_err(WorkerError::from)
     }
 
+    /// Like [`Ctx::apply_for`] for a whole batch: `ops` and the idempotency
+    /// marks of every event in `events`, in one atomic unit. For a worker
+    /// that folds a batch into one update (windowed counters): either every
+    /// event's effect and mark land, or none.
+    pub async fn apply_for_all(
+        &self,
+        events: &[Inbound],
+        ops: Vec<StateOp>,
+    ) -> Result<(), WorkerError> {
+        let mut ops = ops;
+        if let Some(g) = &self.guard {
+            ops.extend(events.iter().map(|e| g.done_op(&e.event.event_id)));
+        }
+        self.state.apply(&ops).await.map_err(WorkerError::from)
+    }
+
     /// Publishes one output event as JSON, keyed (so one key stays ordered), and
     /// waits for the broker's acknowledgement.
     pub async fn publish<T: Serialize + ?Sized>(

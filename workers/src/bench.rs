@@ -8,7 +8,8 @@ use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Subject};
 use crate::audit::{pg_store::PgStore, AuditWorker};
 use crate::config::Config;
 
-/// Runs the benchmark of `worker` (`baseline`, `pipeline`, `audit`, `recurring`).
+/// Runs the benchmark of `worker` (`baseline`, `pipeline`, `aggregates`,
+/// `audit`, `recurring`).
 pub async fn run(
     config: &Config,
     worker: &str,
@@ -26,6 +27,10 @@ pub async fn run(
     let subject = match worker {
         "baseline" => Subject::Baseline,
         "pipeline" => Subject::Worker(Arc::new(NoopWorker)),
+        "aggregates" => Subject::Worker(Arc::new(
+            crate::aggregates::AggregatesWorker::new(&config.aggregates)
+                .map_err(anyhow::Error::msg)?,
+        )),
         "audit" => {
             let url = database_url
                 .or_else(|| std::env::var("DATABASE_URL").ok())
@@ -57,7 +62,7 @@ pub async fn run(
             return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
         }
         other => {
-            bail!("--worker has value {other:?}: expected baseline, pipeline, audit or recurring")
+            bail!("--worker has value {other:?}: expected baseline, pipeline, aggregates, audit or recurring")
         }
     };
     Ok(pipelines::bench::run(spec(config, events, partitions, redis_url), subject).await?)

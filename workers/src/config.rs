@@ -17,6 +17,8 @@ pub struct Config {
     pub reminders: crate::reminders::config::RemindersConfig,
     pub recurring: crate::recurring::RecurringConfig,
     pub lag_monitor: crate::lagmon::LagMonitorConfig,
+    pub aggregates: crate::aggregates::AggregatesConfig,
+    pub deadlines: crate::deadlines::DeadlinesConfig,
 }
 
 /// `[audit]`: where the audit trail is kept and for how long.
@@ -70,6 +72,8 @@ impl Config {
             reminders: pipelines::config::extract(&figment, Some("reminders"))?,
             recurring: pipelines::config::extract(&figment, Some("recurring"))?,
             lag_monitor: pipelines::config::extract(&figment, Some("lag_monitor"))?,
+            aggregates: pipelines::config::extract(&figment, Some("aggregates"))?,
+            deadlines: pipelines::config::extract(&figment, Some("deadlines"))?,
         };
         c.validate()?;
         Ok(c)
@@ -79,6 +83,8 @@ impl Config {
         self.pipeline.validate()?;
         self.reminders.validate(&self.pipeline.smtp.url)?;
         self.lag_monitor.validate()?;
+        self.aggregates.validate()?;
+        self.deadlines.validate()?;
         let a = &self.audit;
         if !matches!(a.store.as_str(), "auto" | "file" | "postgres") {
             return Err(ConfigError::invalid(
@@ -123,6 +129,8 @@ impl Config {
             reminders: self.reminders.redacted(),
             recurring: self.recurring.clone(),
             lag_monitor: self.lag_monitor.clone(),
+            aggregates: self.aggregates.clone(),
+            deadlines: self.deadlines.clone(),
         }
     }
 

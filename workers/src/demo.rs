@@ -57,6 +57,12 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     for topic in audit::default_topics(&config.pipeline) {
         mock.create_topic(&topic, 3)?;
     }
+    let t = &config.pipeline.topics;
+    mock.create_topic(&t.analytics_events, 3)?;
+    mock.create_topic(&t.task_metrics, 1)?;
+    // Windows close once every partition is quiet for a second (the
+    // demo's input ends; nothing else would move the watermark).
+    config.aggregates.idle_timeout = Duration::from_secs(1);
     let audit_dir = out.join("audit");
     if audit_dir.exists() {
         std::fs::remove_dir_all(&audit_dir)
@@ -78,6 +84,19 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let mut messages = messages()?;
     let recurring_messages = crate::recurring::demo::messages()?;
     messages.extend(recurring_messages.iter().cloned());
+    let aggregate_messages = crate::aggregates::demo::messages(
+        &config.pipeline.topics.task_events,
+        &config.pipeline.topics.analytics_events,
+    );
+    let audited_aggregate_messages = aggregate_messages
+        .iter()
+        .filter(|(topic, _, _)| *topic == config.pipeline.topics.task_events)
+        .count();
+    messages.extend(aggregate_messages);
+    messages.extend(crate::deadlines::demo::messages(
+        &config.pipeline.topics.task_events,
+        chrono::Utc::now(),
+    ));
     let reminder_user = crate::reminders::demo::user_messages(chrono::Utc::now());
     messages.extend(reminder_user.iter().cloned());
     println!("taskstream demo");
@@ -104,12 +123,21 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     let recurring: Arc<dyn Worker> = Arc::new(
         crate::recurring::RecurringWorker::new(&config.recurring).map_err(anyhow::Error::msg)?,
     );
+    let aggregates: Arc<dyn Worker> = Arc::new(
+        crate::aggregates::AggregatesWorker::new(&config.aggregates).map_err(anyhow::Error::msg)?,
+    );
+    let deadlines: Arc<dyn Worker> =
+        Arc::new(crate::deadlines::DeadlinesWorker::new(&config.deadlines)?);
     let reminders = crate::workers::build("reminders", &config).await?;
-    let run = tokio::spawn(async move { rt.run(vec![worker, recurring, reminders]).await });
+    let run = tokio::spawn(async move {
+        rt.run(vec![worker, recurring, aggregates, deadlines, reminders])
+            .await
+    });
 
-    // Each recurring completion is audited, and so is the occurrence it
-    // creates; the reminders' user too.
-    let expected_records = 16 + 2 * recurring_messages.len() + reminder_user.len();
+    // Each recurring completion is audited, and so is the occurrence it creates.
+    // The aggregates demo's task events are audited too, and the reminders' user.
+    let expected_records =
+        16 + 2 * recurring_messages.len() + audited_aggregate_messages + reminder_user.len();
     let dlq_topic = format!("task-events{}", config.pipeline.pipeline.dlq_suffix);
     let deadline = Instant::now() + Duration::from_secs(60);
     let records = loop {
@@ -151,6 +179,14 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         Vec::new()
     };
+    // The demo's six minutes, 09:00 to 09:05: the minutes up to 09:04 close
+    // (the watermark is the newest event minus the minute of lateness).
+    let windows = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.pipeline.topics.task_metrics.clone();
+        move || crate::aggregates::demo::published(&bootstrap, &topic, 4, Duration::from_secs(20))
+    })
+    .await??;
     // Let the last offsets commit, then stop the way SIGTERM would.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     shutdown.cancel();
@@ -179,6 +215,16 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         move || crate::reminders::demo::print(&mail, &bootstrap, &topic, emails)
     })
     .await?;
+    crate::aggregates::demo::print(&windows);
+    let announcements = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.deadlines.output_topic.clone();
+        move || {
+            crate::deadlines::demo::published(&bootstrap, &topic, crate::deadlines::demo::EXPECTED)
+        }
+    })
+    .await??;
+    crate::deadlines::demo::print(&announcements);
     println!("\ndead letters:");
     for m in &dead {
         println!(

@@ -55,6 +55,10 @@ enum Command {
         /// group's topic (default 100).
         #[arg(long)]
         partitions: Option<i32>,
+        /// `deadlines` only: tasks crossing a threshold at once (`--events`
+        /// is the number of tasks indexed).
+        #[arg(long, default_value_t = 10_000)]
+        burst: u64,
         /// `lag-monitor` only: consumer groups, each on its own topic.
         #[arg(long, default_value_t = 50)]
         groups: usize,
@@ -102,6 +106,19 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Window raw messages (one per stdin line) as the aggregates worker
+    /// does; one JSON line per window as it closes, then a summary.
+    Aggregate {
+        /// Window size (`1m`, `1h`, `1d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        /// How far behind the newest event an event may be.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+        lateness: std::time::Duration,
+        /// The topic the messages came from (a hint for topic-specific shapes).
+        #[arg(long, default_value = "task-events")]
+        topic: String,
     },
     /// Recurrence rules: check one with the worker's own engine.
     Recurrence {
@@ -225,10 +242,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
             partitions,
             groups,
+            burst,
             redis_url,
             database_url,
         } => {
             let config = load_config(&cli.config)?;
+            if worker == "deadlines" {
+                pipelines::telemetry::init(&pipelines::config::LogConfig {
+                    level: "error".into(),
+                    ..config.pipeline.log.clone()
+                });
+                let report =
+                    taskstream::deadlines::bench::run(&config, events, burst, redis_url).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if worker == lagmon::NAME {
                 pipelines::telemetry::init(&pipelines::config::LogConfig {
                     level: "error".into(),
@@ -274,6 +302,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..config.pipeline.log.clone()
             });
             demo::run(config, &out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Aggregate {
+            window,
+            lateness,
+            topic,
+        } => {
+            if window.as_millis() < 1000 {
+                bail!("--window has value {window:?}: expected at least 1s");
+            }
+            let name = humantime::format_duration(window).to_string();
+            let spec = taskstream::aggregates::window::WindowSpec::new(&name, window);
+            let lateness_ms = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            taskstream::aggregates::cli::aggregate(
+                std::io::stdin().lock(),
+                &mut out,
+                &spec,
+                lateness_ms,
+                &topic,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Recurrence {

@@ -11,13 +11,16 @@ use crate::config::Config;
 use crate::lagmon;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["audit", "recurring", "reminders"];
+pub const NAMES: &[&str] = &["aggregates", "audit", "deadlines", "recurring", "reminders"];
 
 /// The topics a worker reads unless `workers.<name>.topics` says otherwise,
 /// known without building it (the lag monitor watches them).
 pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
     match name {
+        "aggregates" => crate::aggregates::default_topics(&config.pipeline),
         "audit" => audit::default_topics(&config.pipeline),
+        "deadlines" => crate::deadlines::worker::default_topics(&config.pipeline),
+        "reminders" => crate::reminders::worker::default_topics(&config.pipeline),
         _ => Vec::new(),
     }
 }
@@ -35,10 +38,17 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
                 config.audit.clone(),
             )))
         }
+        "aggregates" => Ok(Arc::new(
+            crate::aggregates::AggregatesWorker::new(&config.aggregates)
+                .map_err(anyhow::Error::msg)?,
+        )),
         "recurring" => Ok(Arc::new(
             crate::recurring::RecurringWorker::new(&config.recurring)
                 .map_err(anyhow::Error::msg)?,
         )),
+        "deadlines" => Ok(Arc::new(crate::deadlines::DeadlinesWorker::new(
+            &config.deadlines,
+        )?)),
         "reminders" => {
             let r = &config.reminders;
             let mailer =

@@ -472,6 +472,13 @@ pub async fn run(
     ] {
         cfg.set(k, v);
     }
+    // A heartbeat at a third of the session (librdkafka's default is a fixed
+    // 3 s, which cannot keep a short session alive).
+    let session_ms = settings.kafka.session_timeout.as_millis();
+    cfg.set(
+        "heartbeat.interval.ms",
+        (session_ms / 3).clamp(100, 3000).to_string(),
+    );
     cfg.set(
         "session.timeout.ms",
         settings.kafka.session_timeout.as_millis().to_string(),

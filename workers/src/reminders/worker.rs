@@ -566,6 +566,16 @@ impl RemindersWorker {
     }
 }
 
+/// The topics the worker reads: requests, tasks, users.
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    let t = &config.topics;
+    vec![
+        t.reminders.clone(),
+        t.task_events.clone(),
+        t.user_events.clone(),
+    ]
+}
+
 /// `r` re-planned for a user now in `tz`, when its wall time was the
 /// user's (see [`ZoneSource`]) and its fire time changes.
 fn rezone(r: &StoredReminder, tz: chrono_tz::Tz) -> Option<StoredReminder> {
@@ -649,12 +659,7 @@ impl Worker for RemindersWorker {
     }
 
     fn topics(&self, config: &PipelineConfig) -> Vec<String> {
-        let t = &config.topics;
-        vec![
-            t.reminders.clone(),
-            t.task_events.clone(),
-            t.user_events.clone(),
-        ]
+        default_topics(config)
     }
 
     async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {

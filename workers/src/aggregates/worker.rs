@@ -1,0 +1,395 @@
+//! The aggregates worker: events fold into window counters as they come;
+//! each partition's timer closes the windows the worker's watermark has
+//! passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pipelines::config::PipelineConfig;
+use pipelines::state::{ScoreBound, ScoreRange, StateOp};
+use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, Timer, TimerScope, Worker, WorkerError};
+
+use super::close::{close_window, Closed};
+use super::config::AggregatesConfig;
+use super::metrics;
+use super::plan::{plan, EventFacts};
+use super::store;
+use super::watermark::{self, PartitionMark};
+use super::window::{WindowId, WindowSpec};
+
+/// Windows closed per tick at most before the tick yields (and runs again at once).
+const CLOSES_PER_TICK: usize = 200;
+/// The newest event time of a partition assigned but not yet read: its
+/// watermark is the beginning of time while it is active.
+const NOTHING_YET: i64 = i64::MIN;
+/// Closed windows remembered in process (beyond them the close mark is read).
+const CLOSED_CACHE: usize = 10_000;
+
+/// Windowed task metrics by event time.
+pub struct AggregatesWorker {
+    config: AggregatesConfig,
+    specs: Vec<WindowSpec>,
+    lateness_ms: i64,
+    idle_ms: i64,
+    /// Newest event time of each partition this replica owns.
+    newest: Mutex<HashMap<(Arc<str>, i32), i64>>,
+    /// Windows known closed (a close never reopens).
+    closed: Mutex<HashSet<WindowId>>,
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl AggregatesWorker {
+    pub fn new(config: &AggregatesConfig) -> Result<Self, String> {
+        let specs = config.window_specs().map_err(|e| e.to_string())?;
+        Ok(AggregatesWorker {
+            config: config.clone(),
+            specs,
+            lateness_ms: ms(config.allowed_lateness),
+            idle_ms: ms(config.idle_timeout),
+            newest: Mutex::new(HashMap::new()),
+            closed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), i64>> {
+        self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed(&self) -> std::sync::MutexGuard<'_, HashSet<WindowId>> {
+        self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_closed(&self, w: WindowId) {
+        let mut c = self.closed();
+        if c.len() >= CLOSED_CACHE {
+            c.clear();
+        }
+        c.insert(w);
+    }
+
+    /// The windows among `windows` that are closed: from memory, else their
+    /// close marks (read concurrently).
+    async fn closed_among(
+        &self,
+        ctx: &Ctx,
+        windows: HashSet<WindowId>,
+    ) -> Result<HashSet<WindowId>, WorkerError> {
+        let (mut known, unknown): (HashSet<WindowId>, Vec<WindowId>) = {
+            let c = self.closed();
+            let (k, u): (Vec<_>, Vec<_>) = windows.into_iter().partition(|w| c.contains(w));
+            (k.into_iter().collect(), u)
+        };
+        let marks = futures::future::try_join_all(
+            unknown
+                .iter()
+                .map(|w| async move { ctx.state().get(&store::closed_key(w)).await }),
+        )
+        .await?;
+        for (w, m) in unknown.into_iter().zip(marks) {
+            if m.is_some() {
+                self.remember_closed(w.clone());
+                known.insert(w);
+            }
+        }
+        Ok(known)
+    }
+
+    async fn fold(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let src = &first.source;
+        let key = (src.topic.clone(), src.partition);
+        let prior = self.newest().get(&key).copied();
+        let prior = match prior {
+            Some(p) => Some(p),
+            None => store::mark(ctx.state(), &src.topic, src.partition)
+                .await?
+                .map(|m| m.max_event_ms)
+                .filter(|m| *m != NOTHING_YET),
+        };
+        let mut facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
+        let created_ops = completion_times(&mut facts, ctx).await?;
+        let touched: HashSet<WindowId> = facts
+            .iter()
+            .flat_map(|f| self.specs.iter().map(|s| s.window_of(f.t_ms)))
+            .collect();
+        let closed = self.closed_among(ctx, touched).await?;
+        let plan = plan(&self.specs, self.lateness_ms, prior, &closed, &facts);
+        let now = ctx.now().timestamp_millis();
+        let mark = plan.max_event_ms.map(|max_event_ms| PartitionMark {
+            max_event_ms,
+            seen_ms: now,
+        });
+        let field = store::mark_field(&src.topic, src.partition);
+        let mut ops = store::batch_ops(
+            &plan,
+            mark.map(|m| (field.as_str(), m)),
+            self.config.state_ttl,
+        );
+        ops.extend(created_ops);
+        ctx.apply_for_all(events, ops).await?;
+
+        if let Some(max) = plan.max_event_ms {
+            self.newest().insert(key, max);
+        }
+        for f in &facts {
+            let kind = if pipelines::event::is_known_type(&f.kind) {
+                f.kind.as_str()
+            } else {
+                "other"
+            };
+            metrics::event(kind, f.priority.as_deref(), f.completion_seconds);
+        }
+        for (w, n) in &plan.late {
+            metrics::late(w, *n);
+        }
+        // Wake this partition's timer when its watermark crossed a boundary
+        // of the shortest window: a window may have become closable.
+        let smallest = self.specs.first().map_or(60_000, |s| s.size_ms);
+        let crossed = match (prior, plan.max_event_ms) {
+            (Some(a), Some(b)) => {
+                a.saturating_sub(self.lateness_ms).div_euclid(smallest)
+                    != b.saturating_sub(self.lateness_ms).div_euclid(smallest)
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if crossed {
+            ctx.wake_timer_at(src, ctx.now());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Worker for AggregatesWorker {
+    fn name(&self) -> &'static str {
+        "aggregates"
+    }
+
+    fn topics(&self, config: &PipelineConfig) -> Vec<String> {
+        default_topics(config)
+    }
+
+    /// One partition's timer: windows close as that partition's watermark
+    /// (or any replica's, through the shared marks) allows.
+    fn timer_scope(&self) -> TimerScope {
+        TimerScope::Partition
+    }
+
+    async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        self.fold(std::slice::from_ref(event), ctx).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// The whole batch is one atomic update (counters, marks, idempotency
+    /// marks): it lands entirely or not at all.
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        match self.fold(events, ctx).await {
+            Ok(()) => BatchOutcome {
+                outcomes: vec![Outcome::Done; events.len()],
+                failure: None,
+            },
+            Err(e) => BatchOutcome {
+                outcomes: Vec::new(),
+                failure: Some(e),
+            },
+        }
+    }
+
+    /// Loads the partition's newest event time and restarts its idle clock:
+    /// a partition just assigned (maybe with a backlog, maybe never read
+    /// before) holds the watermark back for `idle_timeout`, so windows do
+    /// not close before its events are read.
+    async fn on_assigned(&self, topic: &str, partition: i32, ctx: &Ctx) -> Result<(), WorkerError> {
+        let existing = store::mark(ctx.state(), topic, partition)
+            .await?
+            .map(|m| m.max_event_ms)
+            .filter(|m| *m != NOTHING_YET);
+        let mark = PartitionMark {
+            max_event_ms: existing.unwrap_or(NOTHING_YET),
+            seen_ms: ctx.now().timestamp_millis(),
+        };
+        ctx.state()
+            .apply(&[StateOp::HashSet {
+                key: store::MARKS.into(),
+                fields: vec![(
+                    store::mark_field(topic, partition),
+                    mark.encode().into_bytes(),
+                )],
+            }])
+            .await?;
+        if let Some(m) = existing {
+            self.newest().insert((Arc::from(topic), partition), m);
+        }
+        Ok(())
+    }
+
+    async fn on_revoked(&self, topic: &str, partition: i32, _ctx: &Ctx) {
+        self.newest().remove(&(Arc::from(topic), partition));
+    }
+
+    async fn tick(&self, timer: &Timer, ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
+        let now = ctx.now().timestamp_millis();
+        let marks = store::marks(ctx.state()).await?;
+        let Some(wm) = watermark::combined(&marks, now, self.lateness_ms, self.idle_ms) else {
+            return Ok(None);
+        };
+        metrics::watermark(wm);
+        let due = ctx
+            .state()
+            .zrange(
+                store::OPEN,
+                ScoreRange {
+                    min: ScoreBound::Unbounded,
+                    max: ScoreBound::Inclusive(wm as f64),
+                    offset: 0,
+                    limit: CLOSES_PER_TICK,
+                },
+            )
+            .await?;
+        let mut windows: Vec<WindowId> = due
+            .iter()
+            .filter_map(|s| WindowId::from_member(&s.member))
+            .collect();
+        windows.sort_by(|a, b| a.close_order(b));
+        let topic = ctx.config().topics.task_metrics.clone();
+        for w in &windows {
+            if timer.stop.is_cancelled() {
+                return Ok(Some(ctx.now()));
+            }
+            match close_window(
+                ctx,
+                w,
+                &topic,
+                self.config.close_lease,
+                self.config.state_ttl,
+            )
+            .await?
+            {
+                Closed::Published(r) => {
+                    tracing::debug!(window = %w.name, start = %r.window_start, events = r.events, "window closed");
+                    self.remember_closed(w.clone());
+                }
+                Closed::NotOurs => {}
+            }
+        }
+        if due.len() >= CLOSES_PER_TICK {
+            return Ok(Some(ctx.now()));
+        }
+        if ctx.state().zfirst(store::OPEN).await?.is_none() {
+            return Ok(None);
+        }
+        // Open windows remain: look again when a partition may turn idle
+        // (or after check_interval, for closes another replica left behind).
+        let mut next = now.saturating_add(ms(self.config.check_interval));
+        if let Some(idle_at) = watermark::next_idle_at(&marks, now, self.idle_ms) {
+            next = next.min(idle_at);
+        }
+        Ok(DateTime::from_timestamp_millis(next))
+    }
+}
+
+/// Fills in the completion time of completions whose snapshot has no
+/// creation time, from `task.created` events earlier in the batch or the
+/// creation index (read concurrently); returns the index writes of the
+/// batch's `task.created` events.
+async fn completion_times(
+    facts: &mut [EventFacts],
+    ctx: &Ctx,
+) -> Result<Vec<StateOp>, WorkerError> {
+    let mut created_here: HashMap<String, i64> = HashMap::new();
+    let mut ops = Vec::new();
+    let mut wanted: Vec<(usize, String)> = Vec::new();
+    for (i, f) in facts.iter().enumerate() {
+        let Some(task) = &f.task_id else { continue };
+        if f.kind == "task.created" {
+            created_here.entry(task.clone()).or_insert(f.t_ms);
+            ops.push(StateOp::Set {
+                key: store::created_key(task),
+                value: f.t_ms.to_string().into_bytes(),
+                ttl: Some(store::CREATED_TTL),
+            });
+        } else if f.completed_ms.is_some() && f.completion_seconds.is_none() {
+            wanted.push((i, task.clone()));
+        }
+    }
+    let created_here = &created_here;
+    let found = futures::future::try_join_all(wanted.iter().map(|(_, task)| async move {
+        match created_here.get(task) {
+            Some(t) => Ok(Some(*t)),
+            None => ctx
+                .state()
+                .get(&store::created_key(task))
+                .await
+                .map(|v| v.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())),
+        }
+    }))
+    .await?;
+    for ((i, _), created) in wanted.into_iter().zip(found) {
+        if let (Some(f), Some(created)) = (facts.get_mut(i), created) {
+            f.completion_seconds = f
+                .completed_ms
+                .and_then(|c| super::plan::completion_seconds((c, created)));
+        }
+    }
+    Ok(ops)
+}
+
+/// `task-events` and `analytics-events`.
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    vec![
+        config.topics.task_events.clone(),
+        config.topics.analytics_events.clone(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelines::state::MemoryStore;
+
+    fn fact(kind: &str, task: &str, t_s: i64) -> EventFacts {
+        EventFacts {
+            t_ms: t_s * 1000,
+            kind: kind.into(),
+            user: None,
+            priority: None,
+            completion_seconds: None,
+            task_id: Some(task.into()),
+            completed_ms: (kind == "task.completed").then_some(t_s * 1000),
+        }
+    }
+
+    #[tokio::test]
+    async fn completions_without_created_at_take_it_from_the_batch_or_the_index() {
+        let ctx = Ctx::new(
+            "aggregates",
+            Arc::new(MemoryStore::new("t:")),
+            None,
+            Arc::new(PipelineConfig::default()),
+        );
+        ctx.state()
+            .set(&store::created_key("t2"), b"100000", None)
+            .await
+            .unwrap();
+        let mut facts = vec![
+            fact("task.created", "t1", 0),
+            fact("task.completed", "t1", 600),
+            fact("task.completed", "t2", 400),
+            fact("task.completed", "unknown", 400),
+        ];
+        let ops = completion_times(&mut facts, &ctx).await.unwrap();
+        assert_eq!(facts[1].completion_seconds, Some(600.0));
+        assert_eq!(facts[2].completion_seconds, Some(300.0));
+        assert_eq!(facts[3].completion_seconds, None, "no creation known");
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].key(), store::created_key("t1"));
+    }
+}

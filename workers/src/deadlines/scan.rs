@@ -1,0 +1,225 @@
+//! One scan of a pending-crossing set: claim what is due, check it against
+//! the task's record, announce, acknowledge.
+//!
+//! - **Claim**: `zclaim_due` re-scores the due members to `now + claim_lease`
+//!   atomically, so no other claimer (a replica that still believes it owns
+//!   the partition) gets them within the lease, and a claimer that crashes
+//!   leaves them to come back after it.
+//! - **Check**: a crossing is announced only while its task is open, still
+//!   due at the crossing's due time, and the crossing not already announced;
+//!   otherwise it is dropped (the completion or move raced the scan).
+//! - **Announce**, then **acknowledge**: the task's `sent` mark and the
+//!   member's removal in one atomic write, after the broker acknowledged the
+//!   event. A crash between the two announces again after the lease, with the
+//!   same event id (derived from task, threshold and due time), which
+//!   consumers dedupe.
+//!
+//! Cost: one range query by score per batch, plus two round trips per
+//! crossing due; the number of tasks indexed does not enter.
+
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use pipelines::state::{StateOp, StateStore};
+use pipelines::{Ctx, OutputEvent, WorkerError};
+use tokio_util::sync::CancellationToken;
+
+use super::entry::StoredTask;
+use super::index::DeadlineIndex;
+use super::metrics;
+use super::output::{announcement, kind_of};
+use super::plan::{nominal_ms, parse_member};
+
+/// How one scan is run.
+#[derive(Debug, Clone)]
+pub struct ScanSpec<'a> {
+    pub crossings: &'a str,
+    pub output_topic: &'a str,
+    pub claim_lease: Duration,
+    pub batch: usize,
+}
+
+/// What one scan did.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    pub emitted: usize,
+    pub dropped: usize,
+    /// Per announcement: acknowledged-at minus due-at (ms), on the ctx's clock.
+    pub lateness_ms: Vec<i64>,
+    /// The next crossing of this set (ms), if any: when to scan again.
+    pub next_ms: Option<i64>,
+    pub took: Duration,
+}
+
+enum Verdict {
+    Announce(Box<OutputEvent>, String, i64),
+    Drop(&'static str),
+}
+
+/// Scans `spec.crossings` until nothing is due (or `stop`).
+pub async fn scan(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    stop: &CancellationToken,
+) -> Result<ScanReport, WorkerError> {
+    let started = Instant::now();
+    // A few rounds at once, so one round's broker and Redis waits overlap
+    // another's work; claims are atomic, so they never share a crossing.
+    let rounds = futures::future::join_all(
+        (0..CONCURRENT_ROUNDS).map(|_| claim_rounds(ctx, index, spec, stop)),
+    )
+    .await;
+    let mut report = ScanReport::default();
+    for r in rounds {
+        let r = r?;
+        report.emitted += r.emitted;
+        report.dropped += r.dropped;
+        report.lateness_ms.extend(r.lateness_ms);
+    }
+    report.next_ms = ctx
+        .state()
+        .zfirst(spec.crossings)
+        .await?
+        .map(|s| s.score as i64);
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+/// Rounds of claiming a scan runs side by side.
+const CONCURRENT_ROUNDS: usize = 4;
+
+/// Claims, announces and acknowledges batches until nothing is due.
+async fn claim_rounds(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    stop: &CancellationToken,
+) -> Result<ScanReport, WorkerError> {
+    let store = ctx.state();
+    let lease_ms = spec.claim_lease.as_millis() as f64;
+    let mut report = ScanReport::default();
+    loop {
+        let now = ctx.now().timestamp_millis() as f64;
+        let lease_until = now + lease_ms;
+        let claimed = store
+            .zclaim_due(spec.crossings, now, lease_until, spec.batch)
+            .await?;
+        if claimed.is_empty() {
+            break;
+        }
+        let records = futures::future::join_all(claimed.iter().map(|c| async {
+            match parse_member(&c.member) {
+                Some(m) => index.load(store, m.task).await.map(Some),
+                None => Ok(None),
+            }
+        }))
+        .await;
+        let mut verdicts = Vec::with_capacity(claimed.len());
+        for (c, record) in claimed.iter().zip(records) {
+            verdicts.push(judge(&c.member, record?.flatten(), spec.output_topic));
+        }
+        let outs: Vec<OutputEvent> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                Verdict::Announce(o, ..) => Some(o.as_ref().clone()),
+                Verdict::Drop(_) => None,
+            })
+            .collect();
+        if let Err(e) = ctx.publish_events(&outs).await {
+            // Give the claims back at once, so the retry need not wait for
+            // the lease; what was published is published again, same ids.
+            give_back(store, spec.crossings, &claimed).await;
+            return Err(e);
+        }
+        let acks = verdicts.iter().zip(&claimed).map(|(v, c)| {
+            let ops = match v {
+                Verdict::Announce(_, threshold, due_ms) => {
+                    let task = parse_member(&c.member).map(|m| m.task).unwrap_or_default();
+                    vec![
+                        DeadlineIndex::sent_op(task, threshold, *due_ms),
+                        StateOp::ZRem {
+                            key: spec.crossings.to_string(),
+                            member: c.member.clone(),
+                        },
+                    ]
+                }
+                Verdict::Drop(_) => vec![StateOp::ZRem {
+                    key: spec.crossings.to_string(),
+                    member: c.member.clone(),
+                }],
+            };
+            async move { store.apply(&ops).await }
+        });
+        for r in futures::future::join_all(acks).await {
+            r?;
+        }
+        let acked = ctx.now().timestamp_millis();
+        for (v, c) in verdicts.iter().zip(&claimed) {
+            match v {
+                Verdict::Announce(_, threshold, _) => {
+                    let late = (acked - c.score as i64).max(0);
+                    report.lateness_ms.push(late);
+                    report.emitted += 1;
+                    metrics::emitted(
+                        kind_of(threshold),
+                        threshold,
+                        Duration::from_millis(late as u64),
+                    );
+                }
+                Verdict::Drop(reason) => {
+                    report.dropped += 1;
+                    metrics::dropped(reason);
+                }
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Announce or drop one claimed crossing.
+fn judge(member: &str, record: Option<StoredTask>, topic: &str) -> Verdict {
+    let Some(m) = parse_member(member) else {
+        return Verdict::Drop("unreadable");
+    };
+    let Some(task) = record.filter(|t| t.open) else {
+        return Verdict::Drop("closed");
+    };
+    if task.due_ms != Some(m.due_ms) {
+        return Verdict::Drop("moved");
+    }
+    if task.was_sent(m.threshold, m.due_ms) {
+        return Verdict::Drop("already_sent");
+    }
+    let (Some(due_at), Some(nominal)) = (
+        DateTime::from_timestamp_millis(m.due_ms),
+        nominal_ms(m.threshold, m.due_ms).and_then(DateTime::from_timestamp_millis),
+    ) else {
+        return Verdict::Drop("unreadable");
+    };
+    let event = announcement(m.task, m.threshold, due_at, nominal, &task);
+    Verdict::Announce(
+        Box::new(OutputEvent::new(topic, m.task, event)),
+        m.threshold.to_string(),
+        m.due_ms,
+    )
+}
+
+/// Puts claimed members back at their original scores (best effort: if this
+/// fails too, they come back when the claim lease ends).
+async fn give_back(store: &dyn StateStore, key: &str, claimed: &[pipelines::state::Scored]) {
+    let ops: Vec<StateOp> = claimed
+        .iter()
+        .map(|c| StateOp::ZAdd {
+            key: key.to_string(),
+            member: c.member.clone(),
+            score: c.score,
+        })
+        .collect();
+    if let Err(e) = store.apply(&ops).await {
+        tracing::debug!(error = %e, "could not give claimed crossings back; they return after the claim lease");
+    }
+}
