@@ -74,6 +74,12 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     config.pipeline.database.url.clear();
     config.audit.store = "file".into();
     config.audit.dir = audit_dir.to_string_lossy().into_owned();
+    let mail_dir = out.join("mail");
+    if mail_dir.exists() {
+        std::fs::remove_dir_all(&mail_dir)
+            .with_context(|| format!("cannot clear {}", mail_dir.display()))?;
+    }
+    config.reminders.mail_dir = mail_dir.to_string_lossy().into_owned();
 
     let mut messages = messages()?;
     let recurring_messages = crate::recurring::demo::messages()?;
@@ -91,6 +97,8 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         &config.pipeline.topics.task_events,
         chrono::Utc::now(),
     ));
+    let reminder_user = crate::reminders::demo::user_messages(chrono::Utc::now());
+    messages.extend(reminder_user.iter().cloned());
     println!("taskstream demo");
     println!(
         "  mock Kafka at {bootstrap}; state store: in-memory; audit store: {}",
@@ -120,12 +128,16 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     );
     let deadlines: Arc<dyn Worker> =
         Arc::new(crate::deadlines::DeadlinesWorker::new(&config.deadlines)?);
-    let run =
-        tokio::spawn(async move { rt.run(vec![worker, recurring, aggregates, deadlines]).await });
+    let reminders = crate::workers::build("reminders", &config).await?;
+    let run = tokio::spawn(async move {
+        rt.run(vec![worker, recurring, aggregates, deadlines, reminders])
+            .await
+    });
 
     // Each recurring completion is audited, and so is the occurrence it creates.
-    // The aggregates demo's task events are audited too.
-    let expected_records = 16 + 2 * recurring_messages.len() + audited_aggregate_messages;
+    // The aggregates demo's task events are audited too, and the reminders' user.
+    let expected_records =
+        16 + 2 * recurring_messages.len() + audited_aggregate_messages + reminder_user.len();
     let dlq_topic = format!("task-events{}", config.pipeline.pipeline.dlq_suffix);
     let deadline = Instant::now() + Duration::from_secs(60);
     let records = loop {
@@ -147,6 +159,26 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         move || read_topic(&bootstrap, &dlq_topic, 1, Duration::from_secs(20))
     })
     .await??;
+    // Everything is consumed now: reminders due a second or two from now.
+    let (reminder_messages, emails) = crate::reminders::demo::reminder_messages(chrono::Utc::now());
+    for (topic, key, payload) in &reminder_messages {
+        producer.send(topic, key.as_bytes(), payload)?;
+    }
+    producer.flush()?;
+    println!(
+        "  produced {} reminder requests and tasks due in about two seconds",
+        reminder_messages.len()
+    );
+    let mail = if config.pipeline.smtp.url.is_empty() {
+        tokio::task::spawn_blocking({
+            let dir = mail_dir.clone();
+            move || crate::reminders::demo::wait_for_mail(&dir, emails, Duration::from_secs(30))
+        })
+        .await?
+    } else {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Vec::new()
+    };
     // The demo's six minutes, 09:00 to 09:05: the minutes up to 09:04 close
     // (the watermark is the newest event minus the minute of lateness).
     let windows = tokio::task::spawn_blocking({
@@ -177,6 +209,12 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     })
     .await??;
     crate::recurring::demo::print(&occurrences);
+    tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.pipeline.topics.notification_events.clone();
+        move || crate::reminders::demo::print(&mail, &bootstrap, &topic, emails)
+    })
+    .await?;
     crate::aggregates::demo::print(&windows);
     let announcements = tokio::task::spawn_blocking({
         let bootstrap = bootstrap.clone();
@@ -221,6 +259,9 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         "audit files are in {0}; read them back with `TASKSTREAM_AUDIT__DIR={0} taskstream audit query` (or `audit verify`)",
         audit_dir.display()
     );
+    if config.pipeline.smtp.url.is_empty() {
+        println!("reminder email is in {}", mail_dir.display());
+    }
     drop(mock);
     Ok(())
 }

@@ -271,6 +271,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 level: "warn".into(),
                 ..config.pipeline.log.clone()
             });
+            if worker == "reminders" {
+                let report =
+                    taskstream::reminders::bench::run(&config, events, partitions, redis_url)
+                        .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = bench::run(
                 &config,
                 &worker,

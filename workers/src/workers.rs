@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::lagmon;
 
 /// Every worker this binary can run, in `run all` order.
-pub const NAMES: &[&str] = &["aggregates", "audit", "deadlines", "recurring"];
+pub const NAMES: &[&str] = &["aggregates", "audit", "deadlines", "recurring", "reminders"];
 
 /// The topics a worker reads unless `workers.<name>.topics` says otherwise,
 /// known without building it (the lag monitor watches them).
@@ -20,6 +20,7 @@ pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
         "aggregates" => crate::aggregates::default_topics(&config.pipeline),
         "audit" => audit::default_topics(&config.pipeline),
         "deadlines" => crate::deadlines::worker::default_topics(&config.pipeline),
+        "reminders" => crate::reminders::worker::default_topics(&config.pipeline),
         _ => Vec::new(),
     }
 }
@@ -48,6 +49,19 @@ pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker
         "deadlines" => Ok(Arc::new(crate::deadlines::DeadlinesWorker::new(
             &config.deadlines,
         )?)),
+        "reminders" => {
+            let r = &config.reminders;
+            let mailer =
+                crate::reminders::mailer::Mailer::from_config(r, &config.pipeline.smtp.url)
+                    .context("setting up reminder email")?;
+            let webhook = crate::reminders::webhook::Webhook::from_config(r)
+                .context("setting up the reminder webhook")?;
+            Ok(Arc::new(crate::reminders::RemindersWorker::new(
+                mailer,
+                webhook,
+                r.clone(),
+            )))
+        }
         other => bail!(
             "unknown worker {other:?}: expected one of {} or `all`",
             NAMES.join(", ")

@@ -46,6 +46,11 @@ pub struct RemindersConfig {
     /// Offsets before the due time used when a task has a due date but no
     /// reminder settings of its own and the user has no defaults: `-30m`, `-1d`.
     pub default_offsets: Vec<String>,
+    /// How long a claimed due reminder is reserved for the replica that
+    /// claimed it. A replica that dies mid-delivery leaves it claimed; it
+    /// becomes due again when the lease ends. Longer than `send_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
 }
 
 impl Default for RemindersConfig {
@@ -61,6 +66,7 @@ impl Default for RemindersConfig {
             send_timeout: Duration::from_secs(30),
             max_lateness: Duration::from_secs(3600),
             default_offsets: vec!["-30m".into()],
+            claim_lease: Duration::from_secs(60),
         }
     }
 }
@@ -104,6 +110,13 @@ impl RemindersConfig {
                 "reminders.send_timeout",
                 "0s",
                 "a duration above zero, such as 30s",
+            ));
+        }
+        if self.claim_lease <= self.send_timeout {
+            return Err(ConfigError::invalid(
+                "reminders.claim_lease",
+                humantime::format_duration(self.claim_lease),
+                "a duration longer than reminders.send_timeout",
             ));
         }
         for offset in &self.default_offsets {

@@ -147,6 +147,10 @@ pub enum PermanentCause {
     Message,
     /// HTTP 4xx (other than 408/429) or an unexpected status.
     HttpStatus,
+    /// The user turned this channel off.
+    OptedOut,
+    /// No sender for this channel is configured (`push`/`sms` without a webhook).
+    Unsupported,
 }
 
 impl TransientCause {
@@ -169,6 +173,8 @@ impl PermanentCause {
             PermanentCause::NoAddress => "no_address",
             PermanentCause::Message => "bad_message",
             PermanentCause::HttpStatus => "http_status",
+            PermanentCause::OptedOut => "opted_out",
+            PermanentCause::Unsupported => "unsupported",
         }
     }
 }
