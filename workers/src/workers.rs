@@ -20,6 +20,7 @@ pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
         "aggregates" => crate::aggregates::default_topics(&config.pipeline),
         "audit" => audit::default_topics(&config.pipeline),
         "deadlines" => crate::deadlines::worker::default_topics(&config.pipeline),
+        "recurring" => crate::recurring::worker::default_topics(&config.pipeline),
         "reminders" => crate::reminders::worker::default_topics(&config.pipeline),
         _ => Vec::new(),
     }

@@ -150,7 +150,17 @@ async fn a_stopped_workers_lag_rises_and_goes_stopped_then_falls_to_zero_when_it
 
     // Before any worker ran: partitions are reported, without a fake lag.
     produce(&producer, 0, 30);
-    let rows = setup.lag_json(&["--samples", "1"]);
+    let all = setup.lag_json(&["--samples", "1"]);
+    // Without --group: every worker's group on task-events (recurring also
+    // reads user-events, which does not exist here).
+    let mut groups: Vec<&str> = all.iter().filter_map(|r| r["group"].as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    assert_eq!(groups.len(), taskstream::workers::NAMES.len(), "{groups:?}");
+    let rows: Vec<_> = all
+        .into_iter()
+        .filter(|r| r["group"] == group.as_str())
+        .collect();
     assert_eq!(rows.len(), 3, "{rows:?}");
     for r in &rows {
         assert_eq!(r["group"], group.as_str());
@@ -266,7 +276,7 @@ async fn a_stopped_workers_lag_rises_and_goes_stopped_then_falls_to_zero_when_it
             ) == Some(1.0)
     })
     .await;
-    let rows = setup.lag_json(&["--samples", "1"]);
+    let rows = setup.lag_json(&["--group", &group, "--samples", "1"]);
     assert!(
         rows.iter()
             .all(|r| r["lag"] == 0 && r["lag_seconds"] == 0.0),

@@ -403,10 +403,7 @@ impl Worker for RecurringWorker {
     }
 
     fn topics(&self, config: &PipelineConfig) -> Vec<String> {
-        vec![
-            config.topics.task_events.clone(),
-            config.topics.user_events.clone(),
-        ]
+        default_topics(config)
     }
 
     async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
@@ -465,6 +462,14 @@ impl Worker for RecurringWorker {
             .collect();
         BatchOutcome { outcomes, failure }
     }
+}
+
+/// The topics the worker reads unless `workers.recurring.topics` says otherwise.
+pub fn default_topics(config: &PipelineConfig) -> Vec<String> {
+    vec![
+        config.topics.task_events.clone(),
+        config.topics.user_events.clone(),
+    ]
 }
 
 #[cfg(test)]
