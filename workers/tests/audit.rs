@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use taskstream::audit::pg_store::PgStore;
 use taskstream::audit::{AuditQuery, AuditRecord, AuditStore};
 
 mod common;
-use common::taskstream;
+use common::{scrape, taskstream, Process};
 
 fn database_url() -> String {
     std::env::var("TASKSTREAM_TEST_DATABASE_URL")
@@ -110,46 +110,6 @@ fn update_diffs_are_right_for_each_dialect() {
 
 // ---------------------------------------------------------------- end to end
 
-struct Process(Child);
-
-impl Process {
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.0.id() as i32, sig) };
-    }
-    fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "taskstream did not exit in time");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sum of a metric's samples whose line contains `filter`, from `/metrics`.
-fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return -1.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn run_audit(
     bootstrap: &str,
     redis: &str,
@@ -160,7 +120,7 @@ fn run_audit(
     port: u16,
 ) -> Process {
     let log = std::fs::File::create(log).unwrap();
-    Process(
+    Process::new(
         taskstream()
             .args(["run", "audit"])
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)

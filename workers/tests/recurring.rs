@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipelines::event::{decode, DecodeContext, Dialect};
@@ -15,29 +15,10 @@ use pipelines::testing::{free_port, read_topic, unique, ReadMessage, RedisServer
 use pipelines::TaskEvent;
 
 mod common;
-use common::taskstream;
+use common::{scrape, taskstream, Process};
 
 const INPUT: &str = "task-events";
 const OUTPUT: &str = "recurring-out";
-
-struct Process(Child, PathBuf);
-
-impl Process {
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Setup {
     mock: MockKafka,
@@ -87,7 +68,7 @@ impl Setup {
         for (k, v) in env {
             c.env(k, v);
         }
-        Process(
+        Process::logged(
             c.stdout(Stdio::null()).stderr(log).spawn().unwrap(),
             log_path,
         )
@@ -103,22 +84,6 @@ impl Setup {
     fn read(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<ReadMessage> {
         read_topic(&self.bootstrap(), topic, expected, timeout).unwrap()
     }
-}
-
-/// Sum of a metric's samples whose line contains `filter`, from `/metrics`
-/// (-1 when the server is not up).
-fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return -1.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn wait_for(what: &str, p: &Process, timeout: Duration, mut cond: impl FnMut() -> bool) {

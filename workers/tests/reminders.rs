@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -17,34 +17,9 @@ use pipelines::testing::{free_port, read_topic, unique, RedisServer, TestProduce
 use serde_json::json;
 
 mod common;
-use common::taskstream;
+use common::{scrape, taskstream, Process};
 
 const SECRET: &str = "0123456789abcdef-test-secret";
-
-struct Process(Child);
-
-impl Process {
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.0.id() as i32, sig) };
-    }
-    fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "taskstream did not exit in time");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Everything one test runs against.
 struct Env {
@@ -104,7 +79,7 @@ impl Env {
         for (k, v) in extra {
             c.env(k, v);
         }
-        Process(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+        Process::new(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -163,21 +138,6 @@ impl Env {
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Sum of a metric's samples whose line contains `filter`, from `/metrics`.
-fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return -1.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn http_status(port: u16, path: &str) -> Option<u16> {

@@ -1,6 +1,10 @@
 //! Helpers shared by the binary's integration tests.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// The `taskstream` binary, without the developer's environment: tests set
 /// what they need.
@@ -18,4 +22,79 @@ pub fn taskstream() -> Command {
         c.env_remove(var);
     }
     c
+}
+
+/// A running `taskstream` process, killed (SIGKILL) on drop.
+pub struct Process {
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Process { child, log: None }
+    }
+
+    /// A process whose stderr goes to `log`.
+    pub fn logged(child: Child, log: PathBuf) -> Self {
+        Process {
+            child,
+            log: Some(log),
+        }
+    }
+
+    /// SIGKILL now: a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` (SIGTERM for a graceful stop).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: a plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "taskstream did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the process logged so far (empty without a log file).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of a metric's samples whose line contains `filter`, from `/metrics`
+/// on `port` (-1 when nothing answers).
+pub fn scrape(port: u16, metric: &str, filter: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
