@@ -195,11 +195,23 @@ pub async fn serve(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(addr, health, metrics, Router::new(), shutdown).await
+}
+
+/// [`serve`] plus the workers' own routes (see [`crate::Worker::routes`]).
+pub async fn serve_with(
+    addr: SocketAddr,
+    health: Health,
+    metrics: PrometheusHandle,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { health, metrics });
+        .with_state(AppState { health, metrics })
+        .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app)

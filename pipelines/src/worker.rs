@@ -411,6 +411,14 @@ pub trait Worker: Send + Sync + 'static {
         true
     }
 
+    /// HTTP routes this worker adds to the process's metrics server (beside
+    /// `/metrics`, `/healthz` and `/readyz`): an unsubscribe endpoint, a stats
+    /// API. `ctx` is the context its handlers would get. Paths must not clash
+    /// with another worker's.
+    fn routes(&self, _ctx: &Ctx) -> Option<axum::Router> {
+        None
+    }
+
     /// Called once on shutdown, after consumption stopped (flush files, close pools).
     async fn shutdown(&self) {}
 }

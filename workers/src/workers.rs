@@ -115,7 +115,7 @@ pub async fn run(
     for n in &names {
         workers.push(build(n, config).await?);
     }
-    let http = rt.serve_http();
+    let http = rt.serve_http_for(&workers);
     let monitor = lag_monitor.then(|| {
         let (config, health, shutdown) = (config.clone(), rt.health.clone(), rt.shutdown.clone());
         tokio::spawn(async move { lagmon::service::run(&config, &health, shutdown).await })

@@ -104,12 +104,24 @@ impl Runtime {
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on the configured address (if any).
     pub fn serve_http(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.serve_http_for(&[])
+    }
+
+    /// [`Runtime::serve_http`] plus the routes of `workers` ([`Worker::routes`]).
+    pub fn serve_http_for(
+        &self,
+        workers: &[Arc<dyn Worker>],
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let addr: SocketAddr = self.config.metrics.addr.parse().ok()?;
         let handle = metrics::install();
         let health = self.health.clone();
         let shutdown = self.shutdown.clone();
+        let extra = workers
+            .iter()
+            .filter_map(|w| w.routes(&self.ctx(w.name())))
+            .fold(axum::Router::new(), axum::Router::merge);
         Some(tokio::spawn(async move {
-            if let Err(e) = crate::health::serve(addr, health, handle, shutdown).await {
+            if let Err(e) = crate::health::serve_with(addr, health, handle, extra, shutdown).await {
                 tracing::error!(%addr, error = %e, "metrics server failed");
             }
         }))
