@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipelines::config::RedisConfig;
-use pipelines::state::slot::{for_worker, hash_slot, slot_key};
+use pipelines::state::slot::{for_worker, slot_key};
 use pipelines::state::{RedisStore, StateError, StateOp, StateStore};
 use pipelines::testing::cluster::RedisCluster;
 use pipelines::testing::unique;
@@ -29,9 +29,9 @@ async fn worker_store(cfg: &RedisConfig, worker: &str) -> Arc<dyn StateStore> {
 }
 
 /// The full name and slot of a worker's logical key.
-fn physical(cfg: &RedisConfig, worker: &str, key: &str) -> (String, u16) {
+fn physical(cluster: &RedisCluster, cfg: &RedisConfig, worker: &str, key: &str) -> (String, u16) {
     let full = format!("{}{}", cfg.key_prefix, slot_key(worker, key));
-    let slot = hash_slot(full.as_bytes());
+    let slot = cluster.keyslot(&full).unwrap();
     (full, slot)
 }
 
@@ -55,7 +55,7 @@ async fn a_workers_store_passes_the_conformance_suite_on_a_cluster() {
     let keys: Vec<String> = (0..8).map(|i| format!("scatter:{i}")).collect();
     let slots: std::collections::BTreeSet<u16> = keys
         .iter()
-        .map(|k| hash_slot(format!("{}{k}", cfg.key_prefix).as_bytes()))
+        .map(|k| cluster.keyslot(&format!("{}{k}", cfg.key_prefix)).unwrap())
         .collect();
     assert!(slots.len() > 1);
     let ops: Vec<StateOp> = keys
@@ -85,8 +85,8 @@ async fn a_slot_migration_mid_batch_is_unavailable_then_heals() {
         .set_many(&keys, b"done", Duration::from_secs(600))
         .await
         .unwrap();
-    let (full1, slot) = physical(&cfg, "w", &keys[0]);
-    let (full2, slot2) = physical(&cfg, "w", &keys[1]);
+    let (full1, slot) = physical(&cluster, &cfg, "w", &keys[0]);
+    let (full2, slot2) = physical(&cluster, &cfg, "w", &keys[1]);
     assert_eq!(slot, slot2, "one worker, one slot");
     let from = cluster.owner_of(slot).unwrap();
     let to = (from + 1) % 3;
@@ -161,7 +161,7 @@ async fn a_master_lost_mid_batch_is_unavailable_and_its_slots_come_back() {
         .unwrap()
         .iter()
         .all(Option::is_none));
-    let (_, slot) = physical(&cfg, "w", &ids[0]);
+    let (_, slot) = physical(&cluster, &cfg, "w", &ids[0]);
     let owner = cluster.owner_of(slot).unwrap();
 
     // The master of the worker's slot dies (no replica to fail over to).

@@ -41,32 +41,6 @@ pub fn slot_key(tag: &str, key: &str) -> String {
     k
 }
 
-/// The Redis Cluster slot of a full key (CRC16/XMODEM of its hash tag, mod
-/// 16,384), as the server computes it: for tests and for reading which
-/// master holds a worker's state.
-pub fn hash_slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&close| close > 0)
-            .map(|close| &rest[..close])
-    });
-    let bytes = tagged.unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &b in bytes {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16_384
-}
-
 /// A store whose every key is [`slot_key`]`(tag, key)`: what one worker sees
 /// on a Redis Cluster.
 pub struct Scoped {
@@ -302,15 +276,15 @@ mod tests {
     use crate::state::MemoryStore;
 
     #[test]
-    fn keys_of_one_worker_share_a_slot_and_match_the_server() {
-        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(hash_slot(b"123456789"), 12_739);
-        assert_eq!(hash_slot(b"foo"), 12_182);
-        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
-        let a = format!("taskstream:{}", slot_key("reminders", "idem:reminders:e1"));
-        let b = format!("taskstream:{}", slot_key("reminders", "reminders:due:t:3"));
-        assert_eq!(hash_slot(a.as_bytes()), hash_slot(b.as_bytes()));
-        assert_eq!(hash_slot(a.as_bytes()), hash_slot(b"reminders"));
+    fn keys_of_one_worker_share_a_slot() {
+        use redis::cluster_routing::Slot;
+        let slot = |k: &str| Slot::for_key(format!("taskstream:{k}"));
+        let a = slot_key("reminders", "idem:reminders:e1");
+        let b = slot_key("reminders", "reminders:due:t:3");
+        assert_eq!(a, "{reminders}idem:reminders:e1");
+        assert_eq!(slot(&a), slot(&b));
+        assert_eq!(slot(&a), Slot::for_key("reminders"));
+        assert_ne!(slot(&a), slot(&slot_key("audit", "idem:reminders:e1")));
     }
 
     #[tokio::test]

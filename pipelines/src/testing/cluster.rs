@@ -132,6 +132,18 @@ impl RedisCluster {
             .ok_or_else(|| HarnessError(format!("port {port} is not one of ours")))
     }
 
+    /// The slot of a full key (prefix included), as the server computes it
+    /// (`CLUSTER KEYSLOT`).
+    pub fn keyslot(&self, key: &str) -> Result<u16, HarnessError> {
+        let from = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].command(&["PING"]).is_ok())
+            .ok_or_else(|| HarnessError("no cluster node answers".into()))?;
+        let answer = self.nodes[from].command(&["CLUSTER", "KEYSLOT", key])?;
+        answer
+            .parse()
+            .map_err(|_| HarnessError(format!("CLUSTER KEYSLOT {key}: {answer}")))
+    }
+
     /// The node id of node `i`.
     pub fn id_of(&self, i: usize) -> Result<String, HarnessError> {
         self.nodes[i].command(&["CLUSTER", "MYID"])
