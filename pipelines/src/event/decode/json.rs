@@ -1,0 +1,431 @@
+//! The message as read: one pass of serde_json's parser into [`Node`]s whose
+//! strings borrow from the message bytes (copied only when they hold escapes).
+//!
+//! This is what the dialect decoders take fields from. Unlike a
+//! `serde_json::Value` tree it allocates no key and no string: an object is
+//! one `Vec` of `(key, value)` pairs. Only the fields that have no canonical
+//! home become `serde_json::Value`s (the event's `attributes`), and only at
+//! the end.
+//!
+//! An [`Obj`] behaves exactly like the `serde_json::Map` the decoder used to
+//! parse into (a `BTreeMap`): keys are unique (a repeated key keeps its last
+//! value) and iterate in byte order, so error texts that list keys or quote
+//! values read the same.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+/// One JSON value of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Node<'a> {
+    Null,
+    Bool(bool),
+    Num(Number),
+    Str(Cow<'a, str>),
+    Arr(Vec<Node<'a>>),
+    Obj(Obj<'a>),
+}
+
+/// A JSON object: unique keys in byte order (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Obj<'a> {
+    entries: Vec<(Cow<'a, str>, Node<'a>)>,
+}
+
+/// Parses one JSON text. The errors are serde_json's, with line and column.
+pub(super) fn parse(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Parses JSON held in a string or decoded bytes of the message (CloudEvents
+/// `data` as a string, `data_base64`): the result owns its strings.
+pub(super) fn parse_owned(bytes: &[u8]) -> Result<Node<'static>, serde_json::Error> {
+    parse(bytes).map(Node::into_owned)
+}
+
+impl<'a> Node<'a> {
+    pub(super) fn is_null(&self) -> bool {
+        matches!(self, Node::Null)
+    }
+
+    pub(super) fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The same value as a `serde_json::Value` (for `attributes` and `changes`).
+    pub(super) fn into_value(self) -> Value {
+        match self {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(b),
+            Node::Num(n) => Value::Number(n),
+            Node::Str(s) => Value::String(s.into_owned()),
+            Node::Arr(items) => Value::Array(items.into_iter().map(Node::into_value).collect()),
+            Node::Obj(obj) => Value::Object(obj.into_map()),
+        }
+    }
+
+    pub(super) fn into_owned(self) -> Node<'static> {
+        match self {
+            Node::Null => Node::Null,
+            Node::Bool(b) => Node::Bool(b),
+            Node::Num(n) => Node::Num(n),
+            Node::Str(s) => Node::Str(Cow::Owned(s.into_owned())),
+            Node::Arr(items) => Node::Arr(items.into_iter().map(Node::into_owned).collect()),
+            Node::Obj(obj) => Node::Obj(Obj {
+                entries: obj
+                    .entries
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned()))
+                    .collect(),
+            }),
+        }
+    }
+}
+
+impl<'a> Obj<'a> {
+    pub(super) fn new() -> Self {
+        Obj {
+            entries: Vec::new(),
+        }
+    }
+
+    /// From pairs in document order: sorted, and a repeated key keeps its
+    /// last value, as in a `serde_json::Map`.
+    fn from_pairs(mut entries: Vec<(Cow<'a, str>, Node<'a>)>) -> Self {
+        if entries.len() > 1 {
+            // Stable: of equal keys the last written comes last.
+            entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+            entries.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Obj { entries }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_ref())
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<&Node<'a>> {
+        self.position(key).ok().map(|i| &self.entries[i].1)
+    }
+
+    pub(super) fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_ok()
+    }
+
+    /// Removes `key` and returns its value.
+    pub(super) fn take(&mut self, key: &str) -> Option<Node<'a>> {
+        match self.position(key) {
+            Ok(i) => Some(self.entries.remove(i).1),
+            Err(_) => None,
+        }
+    }
+
+    /// Sets `key` (replacing its value if present).
+    pub(super) fn insert(&mut self, key: Cow<'a, str>, value: Node<'a>) {
+        match self.position(&key) {
+            Ok(i) => self.entries[i].1 = value,
+            Err(i) => self.entries.insert(i, (key, value)),
+        }
+    }
+
+    /// Adds the entries of `from` whose keys are absent here.
+    pub(super) fn merge(&mut self, from: Obj<'a>) {
+        if self.entries.is_empty() {
+            *self = from;
+            return;
+        }
+        for (k, v) in from.entries {
+            if let Err(i) = self.position(&k) {
+                self.entries.insert(i, (k, v));
+            }
+        }
+    }
+
+    pub(super) fn into_map(self) -> Map<String, Value> {
+        self.entries
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_value()))
+            .collect()
+    }
+}
+
+impl<'a> IntoIterator for Obj<'a> {
+    type Item = (Cow<'a, str>, Node<'a>);
+    type IntoIter = std::vec::IntoIter<(Cow<'a, str>, Node<'a>)>;
+
+    /// In key order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+// ---------------------------------------------------------------- serde
+
+/// Writes the JSON text a `serde_json::Value` of the same content would (for
+/// the value snippets of error messages).
+impl Serialize for Node<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Null => s.serialize_unit(),
+            Node::Bool(b) => s.serialize_bool(*b),
+            Node::Num(n) => n.serialize(s),
+            Node::Str(v) => s.serialize_str(v),
+            Node::Arr(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Node::Obj(obj) => {
+                let mut map = s.serialize_map(Some(obj.entries.len()))?;
+                for (k, v) in &obj.entries {
+                    map.serialize_entry(k.as_ref(), v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+/// Builds nodes the way `serde_json::Value`'s visitor builds values (numbers,
+/// NaN-free floats, its raw-value key), except that strings borrow.
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Num(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Num(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Node<'de>, E> {
+        Ok(Number::from_f64(v).map_or(Node::Null, Node::Num))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v)))
+    }
+
+    fn visit_none<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        Node::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Arr(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let Some(first) = map.next_key_seed(KeySeed)? else {
+            return Ok(Node::Obj(Obj::new()));
+        };
+        if first == RAW_VALUE_TOKEN {
+            // serde_json (with its `raw_value` feature, which this workspace
+            // enables) reads such an object as the JSON inside the string.
+            let text = map.next_value_seed(RawString)?;
+            return parse_owned(text.as_bytes()).map_err(de::Error::custom);
+        }
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        entries.push((first, map.next_value()?));
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Node::Obj(Obj::from_pairs(entries)))
+    }
+}
+
+/// The key serde_json's `Value` treats as a raw-value marker.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// An object key, borrowed when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The string value of a raw-value marker (serde_json's `BoxedFromString`).
+struct RawString;
+
+impl<'de> DeserializeSeed<'de> for RawString {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for RawString {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("raw value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(text: &str) -> (Result<Value, String>, Result<Value, String>) {
+        let value = serde_json::from_str::<Value>(text).map_err(|e| e.to_string());
+        let node = parse(text.as_bytes())
+            .map(Node::into_value)
+            .map_err(|e| e.to_string());
+        (value, node)
+    }
+
+    #[test]
+    fn reads_like_serde_json_value() {
+        for text in [
+            r#"{"b": 1, "a": [true, null, -2, 1.5, 18446744073709551615, 1e400], "c": {"x": "é\n"}}"#,
+            r#"{"k": 1, "k": 2, "j": 0, "k": 3}"#,
+            r#"{"\u0041": "\ud83d\ude00", "A": "dup"}"#,
+            r#"{"$serde_json::private::RawValue": "[1, 2]"}"#,
+            r#"{"$serde_json::private::RawValue": 5}"#,
+            r#"{"a": 1,}"#,
+            r#"[1, 2"#,
+            r#""\x""#,
+            "{} x",
+            "1e999999",
+            "-0",
+            "123456789012345678901234567890",
+        ] {
+            let (value, node) = both(text);
+            assert_eq!(node, value, "{text}");
+        }
+    }
+
+    #[test]
+    fn strings_without_escapes_borrow() {
+        let text = r#"{"key": "plain", "esc\"aped": "a\tb"}"#;
+        let Node::Obj(obj) = parse(text.as_bytes()).unwrap() else {
+            panic!("an object")
+        };
+        let pairs: Vec<_> = obj.into_iter().collect();
+        assert!(matches!(&pairs[0].0, Cow::Owned(k) if k == "esc\"aped"));
+        assert!(matches!(&pairs[0].1, Node::Str(Cow::Owned(_))));
+        assert!(matches!(&pairs[1].0, Cow::Borrowed("key")));
+        assert!(matches!(&pairs[1].1, Node::Str(Cow::Borrowed("plain"))));
+    }
+
+    #[test]
+    fn objects_serialize_and_edit_like_a_map() {
+        let text = r#"{"b": {"z": 1, "y": [2, "x"]}, "a": null, "b2": "\u00e9"}"#;
+        let node = parse(text.as_bytes()).unwrap();
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            serde_json::to_string(&node).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
+        let Node::Obj(mut obj) = node else {
+            panic!("an object")
+        };
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["a", "b", "b2"]);
+        assert!(obj.take("b").is_some());
+        assert!(obj.take("b").is_none());
+        obj.insert(Cow::Borrowed("0"), Node::Bool(true));
+        obj.insert(Cow::Borrowed("a"), Node::Bool(false));
+        let mut other = Obj::new();
+        other.insert(Cow::Borrowed("a"), Node::Null);
+        other.insert(Cow::Borrowed("c"), Node::Null);
+        obj.merge(other);
+        assert_eq!(
+            Value::Object(obj.into_map()),
+            serde_json::json!({"0": true, "a": false, "b2": "é", "c": null})
+        );
+    }
+}
