@@ -87,3 +87,59 @@ fn parse_dialect(s: &str) -> Option<Dialect> {
     .into_iter()
     .find(|d| d.as_str() == s)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::event::decode::tests::*;
+
+    // ------------------------------------------------------------ canonical
+
+    #[test]
+    fn canonical_output_round_trips_for_every_seed() {
+        for seed in DECODABLE_SEEDS {
+            let e = dec(seed);
+            let bytes = serde_json::to_vec(&e).unwrap();
+            let back = decode(&bytes, &TASK_EVENTS).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(back.dialect, e.dialect, "dialect preserved as written");
+        }
+    }
+
+    #[test]
+    fn canonical_message_keeps_its_written_dialect_and_fields() {
+        let msg = r#"{"event_id":"ts-1","type":"task.completed","occurred_at":"2026-02-08T12:00:00Z","task_id":"1","user_id":"u","task":{"completed":true,"recurrence":{"rule":"daily","timezone":"UTC"}},"reminder":{"remind_at":"2026-02-09T08:00:00Z","method":"push"},"context":{"trace_parent":"00-a-b-01"},"dialect":"canonical","cloudevents":true,"schema_version":"2","attributes":{"k":[1,2]}}"#;
+        let e = dec(msg);
+        assert_eq!(e.dialect, Dialect::Canonical);
+        assert_eq!(e.event_id, "ts-1");
+        assert!(e.cloudevents);
+        assert_eq!(e.task.unwrap().recurrence.unwrap().rule, "daily");
+        assert_eq!(e.reminder.unwrap().method, "push");
+        assert_eq!(e.context.unwrap().trace_parent, some("00-a-b-01"));
+        assert_eq!(e.attributes["k"], json!([1, 2]));
+    }
+
+    #[test]
+    fn canonical_with_a_bad_field_names_it() {
+        let err = fail(
+            r#"{"event_id":"x","type":"task.created","dialect":"xml","occurred_at":"2026-02-08T12:00:00Z","task_id":"1"}"#,
+        );
+        assert!(
+            matches!(&err, DecodeError::InvalidField { field, .. } if field == "dialect"),
+            "{err}"
+        );
+        let err = fail(
+            r#"{"event_id":"x","type":"task.created","dialect":"envelope","occurred_at":"yesterday","task_id":"1"}"#,
+        );
+        assert!(
+            matches!(&err, DecodeError::InvalidField { field, .. } if field == "occurred_at"),
+            "{err}"
+        );
+        let err = fail(
+            r#"{"event_id":"x","type":"task.created","dialect":"envelope","occurred_at":1,"task_id":"1","task":{"due_at":"?"}}"#,
+        );
+        assert!(
+            matches!(&err, DecodeError::InvalidField { field, .. } if field == "task.due_at"),
+            "{err}"
+        );
+    }
+}

@@ -101,8 +101,7 @@ fn a_generated_corpus_decodes_alike() {
         }
     }
     // The corpus exercises both outcomes and every kind of failure.
-    eprintln!("{decoded} decoded, {failed} failed");
-    assert!(decoded > 40_000, "{decoded} decoded, {failed} failed");
+    assert!(decoded > 30_000, "{decoded} decoded, {failed} failed");
     assert!(failed > 10_000, "{decoded} decoded, {failed} failed");
     assert_eq!(
         reasons.into_iter().collect::<Vec<_>>(),

@@ -179,3 +179,225 @@ pub(super) fn key_list(obj: &Obj<'_>, prefix: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::event::decode::tests::*;
+
+    // ------------------------------------------------------------ errors
+
+    #[test]
+    fn empty_payload_is_empty() {
+        assert_eq!(fail_bytes(b""), DecodeError::Empty);
+        assert_eq!(fail_bytes(b" \n\t"), DecodeError::Empty);
+        assert_eq!(DecodeError::Empty.to_string(), "empty message");
+    }
+
+    #[test]
+    fn invalid_json_is_not_json_with_line_and_column() {
+        let err = fail("{\"event_type\": \"task.cr");
+        assert_eq!(err.reason(), "not_json");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("not JSON: ") && text.contains("line 1 column"),
+            "{text}"
+        );
+        let err = fail("{\n  \"a\": 1,\n  oops\n}");
+        assert!(err.to_string().contains("line 3 column"), "{err}");
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_not_an_object() {
+        for (json, found) in [
+            ("[]", "an array"),
+            ("\"x\"", "a string"),
+            ("5", "a number"),
+            ("null", "null"),
+            ("true", "a boolean"),
+        ] {
+            let err = fail(json);
+            assert_eq!(err, DecodeError::NotAnObject { found }, "{json}");
+            assert_eq!(err.reason(), "not_an_object");
+        }
+        assert_eq!(
+            fail("[]").to_string(),
+            "expected a JSON object, found an array"
+        );
+    }
+
+    #[test]
+    fn unrecognized_shape_lists_the_keys_truncated() {
+        let err = fail(r#"{"task_id": 1, "title": "x"}"#);
+        assert_eq!(
+            err,
+            DecodeError::UnrecognizedShape {
+                keys: "task_id, title".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unrecognized message shape: no event type among keys [task_id, title]"
+        );
+        let many: serde_json::Map<String, Value> = (0..50)
+            .map(|i| (format!("field_{i:02}"), json!(i)))
+            .collect();
+        let err = fail(&Value::Object(many).to_string());
+        let DecodeError::UnrecognizedShape { keys } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(keys.starts_with("field_00, field_01"), "{keys}");
+        assert!(keys.contains("more)") && keys.len() < 120, "{keys}");
+        assert_eq!(
+            fail("{}"),
+            DecodeError::UnrecognizedShape {
+                keys: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn task_event_without_task_id_is_missing_field() {
+        let err = fail(
+            r#"{"event_id": "e", "event_type": "task.completed", "timestamp": "2026-02-08T12:00:00Z", "data": {"user_id": "u"}}"#,
+        );
+        assert_eq!(
+            err,
+            DecodeError::MissingField {
+                field: "task_id".into()
+            }
+        );
+        assert_eq!(err.to_string(), r#"missing field "task_id""#);
+        assert_eq!(err.reason(), "missing_field");
+        // Other entities do not need one.
+        assert_eq!(dec(r#"{"event_type": "team_created", "user_id": 1, "timestamp": "2025-09-07T10:30:00Z", "data": {"id": 3, "name": "Core"}}"#).kind, "team.created");
+    }
+
+    #[test]
+    fn event_type_that_is_not_a_string_is_invalid_field() {
+        let err = fail(r#"{"event_type": 5}"#);
+        assert_eq!(
+            err,
+            DecodeError::InvalidField {
+                field: "event_type".into(),
+                value: "5".into(),
+                expected: "a non-empty event type string",
+            }
+        );
+        assert_eq!(fail(r#"{"eventType": ""}"#).reason(), "invalid_field");
+        assert_eq!(fail(r#"{"operation": null}"#).reason(), "invalid_field");
+    }
+
+    #[test]
+    fn long_values_in_errors_are_truncated() {
+        let long = "x".repeat(5000);
+        let msg = json!({"event_type": "task.created", "timestamp": "2026-02-08T10:30:00Z",
+                             "data": {"task_id": 1, "due_date": long}})
+        .to_string();
+        let DecodeError::InvalidField { value, .. } = fail(&msg) else {
+            panic!()
+        };
+        assert!(value.starts_with("\"xxx"), "{value}");
+        assert!(value.ends_with('…'), "{value}");
+        assert!(value.chars().count() <= 80 + 1, "{}", value.len());
+        // Multi-byte characters are cut on a character boundary.
+        let wide = json!({"event_type": "task.created", "timestamp": "2026-02-08T10:30:00Z",
+                              "data": {"task_id": 1, "due_date": "é".repeat(500)}})
+        .to_string();
+        let DecodeError::InvalidField { value, .. } = fail(&wide) else {
+            panic!()
+        };
+        assert!(value.ends_with('…') && value.contains('é'), "{value}");
+    }
+
+    #[test]
+    fn malformed_fields_name_their_path() {
+        let cases = [
+            (
+                r#"{"event_type": "task.updated", "timestamp": 1, "data": {"task_id": 1, "changes": [1]}}"#,
+                "data.changes",
+            ),
+            (
+                r#"{"event_type": "task.updated", "timestamp": 1, "data": {"task_id": 1, "changes": {"title": "new"}}}"#,
+                "data.changes.title",
+            ),
+            (
+                r#"{"event_type": "task.created", "timestamp": 1, "data": {"task_id": 1, "tags": [{}]}}"#,
+                "data.tags",
+            ),
+            (
+                r#"{"event_type": "task.created", "timestamp": 1, "data": {"task_id": 1, "completed": "maybe"}}"#,
+                "data.completed",
+            ),
+            (
+                r#"{"event_type": "task.created", "timestamp": 1, "data": {"task_id": 1, "title": ["a"]}}"#,
+                "data.title",
+            ),
+            (
+                r#"{"event_type": "task.created", "timestamp": 1, "data": "oops"}"#,
+                "data",
+            ),
+            (
+                r#"{"event_type": "task_created", "timestamp": 1, "data": {"task_id": 1}, "metadata": 3}"#,
+                "metadata",
+            ),
+            (
+                r#"{"event_type": "created", "task_id": 1, "timestamp": 1, "task_data": {"recurrence": 5}}"#,
+                "task_data.recurrence",
+            ),
+            (
+                r#"{"event_type": "created", "task_id": 1, "timestamp": 1, "task_data": {"recurrence": {"every": 2}}}"#,
+                "task_data.recurrence",
+            ),
+            (
+                r#"{"event_type": "created", "task_id": 1, "timestamp": 1, "task_data": {"is_recurring": "often", "rrule": "x"}}"#,
+                "task_data.is_recurring",
+            ),
+            (
+                r#"{"event_type": "user.created", "timestamp": 1, "data": {"user_id": 1, "email": {}}}"#,
+                "data.email",
+            ),
+            (r#"{"task_id": 1, "remind_at": "later"}"#, "remind_at"),
+            (
+                r#"{"task_id": 1, "remind_at": 1, "notification_method": 3}"#,
+                "notification_method",
+            ),
+        ];
+        for (json, field) in cases {
+            match fail(json) {
+                DecodeError::InvalidField { field: f, .. } => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_variant_has_its_reason_label() {
+        let cases: [(DecodeError, &str); 6] = [
+            (DecodeError::Empty, "empty"),
+            (DecodeError::NotJson { error: "x".into() }, "not_json"),
+            (
+                DecodeError::NotAnObject { found: "an array" },
+                "not_an_object",
+            ),
+            (
+                DecodeError::UnrecognizedShape { keys: "a".into() },
+                "unrecognized_shape",
+            ),
+            (
+                DecodeError::MissingField { field: "f".into() },
+                "missing_field",
+            ),
+            (
+                DecodeError::InvalidField {
+                    field: "f".into(),
+                    value: "1".into(),
+                    expected: "x",
+                },
+                "invalid_field",
+            ),
+        ];
+        for (err, reason) in cases {
+            assert_eq!(err.reason(), reason);
+        }
+    }
+}

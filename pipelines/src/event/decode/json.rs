@@ -127,24 +127,35 @@ impl<'a> Obj<'a> {
         self.entries.iter().map(|(k, _)| k.as_ref())
     }
 
+    /// Where `key` is. Most lookups are for aliases that are absent from a
+    /// small object: comparing lengths first rejects those without a string
+    /// comparison. Large objects are searched by halving.
+    fn find(&self, key: &str) -> Option<usize> {
+        if self.entries.len() > 16 {
+            return self.position(key).ok();
+        }
+        self.entries
+            .iter()
+            .position(|(k, _)| k.len() == key.len() && k.as_bytes() == key.as_bytes())
+    }
+
+    /// Where `key` is (`Ok`) or would go (`Err`).
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(key))
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&Node<'a>> {
-        self.position(key).ok().map(|i| &self.entries[i].1)
+        self.find(key).map(|i| &self.entries[i].1)
     }
 
     pub(super) fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_ok()
+        self.find(key).is_some()
     }
 
     /// Removes `key` and returns its value.
     pub(super) fn take(&mut self, key: &str) -> Option<Node<'a>> {
-        match self.position(key) {
-            Ok(i) => Some(self.entries.remove(i).1),
-            Err(_) => None,
-        }
+        let i = self.find(key)?;
+        Some(self.entries.remove(i).1)
     }
 
     /// Sets `key` (replacing its value if present).
@@ -157,15 +168,26 @@ impl<'a> Obj<'a> {
 
     /// Adds the entries of `from` whose keys are absent here.
     pub(super) fn merge(&mut self, from: Obj<'a>) {
+        if from.entries.is_empty() {
+            return;
+        }
         if self.entries.is_empty() {
             *self = from;
             return;
         }
-        for (k, v) in from.entries {
-            if let Err(i) = self.position(&k) {
-                self.entries.insert(i, (k, v));
+        // Both sorted: one merging pass.
+        let ours = std::mem::take(&mut self.entries);
+        let mut merged = Vec::with_capacity(ours.len() + from.entries.len());
+        let mut theirs = from.entries.into_iter().peekable();
+        for entry in ours {
+            while let Some(next) = theirs.next_if(|t| t.0 < entry.0) {
+                merged.push(next);
             }
+            theirs.next_if(|t| t.0 == entry.0);
+            merged.push(entry);
         }
+        merged.extend(theirs);
+        self.entries = merged;
     }
 
     pub(super) fn into_map(self) -> Map<String, Value> {

@@ -229,3 +229,109 @@ pub(super) fn is_plain_dotted(t: &str) -> bool {
     let part = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     matches!(t.split_once('.'), Some((a, b)) if part(a) && part(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode::tests::*;
+
+    // ------------------------------------------------------------ kinds
+
+    #[test]
+    fn snake_types_map_to_dotted_by_longest_entity_prefix() {
+        for (raw, kind) in [
+            ("task_template_created", "task_template.created"),
+            ("task_status_changed", "task.status_changed"),
+            ("task_due_date_set", "task.due_date_set"),
+            ("task_tag_added", "task.tag_added"),
+            ("comment_added", "comment.added"),
+            ("deadline_approaching", "deadline.approaching"),
+            ("Task_Created", "task.created"),
+            ("TaskUpdated", "task.updated"),
+            ("user.Registered", "user.created"),
+            ("task.tags_added", "task.tag_added"),
+        ] {
+            assert_eq!(normalize_kind(raw, None), kind, "{raw}");
+        }
+        assert_eq!(normalize_kind("tag_added", Some("task")), "task.tag_added");
+        assert_eq!(normalize_kind("tags_added", Some("task")), "task.tag_added");
+        assert_eq!(normalize_kind("user_created", Some("task")), "user.created");
+    }
+
+    #[test]
+    fn unknown_snake_type_decodes_with_a_best_effort_kind_and_is_not_known() {
+        let e = dec(&standard("foo_bar"));
+        assert_eq!(e.kind, "foo.bar");
+        assert!(!is_known_type(&e.kind));
+        assert_eq!(dec(&standard("heartbeat")).kind, "heartbeat");
+        let e = dec(r#"{"eventType": "com.example.thing", "timestamp": 1}"#);
+        assert_eq!(e.kind, "com.example.thing");
+        assert!(!is_known_type(&e.kind));
+    }
+
+    #[test]
+    fn known_types_are_sorted_unique_and_complete() {
+        assert!(
+            KNOWN_TYPES.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+        for kind in [
+            "task.created",
+            "task.updated",
+            "task.completed",
+            "task.deleted",
+            "task.status_changed",
+            "task.priority_changed",
+            "task.assigned",
+            "task.due_date_set",
+            "task.archived",
+            "task.tag_added",
+            "task.tag_removed",
+            "task.reopened",
+            "comment.added",
+            "comment.edited",
+            "comment.deleted",
+            "user.created",
+            "user.updated",
+            "user.deleted",
+            "team.created",
+            "team.updated",
+            "team.deleted",
+            "tag.created",
+            "tag.updated",
+            "tag.deleted",
+            "task_template.created",
+            "task_template.updated",
+            "task_template.deleted",
+            "project.created",
+            "project.updated",
+            "project.deleted",
+            "project.collaborator_added",
+            "project.collaborator_removed",
+            "schedule.created",
+            "schedule.updated",
+            "schedule.deleted",
+            "deadline.approaching",
+            "deadline.overdue",
+            "reminder.requested",
+            "notification.sent",
+            "notification.delivered",
+            "notification.failed",
+            "system.error",
+            "system.maintenance",
+            "system.backup_completed",
+            "analytics.dashboard_viewed",
+            "analytics.task_distribution_viewed",
+            "analytics.report_generated",
+            "analytics.report_downloaded",
+            "analytics.query",
+            "analytics.user_stats_accessed",
+            "analytics.team_performance_accessed",
+            "analytics.error_occurred",
+        ] {
+            assert!(is_known_type(kind), "{kind}");
+        }
+        assert!(!is_known_type("task"));
+        assert!(!is_known_type("Task.Created"));
+    }
+}

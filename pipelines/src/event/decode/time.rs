@@ -239,3 +239,133 @@ pub(super) fn peek_time(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::event::decode::tests::*;
+
+    // ------------------------------------------------------------ times
+
+    #[test]
+    fn naive_iso_timestamps_are_read_as_utc() {
+        for (ts, expected) in [
+            ("2026-02-08T10:30:00.123456", "2026-02-08T10:30:00.123456Z"),
+            ("2026-02-08T10:30:00", "2026-02-08T10:30:00Z"),
+            ("2026-02-08 10:30:00", "2026-02-08T10:30:00Z"),
+            ("2026-02-08 10:30:00.5", "2026-02-08T10:30:00.5Z"),
+            ("2026-02-08T10:30", "2026-02-08T10:30:00Z"),
+        ] {
+            let msg = SEED_001_CREATED.replace(
+                "\"timestamp\": \"2026-02-08T10:30:00Z\"",
+                &format!("\"timestamp\": \"{ts}\""),
+            );
+            assert_eq!(dec(&msg).occurred_at, t(expected), "{ts}");
+        }
+    }
+
+    #[test]
+    fn offsets_are_converted_to_utc() {
+        for (ts, expected) in [
+            ("2026-02-08T12:30:00+02:00", "2026-02-08T10:30:00Z"),
+            ("2026-02-08T12:30:00+0200", "2026-02-08T10:30:00Z"),
+            ("2026-02-08 05:30:00-05:00", "2026-02-08T10:30:00Z"),
+            ("2026-02-08t10:30:00z", "2026-02-08T10:30:00Z"),
+        ] {
+            let msg = SEED_001_CREATED.replace(
+                "\"timestamp\": \"2026-02-08T10:30:00Z\"",
+                &format!("\"timestamp\": \"{ts}\""),
+            );
+            assert_eq!(dec(&msg).occurred_at, t(expected), "{ts}");
+        }
+    }
+
+    #[test]
+    fn epoch_seconds_and_milliseconds_are_both_accepted() {
+        for (ts, expected) in [
+            ("1770546600", "2026-02-08T10:30:00Z"),
+            ("1770546600123", "2026-02-08T10:30:00.123Z"),
+            ("1770546600.5", "2026-02-08T10:30:00.5Z"),
+            ("\"1770546600\"", "2026-02-08T10:30:00Z"),
+            ("0", "1970-01-01T00:00:00Z"),
+        ] {
+            let msg = SEED_001_CREATED.replace(
+                "\"timestamp\": \"2026-02-08T10:30:00Z\"",
+                &format!("\"timestamp\": {ts}"),
+            );
+            assert_eq!(dec(&msg).occurred_at, t(expected), "{ts}");
+        }
+        let err = fail(&SEED_001_CREATED.replace(
+            "\"timestamp\": \"2026-02-08T10:30:00Z\"",
+            "\"timestamp\": 1e300",
+        ));
+        assert!(
+            matches!(&err, DecodeError::InvalidField { field, .. } if field == "timestamp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn date_only_due_dates_are_midnight_utc() {
+        let e = dec(
+            r#"{"event_type": "due_date_set", "task_id": 1, "timestamp": "2026-01-03T10:00:00Z", "task_data": {"due_date": "2026-01-10"}}"#,
+        );
+        assert_eq!(e.kind, "task.due_date_set");
+        assert_eq!(e.task.unwrap().due_at, Some(t("2026-01-10T00:00:00Z")));
+    }
+
+    #[test]
+    fn kafka_timestamp_is_used_when_the_message_has_none() {
+        let ctx = DecodeContext {
+            topic: "task-events",
+            kafka_timestamp_ms: Some(1_767_000_000_123),
+        };
+        let e = dec_with(
+            SEED_002_SPM
+                .replace(r#""timestamp": "2025-10-01T08:00:00Z", "#, "")
+                .as_str(),
+            &ctx,
+        );
+        assert_eq!(
+            e.occurred_at,
+            DateTime::from_timestamp_millis(1_767_000_000_123).unwrap()
+        );
+        // A timestamp in the message wins over Kafka's.
+        assert_eq!(
+            dec_with(SEED_002_SPM, &ctx).occurred_at,
+            t("2025-10-01T08:00:00Z")
+        );
+    }
+
+    #[test]
+    fn missing_timestamp_without_a_kafka_timestamp_is_missing_field() {
+        let err = fail(&SEED_002_SPM.replace(r#""timestamp": "2025-10-01T08:00:00Z", "#, ""));
+        assert_eq!(
+            err,
+            DecodeError::MissingField {
+                field: "timestamp".into()
+            }
+        );
+        assert_eq!(err.to_string(), r#"missing field "timestamp""#);
+    }
+
+    #[test]
+    fn unparseable_timestamp_names_the_field_path_and_value() {
+        let err = fail(
+            r#"{"event_id": "e", "event_type": "task.created", "timestamp": "2026-02-08T10:30:00Z", "data": {"task_id": 1, "due_date": "tomorrow-ish"}}"#,
+        );
+        assert_eq!(
+            err.to_string(),
+            r#"field "data.due_date" has value "tomorrow-ish": expected an RFC 3339 timestamp"#
+        );
+        let err =
+            fail(r#"{"event_type": "task.created", "timestamp": "soon", "data": {"task_id": 1}}"#);
+        assert_eq!(
+            err,
+            DecodeError::InvalidField {
+                field: "timestamp".into(),
+                value: "\"soon\"".into(),
+                expected: "an RFC 3339 timestamp",
+            }
+        );
+    }
+}
