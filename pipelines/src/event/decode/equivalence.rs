@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::tests::{b64, replacements, variants, DECODABLE_SEEDS, SEED_003_REMINDER};
 use super::{decode, legacy, DecodeContext};
+use crate::event::fixtures;
 
 const DEMO_EVENTS: &str = include_str!("../../../../config/demo/events.jsonl");
 
@@ -67,10 +68,14 @@ fn seeds_demo_events_and_their_mutations_decode_alike() {
     let mut demo = 0;
     for line in DEMO_EVENTS.lines().filter(|l| !l.trim().is_empty()) {
         let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let message = match line["seed"].as_str() {
+            Some(name) => serde_json::from_str(fixtures::seed(name).unwrap()).unwrap(),
+            None => line["message"].clone(),
+        };
         // As the demo sends it: a string verbatim, an object as its JSON text.
-        messages.push(match &line["message"] {
-            serde_json::Value::String(s) => s.clone().into_bytes(),
-            other => serde_json::to_vec(other).unwrap(),
+        messages.push(match message {
+            serde_json::Value::String(s) => s.into_bytes(),
+            other => serde_json::to_vec(&other).unwrap(),
         });
         demo += 1;
     }
