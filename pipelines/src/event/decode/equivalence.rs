@@ -98,6 +98,13 @@ fn a_generated_corpus_decodes_alike() {
     for i in 0..100_000u32 {
         let msg = g.message();
         let ctx = &CONTEXTS[(i % 4) as usize];
+        if i % 20 == 0 && !msg.is_empty() {
+            // The same with a byte that is not UTF-8.
+            let mut bytes = msg.clone().into_bytes();
+            let at = g.below(bytes.len());
+            bytes[at] = [0xFF, 0xC3, 0x80][g.below(3)];
+            same(&bytes, ctx);
+        }
         if same(msg.as_bytes(), ctx) {
             decoded += 1;
         } else {

@@ -32,14 +32,46 @@ pub(super) enum Node<'a> {
 }
 
 /// A JSON object: unique keys in byte order (see the module docs).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Obj<'a> {
     entries: Vec<(Cow<'a, str>, Node<'a>)>,
+    /// One bit per key ever held ([`key_bit`]): most lookups are for aliases
+    /// the object does not have, and a clear bit answers those at once.
+    /// Bits are not cleared when a key is taken (a set bit only means "look").
+    mask: u64,
+}
+
+impl PartialEq for Obj<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+/// The bit of `key` in [`Obj::mask`]: a hash of its length and three bytes.
+fn key_bit(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let x = match b {
+        [] => 0,
+        [first, ..] => {
+            let last = b[b.len() - 1];
+            let mid = b[b.len() / 2];
+            (b.len() as u64)
+                | u64::from(*first) << 16
+                | u64::from(mid) << 24
+                | u64::from(last) << 32
+        }
+    };
+    1 << (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
 
 /// Parses one JSON text. The errors are serde_json's, with line and column.
 pub(super) fn parse(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
-    serde_json::from_slice(bytes)
+    // Checking the whole text once is cheaper than serde_json checking each
+    // string; text that is not UTF-8 gets serde_json's own error.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
 }
 
 /// Parses JSON held in a string or decoded bytes of the message (CloudEvents
@@ -85,6 +117,7 @@ impl<'a> Node<'a> {
                     .into_iter()
                     .map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned()))
                     .collect(),
+                mask: obj.mask,
             }),
         }
     }
@@ -94,6 +127,7 @@ impl<'a> Obj<'a> {
     pub(super) fn new() -> Self {
         Obj {
             entries: Vec::new(),
+            mask: 0,
         }
     }
 
@@ -112,7 +146,8 @@ impl<'a> Obj<'a> {
                 }
             });
         }
-        Obj { entries }
+        let mask = entries.iter().fold(0, |m, (k, _)| m | key_bit(k));
+        Obj { entries, mask }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -131,6 +166,9 @@ impl<'a> Obj<'a> {
     /// small object: comparing lengths first rejects those without a string
     /// comparison. Large objects are searched by halving.
     fn find(&self, key: &str) -> Option<usize> {
+        if self.mask & key_bit(key) == 0 {
+            return None;
+        }
         if self.entries.len() > 16 {
             return self.position(key).ok();
         }
@@ -160,6 +198,7 @@ impl<'a> Obj<'a> {
 
     /// Sets `key` (replacing its value if present).
     pub(super) fn insert(&mut self, key: Cow<'a, str>, value: Node<'a>) {
+        self.mask |= key_bit(&key);
         match self.position(&key) {
             Ok(i) => self.entries[i].1 = value,
             Err(i) => self.entries.insert(i, (key, value)),
@@ -175,6 +214,7 @@ impl<'a> Obj<'a> {
             *self = from;
             return;
         }
+        self.mask |= from.mask;
         // Both sorted: one merging pass.
         let ours = std::mem::take(&mut self.entries);
         let mut merged = Vec::with_capacity(ours.len() + from.entries.len());
