@@ -166,7 +166,7 @@ pub(super) fn truncate_chars(s: &str, max: usize) -> Cow<'_, str> {
 /// The keys of `obj`, comma-separated, cut after about [`SNIPPET_CHARS`] characters.
 pub(super) fn key_list(obj: &Obj<'_>, prefix: &str) -> String {
     let mut out = String::new();
-    for (i, key) in obj.keys().enumerate() {
+    for (i, key) in obj.sorted_keys().into_iter().enumerate() {
         if out.len() >= SNIPPET_CHARS {
             let _ = write!(out, ", … ({} more)", obj.len().saturating_sub(i));
             break;

@@ -7,10 +7,11 @@
 //! home become `serde_json::Value`s (the event's `attributes`), and only at
 //! the end.
 //!
-//! An [`Obj`] behaves exactly like the `serde_json::Map` the decoder used to
-//! parse into (a `BTreeMap`): keys are unique (a repeated key keeps its last
-//! value) and iterate in byte order, so error texts that list keys or quote
-//! values read the same.
+//! An [`Obj`] behaves like the `serde_json::Map` the decoder used to parse
+//! into (a `BTreeMap`): keys are unique (a repeated key keeps its last value)
+//! and are listed, iterated and serialized in byte order, so error texts that
+//! list keys or quote values read the same. It is stored in document order,
+//! unsorted: lookups are by a key bitmask and a short linear scan.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -41,27 +42,18 @@ pub(super) struct Obj<'a> {
     mask: u64,
 }
 
+/// Equal when they hold the same keys and values, in whatever order.
 impl PartialEq for Obj<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries
+        self.entries.len() == other.entries.len()
+            && self.entries.iter().all(|(k, v)| other.get(k) == Some(v))
     }
 }
 
-/// The bit of `key` in [`Obj::mask`]: a hash of its length and three bytes.
+/// The bit of `key` in [`Obj::mask`], from its length and last byte.
 fn key_bit(key: &str) -> u64 {
-    let b = key.as_bytes();
-    let x = match b {
-        [] => 0,
-        [first, ..] => {
-            let last = b[b.len() - 1];
-            let mid = b[b.len() / 2];
-            (b.len() as u64)
-                | u64::from(*first) << 16
-                | u64::from(mid) << 24
-                | u64::from(last) << 32
-        }
-    };
-    1 << (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
+    let last = key.as_bytes().last().copied().unwrap_or(0);
+    1 << ((key.len() as u32 * 5 + u32::from(last)) & 63)
 }
 
 /// Parses one JSON text. The errors are serde_json's, with line and column.
@@ -131,10 +123,17 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// From pairs in document order: sorted, and a repeated key keeps its
-    /// last value, as in a `serde_json::Map`.
+    /// From pairs in document order; a repeated key keeps its last value, as
+    /// in a `serde_json::Map`.
     fn from_pairs(mut entries: Vec<(Cow<'a, str>, Node<'a>)>) -> Self {
-        if entries.len() > 1 {
+        let mut mask = 0;
+        let mut maybe_repeated = false;
+        for (k, _) in &entries {
+            let bit = key_bit(k);
+            maybe_repeated |= mask & bit != 0;
+            mask |= bit;
+        }
+        if maybe_repeated && has_repeats(&entries) {
             // Stable: of equal keys the last written comes last.
             entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
             entries.dedup_by(|later, kept| {
@@ -146,7 +145,6 @@ impl<'a> Obj<'a> {
                 }
             });
         }
-        let mask = entries.iter().fold(0, |m, (k, _)| m | key_bit(k));
         Obj { entries, mask }
     }
 
@@ -158,28 +156,29 @@ impl<'a> Obj<'a> {
         self.entries.len()
     }
 
-    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_ref())
+    /// The keys in byte order (as a `serde_json::Map` lists them).
+    pub(super) fn sorted_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.entries.iter().map(|(k, _)| k.as_ref()).collect();
+        keys.sort_unstable();
+        keys
     }
 
-    /// Where `key` is. Most lookups are for aliases that are absent from a
-    /// small object: comparing lengths first rejects those without a string
-    /// comparison. Large objects are searched by halving.
+    /// The entries in key order.
+    fn sorted(&self) -> Vec<&(Cow<'a, str>, Node<'a>)> {
+        let mut entries: Vec<_> = self.entries.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
+    /// Where `key` is. Most lookups are for aliases the object does not
+    /// have: the mask answers those, and lengths are compared before bytes.
     fn find(&self, key: &str) -> Option<usize> {
         if self.mask & key_bit(key) == 0 {
             return None;
         }
-        if self.entries.len() > 16 {
-            return self.position(key).ok();
-        }
         self.entries
             .iter()
             .position(|(k, _)| k.len() == key.len() && k.as_bytes() == key.as_bytes())
-    }
-
-    /// Where `key` is (`Ok`) or would go (`Err`).
-    fn position(&self, key: &str) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(key))
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&Node<'a>> {
@@ -193,15 +192,17 @@ impl<'a> Obj<'a> {
     /// Removes `key` and returns its value.
     pub(super) fn take(&mut self, key: &str) -> Option<Node<'a>> {
         let i = self.find(key)?;
-        Some(self.entries.remove(i).1)
+        Some(self.entries.swap_remove(i).1)
     }
 
     /// Sets `key` (replacing its value if present).
     pub(super) fn insert(&mut self, key: Cow<'a, str>, value: Node<'a>) {
-        self.mask |= key_bit(&key);
-        match self.position(&key) {
-            Ok(i) => self.entries[i].1 = value,
-            Err(i) => self.entries.insert(i, (key, value)),
+        match self.find(&key) {
+            Some(i) => self.entries[i].1 = value,
+            None => {
+                self.mask |= key_bit(&key);
+                self.entries.push((key, value));
+            }
         }
     }
 
@@ -214,11 +215,20 @@ impl<'a> Obj<'a> {
             *self = from;
             return;
         }
+        if self.entries.len() * from.entries.len() <= 1024 {
+            for (k, v) in from.entries {
+                self.insert_absent(k, v);
+            }
+            return;
+        }
+        // Two large objects: sort both and merge in one pass.
         self.mask |= from.mask;
-        // Both sorted: one merging pass.
-        let ours = std::mem::take(&mut self.entries);
-        let mut merged = Vec::with_capacity(ours.len() + from.entries.len());
-        let mut theirs = from.entries.into_iter().peekable();
+        let mut ours = std::mem::take(&mut self.entries);
+        ours.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut theirs = from.entries;
+        theirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+        let mut theirs = theirs.into_iter().peekable();
         for entry in ours {
             while let Some(next) = theirs.next_if(|t| t.0 < entry.0) {
                 merged.push(next);
@@ -230,6 +240,13 @@ impl<'a> Obj<'a> {
         self.entries = merged;
     }
 
+    fn insert_absent(&mut self, key: Cow<'a, str>, value: Node<'a>) {
+        if self.find(&key).is_none() {
+            self.mask |= key_bit(&key);
+            self.entries.push((key, value));
+        }
+    }
+
     pub(super) fn into_map(self) -> Map<String, Value> {
         self.entries
             .into_iter()
@@ -238,12 +255,26 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// Whether two entries have the same key.
+fn has_repeats(entries: &[(Cow<'_, str>, Node<'_>)]) -> bool {
+    if entries.len() > 32 {
+        let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+        keys.sort_unstable();
+        return keys.windows(2).any(|w| w[0] == w[1]);
+    }
+    entries
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| entries[..i].iter().any(|(earlier, _)| earlier == k))
+}
+
 impl<'a> IntoIterator for Obj<'a> {
     type Item = (Cow<'a, str>, Node<'a>);
     type IntoIter = std::vec::IntoIter<(Cow<'a, str>, Node<'a>)>;
 
     /// In key order.
-    fn into_iter(self) -> Self::IntoIter {
+    fn into_iter(mut self) -> Self::IntoIter {
+        self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.entries.into_iter()
     }
 }
@@ -268,7 +299,7 @@ impl Serialize for Node<'_> {
             }
             Node::Obj(obj) => {
                 let mut map = s.serialize_map(Some(obj.entries.len()))?;
-                for (k, v) in &obj.entries {
+                for (k, v) in obj.sorted() {
                     map.serialize_entry(k.as_ref(), v)?;
                 }
                 map.end()
@@ -476,7 +507,7 @@ mod tests {
         let Node::Obj(mut obj) = node else {
             panic!("an object")
         };
-        assert_eq!(obj.keys().collect::<Vec<_>>(), ["a", "b", "b2"]);
+        assert_eq!(obj.sorted_keys(), ["a", "b", "b2"]);
         assert!(obj.take("b").is_some());
         assert!(obj.take("b").is_none());
         obj.insert(Cow::Borrowed("0"), Node::Bool(true));

@@ -162,7 +162,7 @@ pub(super) fn normalize_kind(raw: &str, bare_entity: Option<&str>) -> String {
         return "analytics.query".to_owned();
     }
     if ANALYTICS.contains(&s) {
-        return format!("analytics.{s}");
+        return join("analytics", s);
     }
     if s == "backup_completed" {
         return "system.backup_completed".to_owned();
@@ -183,7 +183,7 @@ pub(super) fn normalize_kind(raw: &str, bare_entity: Option<&str>) -> String {
         return dotted(entity, s);
     }
     match s.split_once('_') {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() => format!("{a}.{b}"),
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => join(a, b),
         _ => lower.into_owned(),
     }
 }
@@ -196,7 +196,16 @@ fn dotted(entity: &str, action: &str) -> String {
         ("user", "registered") => "created",
         _ => action,
     };
-    format!("{entity}.{action}")
+    join(entity, action)
+}
+
+/// `entity.action`, without the formatting machinery (this is on every message's path).
+fn join(entity: &str, action: &str) -> String {
+    let mut out = String::with_capacity(entity.len() + 1 + action.len());
+    out.push_str(entity);
+    out.push('.');
+    out.push_str(action);
+    out
 }
 
 /// `TaskUpdated` / `taskUpdated` → `task_updated`.
