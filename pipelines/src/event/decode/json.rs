@@ -57,12 +57,205 @@ fn key_bit(key: &str) -> u64 {
 }
 
 /// Parses one JSON text. The errors are serde_json's, with line and column.
+///
+/// Messages are read by [`Scanner`], which knows only the JSON producers
+/// usually write (no escapes, integers of up to 18 digits); anything else,
+/// including every error, is read again by serde_json, so the result is
+/// always serde_json's.
 pub(super) fn parse(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
-    // Checking the whole text once is cheaper than serde_json checking each
-    // string; text that is not UTF-8 gets serde_json's own error.
+    // Checking the whole text once is cheaper than checking each string;
+    // text that is not UTF-8 gets serde_json's own error.
     match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
+        Ok(text) => match Scanner::new(text).document() {
+            Some(node) => Ok(node),
+            None => serde_json::from_str(text),
+        },
         Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
+/// A JSON reader for the common case: `None` as soon as the text holds
+/// anything it does not handle (an escape, a fraction or exponent, a long
+/// integer, deep nesting, an error); [`parse`] then asks serde_json.
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+    depth: u32,
+}
+
+/// Deeper than this goes to serde_json (whose limit is 128).
+const SCANNER_MAX_DEPTH: u32 = 64;
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Scanner {
+            text,
+            at: 0,
+            depth: 0,
+        }
+    }
+
+    fn document(mut self) -> Option<Node<'a>> {
+        let node = self.value()?;
+        self.skip_ws();
+        (self.at == self.text.len()).then_some(node)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        let bytes = self.text.as_bytes();
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn value(&mut self) -> Option<Node<'a>> {
+        self.skip_ws();
+        match self.peek()? {
+            b'"' => self.string().map(|s| Node::Str(Cow::Borrowed(s))),
+            b'{' => self.object(),
+            b'[' => self.array(),
+            b't' => self.literal("true", Node::Bool(true)),
+            b'f' => self.literal("false", Node::Bool(false)),
+            b'n' => self.literal("null", Node::Null),
+            b'-' | b'0'..=b'9' => self.integer(),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.at + 1;
+        let len = bytes
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + len;
+        if bytes[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    fn literal(&mut self, word: &str, node: Node<'a>) -> Option<Node<'a>> {
+        let rest = self.text.get(self.at..)?;
+        if !rest.starts_with(word) {
+            return None;
+        }
+        self.at += word.len();
+        self.delimited().then_some(node)
+    }
+
+    /// Whether a value may end here (serde_json decides anything else).
+    fn delimited(&self) -> bool {
+        matches!(
+            self.peek(),
+            None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+        )
+    }
+
+    /// `-?(0|[1-9][0-9]*)` of up to 18 digits: what serde_json reads as a
+    /// `u64` (or, negative, an `i64`).
+    fn integer(&mut self) -> Option<Node<'a>> {
+        let bytes = self.text.as_bytes();
+        let negative = bytes[self.at] == b'-';
+        let start = self.at + usize::from(negative);
+        let digits = bytes
+            .get(start..)?
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        // "-0", leading zeros, empty and long numbers are serde_json's.
+        if digits == 0 || digits > 18 || (bytes[start] == b'0' && (digits > 1 || negative)) {
+            return None;
+        }
+        let value = bytes[start..start + digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        self.at = start + digits;
+        if !self.delimited() {
+            return None;
+        }
+        Some(Node::Num(if negative {
+            Number::from(-(value as i64))
+        } else {
+            Number::from(value)
+        }))
+    }
+
+    fn array(&mut self) -> Option<Node<'a>> {
+        self.enter()?;
+        let mut items = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+        } else {
+            loop {
+                items.push(self.value()?);
+                self.skip_ws();
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(Node::Arr(items))
+    }
+
+    fn object(&mut self) -> Option<Node<'a>> {
+        self.enter()?;
+        let mut entries = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+        } else {
+            entries.reserve(8);
+            loop {
+                self.skip_ws();
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                let key = self.string()?;
+                if entries.is_empty() && key == RAW_VALUE_TOKEN {
+                    return None;
+                }
+                self.skip_ws();
+                if self.peek()? != b':' {
+                    return None;
+                }
+                self.at += 1;
+                let value = self.value()?;
+                entries.push((Cow::Borrowed(key), value));
+                self.skip_ws();
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(Node::Obj(Obj::from_pairs(entries)))
+    }
+
+    /// Opens an object or array; too deep is serde_json's.
+    fn enter(&mut self) -> Option<()> {
+        self.at += 1;
+        self.depth += 1;
+        (self.depth <= SCANNER_MAX_DEPTH).then_some(())
     }
 }
 
@@ -476,6 +669,19 @@ mod tests {
             "1e999999",
             "-0",
             "123456789012345678901234567890",
+            r#"{"a": [1, -2, 0, -0, 12.5, 1e3, 999999999999999999, 9999999999999999999]}"#,
+            r#"{"n": -9223372036854775808, "m": 18446744073709551615, "o": 01}"#,
+            r#" { "t" : true , "f":false,"n" :null, "e": {}, "l": [ ] , "s": "a\"b" } "#,
+            r#"{"x": truex}"#,
+            r#"{"x": nul}"#,
+            r#"{"x": "tab	in string"}"#,
+            r#"{"x": [1,]}"#,
+            r#"{"x": 1 "y": 2}"#,
+            r#"{"x" 1}"#,
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+            "{\"a\": 1}\u{b}",
+            "",
+            "  ",
         ] {
             let (value, node) = both(text);
             assert_eq!(node, value, "{text}");
