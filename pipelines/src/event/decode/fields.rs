@@ -42,8 +42,20 @@ pub(super) type Conv<'a, T> = fn(Node<'a>, Loc<'_>) -> Result<T, DecodeError>;
 pub(super) fn is_blank(v: &Node<'_>) -> bool {
     match v {
         Node::Null => true,
-        Node::Str(s) => s.trim().is_empty(),
+        // Most strings start with a visible ASCII character.
+        Node::Str(s) => {
+            !s.as_bytes().first().is_some_and(u8::is_ascii_graphic) && s.trim().is_empty()
+        }
         _ => false,
+    }
+}
+
+/// A number's JSON text: integers without the formatting machinery.
+pub(super) fn number_text(n: &serde_json::Number) -> String {
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(i)) => i.to_string(),
+        _ => n.to_string(),
     }
 }
 
@@ -102,7 +114,7 @@ pub(super) fn fill_id(
 fn id_eq(v: &Node<'_>, existing: &str) -> bool {
     match v {
         Node::Str(s) => s == existing,
-        Node::Num(n) => n.to_string() == existing,
+        Node::Num(n) => number_text(n) == existing,
         _ => false,
     }
 }
@@ -133,7 +145,7 @@ pub(super) fn take_object<'a>(
 pub(super) fn conv_id(v: Node<'_>, loc: Loc<'_>) -> Result<String, DecodeError> {
     match v {
         Node::Str(s) => Ok(s.into_owned()),
-        Node::Num(n) => Ok(n.to_string()),
+        Node::Num(n) => Ok(number_text(&n)),
         other => Err(invalid(loc, &other, "a string or number id")),
     }
 }
@@ -141,7 +153,7 @@ pub(super) fn conv_id(v: Node<'_>, loc: Loc<'_>) -> Result<String, DecodeError> 
 pub(super) fn conv_text(v: Node<'_>, loc: Loc<'_>) -> Result<String, DecodeError> {
     match v {
         Node::Str(s) => Ok(s.into_owned()),
-        Node::Num(n) => Ok(n.to_string()),
+        Node::Num(n) => Ok(number_text(&n)),
         other => Err(invalid(loc, &other, "a string")),
     }
 }
@@ -169,7 +181,7 @@ pub(super) fn conv_tags(v: Node<'_>, loc: Loc<'_>) -> Result<Vec<String>, Decode
             for item in items {
                 match item {
                     Node::Str(s) => tags.push(s.into_owned()),
-                    Node::Num(n) => tags.push(n.to_string()),
+                    Node::Num(n) => tags.push(number_text(&n)),
                     other => return Err(invalid(loc, &other, "an array of strings")),
                 }
             }

@@ -66,7 +66,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
     // Checking the whole text once is cheaper than checking each string;
     // text that is not UTF-8 gets serde_json's own error.
     match std::str::from_utf8(bytes) {
-        Ok(text) => match Scanner::new(text).document() {
+        Ok(text) => match Scanner::new(text, bytes).document() {
             Some(node) => Ok(node),
             None => serde_json::from_str(text),
         },
@@ -81,17 +81,21 @@ struct Scanner<'a> {
     text: &'a str,
     at: usize,
     depth: u32,
+    /// Whether the text has control characters anywhere (then each string
+    /// is checked for them).
+    controls: bool,
 }
 
 /// Deeper than this goes to serde_json (whose limit is 128).
 const SCANNER_MAX_DEPTH: u32 = 64;
 
 impl<'a> Scanner<'a> {
-    fn new(text: &'a str) -> Self {
+    fn new(text: &'a str, bytes: &[u8]) -> Self {
         Scanner {
             text,
             at: 0,
             depth: 0,
+            controls: bytes.iter().fold(false, |any, &b| any | (b < 0x20)),
         }
     }
 
@@ -130,12 +134,8 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         let bytes = self.text.as_bytes();
         let start = self.at + 1;
-        let len = bytes
-            .get(start..)?
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        let end = start + len;
-        if bytes[end] != b'"' {
+        let end = start + memchr::memchr2(b'"', b'\\', bytes.get(start..)?)?;
+        if bytes[end] != b'"' || (self.controls && bytes[start..end].iter().any(|&b| b < 0x20)) {
             return None;
         }
         self.at = end + 1;
@@ -219,7 +219,7 @@ impl<'a> Scanner<'a> {
         if self.peek() == Some(b'}') {
             self.at += 1;
         } else {
-            entries.reserve(8);
+            entries = Vec::with_capacity(8);
             loop {
                 self.skip_ws();
                 if self.peek()? != b'"' {
