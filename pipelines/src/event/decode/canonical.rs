@@ -3,6 +3,7 @@
 
 use super::detect::event_type;
 use super::error::{invalid, snippet, DecodeError, Loc};
+use super::fields::keys;
 use super::fields::{conv_flag, conv_text, conv_time, fill, fill_id, take_object};
 use super::json::{Node, Obj};
 use super::kinds::normalize_kind;
@@ -29,46 +30,52 @@ pub(super) fn decode_canonical(mut obj: Obj<'_>) -> Result<Draft<'_>, DecodeErro
         }
     };
     let mut d = Draft::new(normalize_kind(&raw, None), dialect);
-    fill_id(&mut d.event_id, &mut obj, "", &["event_id"])?;
+    fill_id(&mut d.event_id, &mut obj, "", keys!["event_id"])?;
     fill(
         &mut d.occurred_at,
         &mut obj,
         "",
-        &["occurred_at"],
+        keys!["occurred_at"],
         conv_time,
     )?;
-    fill_id(&mut d.task_id, &mut obj, "", &["task_id"])?;
-    fill_id(&mut d.user_id, &mut obj, "", &["user_id"])?;
-    fill_id(&mut d.project_id, &mut obj, "", &["project_id"])?;
-    if let Some((key, mut m)) = take_object(&mut obj, "", &["task"], true)? {
+    fill_id(&mut d.task_id, &mut obj, "", keys!["task_id"])?;
+    fill_id(&mut d.user_id, &mut obj, "", keys!["user_id"])?;
+    fill_id(&mut d.project_id, &mut obj, "", keys!["project_id"])?;
+    if let Some((key, mut m)) = take_object(&mut obj, "", keys!["task"], true)? {
         let s = take_snapshot(&mut m, key)?;
         d.task = (s != TaskSnapshot::default()).then_some(s);
     }
-    if let Some((key, mut m)) = take_object(&mut obj, "", &["previous"], true)? {
+    if let Some((key, mut m)) = take_object(&mut obj, "", keys!["previous"], true)? {
         let s = take_snapshot(&mut m, key)?;
         d.previous = (s != TaskSnapshot::default()).then_some(s);
     }
     d.changes = take_changes(&mut obj, "")?;
-    if let Some((key, mut m)) = take_object(&mut obj, "", &["reminder"], true)? {
+    if let Some((key, mut m)) = take_object(&mut obj, "", keys!["reminder"], true)? {
         d.reminder = Some(take_reminder(&mut m, key)?);
     }
-    if let Some((key, mut m)) = take_object(&mut obj, "", &["user"], true)? {
+    if let Some((key, mut m)) = take_object(&mut obj, "", keys!["user"], true)? {
         d.user = take_profile(&mut m, key)?;
     }
-    if let Some((key, mut m)) = take_object(&mut obj, "", &["context"], true)? {
+    if let Some((key, mut m)) = take_object(&mut obj, "", keys!["context"], true)? {
         take_context(&mut m, key, &mut d.context)?;
     }
     let mut cloudevents = None;
-    fill(&mut cloudevents, &mut obj, "", &["cloudevents"], conv_flag)?;
+    fill(
+        &mut cloudevents,
+        &mut obj,
+        "",
+        keys!["cloudevents"],
+        conv_flag,
+    )?;
     d.cloudevents = cloudevents.unwrap_or(false);
     fill(
         &mut d.schema_version,
         &mut obj,
         "",
-        &["schema_version"],
+        keys!["schema_version"],
         conv_text,
     )?;
-    if let Some((_, m)) = take_object(&mut obj, "", &["attributes"], true)? {
+    if let Some((_, m)) = take_object(&mut obj, "", keys!["attributes"], true)? {
         d.attributes = m;
     }
     d.attributes.merge(obj);

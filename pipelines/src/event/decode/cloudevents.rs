@@ -5,6 +5,7 @@
 use super::detect::{dispatch, MAX_NESTING};
 use super::error::{invalid, key_list, snippet, DecodeError, Loc};
 use super::event_dialects::decode_fields;
+use super::fields::keys;
 use super::fields::{conv_text, conv_time, fill, fill_id};
 use super::json::{self, Node, Obj};
 use super::kinds::{is_plain_dotted, normalize_kind};
@@ -82,7 +83,7 @@ pub(super) fn decode_cloudevent<'a>(
             Err(e) => return Err(e.within(within)),
         },
         None => match fallback_kind {
-            Some(kind) => decode_fields(Obj::new(), kind, Dialect::Envelope, &[])?,
+            Some(kind) => decode_fields(Obj::new(), kind, Dialect::Envelope, keys![])?,
             None => {
                 return Err(DecodeError::MissingField {
                     field: "data".to_owned(),
@@ -91,16 +92,16 @@ pub(super) fn decode_cloudevent<'a>(
         },
     };
     if d.event_id.is_none() {
-        fill_id(&mut d.event_id, &mut ce, "", &["id"])?;
+        fill_id(&mut d.event_id, &mut ce, "", keys!["id"])?;
     }
     if d.occurred_at.is_none() {
-        fill(&mut d.occurred_at, &mut ce, "", &["time"], conv_time)?;
+        fill(&mut d.occurred_at, &mut ce, "", keys!["time"], conv_time)?;
     }
     fill(
         &mut d.context.trace_parent,
         &mut ce,
         "",
-        &["traceparent", "traceid"],
+        keys!["traceparent", "traceid"],
         conv_text,
     )?;
     d.cloudevents = true;
@@ -144,7 +145,7 @@ pub(super) fn decode_traced<'a>(
         &mut d.context.trace_parent,
         &mut obj,
         "",
-        &["traceparent"],
+        keys!["traceparent"],
         conv_text,
     )?;
     d.attributes.merge(obj);

@@ -1,6 +1,7 @@
 //! Which dialect a message is written in, from the keys it has (the README's
 //! "Event contract" lists them); the topic only breaks ties.
 
+use super::fields::keys;
 use std::borrow::Cow;
 
 use super::canonical::decode_canonical;
@@ -35,7 +36,7 @@ pub(super) fn dispatch<'a>(
     if let Some(v) = obj.take("eventType") {
         let raw = event_type(v, "eventType")?;
         let kind = normalize_kind(&raw, None);
-        return decode_fields(obj, kind, Dialect::CamelCase, &["payload", "data"]);
+        return decode_fields(obj, kind, Dialect::CamelCase, keys!["payload", "data"]);
     }
     if let Some(v) = obj.take("event_type") {
         let raw = event_type(v, "event_type")?;
@@ -45,30 +46,30 @@ pub(super) fn dispatch<'a>(
                 obj,
                 kind,
                 Dialect::Envelope,
-                &["data", "task_data", "payload"],
+                keys!["data", "task_data", "payload"],
             )
         } else if obj.contains_key("task_data")
             || obj.contains_key("previous_task_data")
             || is_bare_action(&raw)
         {
             let kind = normalize_kind(&raw, Some("task"));
-            decode_fields(obj, kind, Dialect::TaskData, &["task_data", "data"])
+            decode_fields(obj, kind, Dialect::TaskData, keys!["task_data", "data"])
         } else {
             let kind = normalize_kind(&raw, None);
-            decode_fields(obj, kind, Dialect::Standard, &["data", "task_data"])
+            decode_fields(obj, kind, Dialect::Standard, keys!["data", "task_data"])
         };
     }
     if let Some(v) = obj.take("operation") {
         let raw = event_type(v, "operation")?;
         let kind = normalize_kind(&raw, Some("task"));
-        return decode_fields(obj, kind, Dialect::TaskData, &["task_data", "data"]);
+        return decode_fields(obj, kind, Dialect::TaskData, keys!["task_data", "data"]);
     }
     if matches!(obj.get("event_data"), Some(Node::Obj(_))) {
         return decode_traced(obj, topic, depth);
     }
     if obj.contains_key("remind_at")
         || obj.contains_key("remindAt")
-        || (topic.contains("reminder") && TASK_ID_KEYS.iter().any(|k| obj.contains_key(k)))
+        || (topic.contains("reminder") && TASK_ID_KEYS.names.iter().any(|k| obj.contains_key(k)))
     {
         return decode_reminder(obj);
     }
@@ -77,7 +78,7 @@ pub(super) fn dispatch<'a>(
             obj,
             kind,
             Dialect::Envelope,
-            &["data", "task_data", "payload"],
+            keys!["data", "task_data", "payload"],
         );
     }
     Err(DecodeError::UnrecognizedShape {

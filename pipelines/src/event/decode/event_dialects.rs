@@ -2,12 +2,14 @@
 //! key (`event_type`, `eventType`, `operation`), ids and a time at the top,
 //! and the entity's fields either in a payload object or flat beside them.
 
+use super::fields::keys;
 use std::borrow::Cow;
 
 use super::error::DecodeError;
 use super::fields::{
-    conv_text, conv_time, fill, fill_id, take_object, ACTOR_KEYS, ASSIGNEE_KEYS, CREATED_KEYS,
-    PREVIOUS_KEYS, PROJECT_ID_KEYS, SUBJECT_KEYS, TASK_ID_KEYS, TIME_KEYS, VERSION_KEYS,
+    conv_text, conv_time, fill, fill_id, take_object, Keys, ACTOR_KEYS, ASSIGNEE_KEYS,
+    CREATED_KEYS, PREVIOUS_KEYS, PROJECT_ID_KEYS, SUBJECT_KEYS, TASK_ID_KEYS, TIME_KEYS,
+    VERSION_KEYS,
 };
 use super::json::{Node, Obj};
 use super::kinds::Entity;
@@ -28,7 +30,7 @@ pub(super) fn decode_fields<'a>(
     mut top: Obj<'a>,
     kind: String,
     dialect: Dialect,
-    payload_keys: &[&'static str],
+    payload_keys: &Keys,
 ) -> Result<Draft<'a>, DecodeError> {
     let entity = Entity::of(&kind);
     let mut d = Draft::new(kind, dialect);
@@ -40,9 +42,9 @@ pub(super) fn decode_fields<'a>(
 
     let payload = take_object(&mut top, "", payload_keys, true)?;
     let flat = payload.is_none();
-    fill_id(&mut d.event_id, &mut top, "", &["event_id", "eventId"])?;
+    fill_id(&mut d.event_id, &mut top, "", keys!["event_id", "eventId"])?;
     if !flat {
-        fill_id(&mut d.event_id, &mut top, "", &["id"])?;
+        fill_id(&mut d.event_id, &mut top, "", keys!["id"])?;
     }
     fill(&mut d.occurred_at, &mut top, "", TIME_KEYS, conv_time)?;
     if d.occurred_at.is_none() {
@@ -63,7 +65,7 @@ pub(super) fn decode_fields<'a>(
     }
     take_context(&mut top, "", &mut d.context)?;
     let mut meta_rest = Obj::new();
-    if let Some((key, mut meta)) = take_object(&mut top, "", &["metadata"], true)? {
+    if let Some((key, mut meta)) = take_object(&mut top, "", keys!["metadata"], true)? {
         fill(
             &mut d.schema_version,
             &mut meta,
@@ -88,8 +90,8 @@ pub(super) fn decode_fields<'a>(
     fill_id(&mut d.user_id, &mut body, parent, actor_keys)?;
     match entity {
         Entity::Task => {
-            fill_id(&mut d.task_id, &mut body, parent, &["id"])?;
-            fill_id(&mut d.user_id, &mut body, parent, &["created_by_uid"])?;
+            fill_id(&mut d.task_id, &mut body, parent, keys!["id"])?;
+            fill_id(&mut d.user_id, &mut body, parent, keys!["created_by_uid"])?;
             let mut snapshot = take_snapshot(&mut body, parent)?;
             if snapshot.assignee_id.is_none() {
                 snapshot.assignee_id = top_assignee;
@@ -106,7 +108,7 @@ pub(super) fn decode_fields<'a>(
             }
         }
         Entity::User => {
-            fill_id(&mut d.user_id, &mut body, parent, &["id"])?;
+            fill_id(&mut d.user_id, &mut body, parent, keys!["id"])?;
             fill_id(&mut d.project_id, &mut body, parent, PROJECT_ID_KEYS)?;
             d.user = take_profile(&mut body, parent)?;
         }

@@ -10,20 +10,55 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 
 use super::error::{invalid, DecodeError, Loc};
-use super::json::{Node, Obj};
+use super::json::{key_bit, Node, Obj};
 use super::time::parse_time;
 
-pub(super) const TASK_ID_KEYS: &[&str] = &["task_id", "taskId"];
+/// The names a field may go by, in order of preference, with the union of
+/// their [`key_bit`]s: an object whose mask shares no bit with it has none of
+/// them, which is the common case and costs one comparison.
+pub(super) struct Keys {
+    pub(super) names: &'static [&'static str],
+    mask: u64,
+}
+
+impl Keys {
+    pub(super) const fn new(names: &'static [&'static str]) -> Self {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < names.len() {
+            mask |= key_bit(names[i]);
+            i += 1;
+        }
+        Keys { names, mask }
+    }
+
+    /// Whether `map` may have one of these keys.
+    pub(super) fn maybe_in(&self, map: &Obj<'_>) -> bool {
+        map.mask() & self.mask != 0
+    }
+}
+
+/// `&Keys` of a list of names, computed at compile time.
+macro_rules! keys {
+    ($($name:expr),* $(,)?) => {{
+        const KEYS: $crate::event::decode::fields::Keys =
+            $crate::event::decode::fields::Keys::new(&[$($name),*]);
+        &KEYS
+    }};
+}
+pub(super) use keys;
+
+pub(super) const TASK_ID_KEYS: &Keys = keys!["task_id", "taskId"];
 /// The actor of a non-user event: explicit actor keys win over `user_id`.
-pub(super) const ACTOR_KEYS: &[&str] = &["actorId", "actor_id", "user_id", "userId"];
+pub(super) const ACTOR_KEYS: &Keys = keys!["actorId", "actor_id", "user_id", "userId"];
 /// The subject of a user event: `user_id` wins over the actor.
-pub(super) const SUBJECT_KEYS: &[&str] = &["user_id", "userId", "actorId", "actor_id"];
-pub(super) const PROJECT_ID_KEYS: &[&str] = &["project_id", "projectId"];
+pub(super) const SUBJECT_KEYS: &Keys = keys!["user_id", "userId", "actorId", "actor_id"];
+pub(super) const PROJECT_ID_KEYS: &Keys = keys!["project_id", "projectId"];
 /// Inside a task payload `pid` is the project (the SPM publisher).
-pub(super) const SNAPSHOT_PROJECT_KEYS: &[&str] = &["project_id", "projectId", "pid"];
-pub(super) const ASSIGNEE_KEYS: &[&str] = &["assignee_id", "assigneeId"];
-pub(super) const VERSION_KEYS: &[&str] = &["version", "schema_version", "schemaVersion"];
-pub(super) const TIME_KEYS: &[&str] = &[
+pub(super) const SNAPSHOT_PROJECT_KEYS: &Keys = keys!["project_id", "projectId", "pid"];
+pub(super) const ASSIGNEE_KEYS: &Keys = keys!["assignee_id", "assigneeId"];
+pub(super) const VERSION_KEYS: &Keys = keys!["version", "schema_version", "schemaVersion"];
+pub(super) const TIME_KEYS: &Keys = keys![
     "timestamp",
     "occurred_at",
     "occurredAt",
@@ -31,9 +66,9 @@ pub(super) const TIME_KEYS: &[&str] = &[
     "event_time",
     "eventTime",
 ];
-pub(super) const CREATED_KEYS: &[&str] = &["created_at", "createdAt"];
-pub(super) const PREVIOUS_KEYS: &[&str] =
-    &["previous_task_data", "previousTaskData", "previous", "old"];
+pub(super) const CREATED_KEYS: &Keys = keys!["created_at", "createdAt"];
+pub(super) const PREVIOUS_KEYS: &Keys =
+    keys!["previous_task_data", "previousTaskData", "previous", "old"];
 
 /// A conversion of one field's value; `Loc` names the field in errors.
 pub(super) type Conv<'a, T> = fn(Node<'a>, Loc<'_>) -> Result<T, DecodeError>;
@@ -64,13 +99,13 @@ pub(super) fn fill<'a, T>(
     slot: &mut Option<T>,
     map: &mut Obj<'a>,
     parent: &str,
-    keys: &[&'static str],
+    keys: &Keys,
     conv: Conv<'a, T>,
 ) -> Result<(), DecodeError> {
-    if slot.is_some() || map.is_empty() {
+    if slot.is_some() || !keys.maybe_in(map) {
         return Ok(());
     }
-    for &key in keys {
+    for &key in keys.names {
         let Some(v) = map.take(key) else { continue };
         if is_blank(&v) {
             map.insert(Cow::Borrowed(key), v);
@@ -88,12 +123,12 @@ pub(super) fn fill_id(
     slot: &mut Option<String>,
     map: &mut Obj<'_>,
     parent: &str,
-    keys: &[&'static str],
+    keys: &Keys,
 ) -> Result<(), DecodeError> {
-    if map.is_empty() {
+    if !keys.maybe_in(map) {
         return Ok(());
     }
-    for &key in keys {
+    for &key in keys.names {
         let Some(v) = map.take(key) else { continue };
         if is_blank(&v) {
             map.insert(Cow::Borrowed(key), v);
@@ -124,10 +159,13 @@ fn id_eq(v: &Node<'_>, existing: &str) -> bool {
 pub(super) fn take_object<'a>(
     map: &mut Obj<'a>,
     parent: &str,
-    keys: &[&'static str],
+    keys: &Keys,
     strict: bool,
 ) -> Result<Option<(&'static str, Obj<'a>)>, DecodeError> {
-    for &key in keys {
+    if !keys.maybe_in(map) {
+        return Ok(None);
+    }
+    for &key in keys.names {
         match map.take(key) {
             None => {}
             Some(Node::Obj(obj)) => return Ok(Some((key, obj))),

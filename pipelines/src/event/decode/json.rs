@@ -51,9 +51,14 @@ impl PartialEq for Obj<'_> {
 }
 
 /// The bit of `key` in [`Obj::mask`], from its length and last byte.
-fn key_bit(key: &str) -> u64 {
-    let last = key.as_bytes().last().copied().unwrap_or(0);
-    1 << ((key.len() as u32 * 5 + u32::from(last)) & 63)
+pub(super) const fn key_bit(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let last = if b.is_empty() {
+        0
+    } else {
+        b[b.len() - 1] as u32
+    };
+    1 << ((b.len() as u32 * 5 + last) & 63)
 }
 
 /// Parses one JSON text. The errors are serde_json's, with line and column.
@@ -343,6 +348,11 @@ impl<'a> Obj<'a> {
 
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The [`key_bit`]s of the keys it holds (and may have held).
+    pub(super) fn mask(&self) -> u64 {
+        self.mask
     }
 
     pub(super) fn len(&self) -> usize {

@@ -2,13 +2,14 @@
 //! snapshot, its recurrence, listed changes, a user profile, a reminder
 //! request and the request context.
 
+use super::fields::keys;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::error::{invalid, snippet, truncate_chars, DecodeError, Loc};
 use super::fields::{
-    conv_flag, conv_method, conv_tags, conv_text, conv_time, fill, fill_id, flag, ASSIGNEE_KEYS,
-    CREATED_KEYS, SNAPSHOT_PROJECT_KEYS,
+    conv_flag, conv_method, conv_tags, conv_text, conv_time, fill, fill_id, flag, Keys,
+    ASSIGNEE_KEYS, CREATED_KEYS, SNAPSHOT_PROJECT_KEYS,
 };
 use super::json::{Node, Obj};
 use super::time::{localise, peek_naive, peek_zone, take_local};
@@ -16,7 +17,7 @@ use crate::event::model::{
     FieldChange, Recurrence, ReminderRequest, RequestContext, TaskSnapshot, UserProfile,
 };
 
-const RULE_KEYS: &[&str] = &[
+const RULE_KEYS: &Keys = keys![
     "recurrence",
     "recurring_pattern",
     "recurrence_rule",
@@ -35,21 +36,21 @@ pub(super) fn take_context(
         &mut ctx.ip_address,
         map,
         parent,
-        &["ip_address", "ipAddress"],
+        keys!["ip_address", "ipAddress"],
         conv_text,
     )?;
     fill(
         &mut ctx.user_agent,
         map,
         parent,
-        &["user_agent", "userAgent"],
+        keys!["user_agent", "userAgent"],
         conv_text,
     )?;
     fill(
         &mut ctx.trace_parent,
         map,
         parent,
-        &["traceparent", "trace_parent"],
+        keys!["traceparent", "trace_parent"],
         conv_text,
     )
 }
@@ -58,18 +59,24 @@ pub(super) fn take_context(
 /// state), removed from it. `name` is a title and `pid` a project (SPM).
 pub(super) fn take_snapshot(map: &mut Obj<'_>, parent: &str) -> Result<TaskSnapshot, DecodeError> {
     let mut s = TaskSnapshot::default();
-    fill(&mut s.title, map, parent, &["title", "name"], conv_text)?;
-    fill(&mut s.description, map, parent, &["description"], conv_text)?;
-    fill(&mut s.status, map, parent, &["status"], conv_text)?;
+    fill(&mut s.title, map, parent, keys!["title", "name"], conv_text)?;
+    fill(
+        &mut s.description,
+        map,
+        parent,
+        keys!["description"],
+        conv_text,
+    )?;
+    fill(&mut s.status, map, parent, keys!["status"], conv_text)?;
     fill(
         &mut s.completed,
         map,
         parent,
-        &["completed", "is_completed", "isCompleted"],
+        keys!["completed", "is_completed", "isCompleted"],
         conv_flag,
     )?;
-    fill(&mut s.priority, map, parent, &["priority"], conv_text)?;
-    const DUE_KEYS: &[&str] = &["due_at", "due_date", "dueDate", "dueAt"];
+    fill(&mut s.priority, map, parent, keys!["priority"], conv_text)?;
+    const DUE_KEYS: &Keys = keys!["due_at", "due_date", "dueDate", "dueAt"];
     let zone = peek_zone(map, parent)?;
     let naive = peek_naive(map, DUE_KEYS);
     fill(&mut s.due_at, map, parent, DUE_KEYS, conv_time)?;
@@ -77,7 +84,7 @@ pub(super) fn take_snapshot(map: &mut Obj<'_>, parent: &str) -> Result<TaskSnaps
         Some(kept) => Some(kept),
         None => localise(&mut s.due_at, naive, &zone),
     };
-    fill(&mut s.tags, map, parent, &["tags"], conv_tags)?;
+    fill(&mut s.tags, map, parent, keys!["tags"], conv_tags)?;
     s.recurrence = take_recurrence(map, parent)?;
     fill_id(&mut s.assignee_id, map, parent, ASSIGNEE_KEYS)?;
     fill_id(&mut s.project_id, map, parent, SNAPSHOT_PROJECT_KEYS)?;
@@ -85,7 +92,7 @@ pub(super) fn take_snapshot(map: &mut Obj<'_>, parent: &str) -> Result<TaskSnaps
         &mut s.completed_at,
         map,
         parent,
-        &["completed_at", "completedAt"],
+        keys!["completed_at", "completedAt"],
         conv_time,
     )?;
     fill(&mut s.created_at, map, parent, CREATED_KEYS, conv_time)?;
@@ -110,7 +117,7 @@ pub(super) fn take_recurrence(
             }
         }
     }
-    let Some(key) = RULE_KEYS.iter().copied().find(|k| match map.get(*k) {
+    let Some(key) = RULE_KEYS.names.iter().copied().find(|k| match map.get(*k) {
         Some(Node::Str(s)) => {
             let s = s.trim();
             !s.is_empty() && !s.eq_ignore_ascii_case("none")
@@ -129,7 +136,7 @@ pub(super) fn take_recurrence(
                 &mut rule,
                 &mut o,
                 "",
-                &["rule", "rrule", "pattern", "frequency"],
+                keys!["rule", "rrule", "pattern", "frequency"],
                 conv_text,
             )
             .map_err(|e| e.within(&loc.to_string()))?;
@@ -138,7 +145,7 @@ pub(super) fn take_recurrence(
                 return Err(err);
             };
             let mut tz = None;
-            fill(&mut tz, &mut o, "", &["timezone"], conv_text)
+            fill(&mut tz, &mut o, "", keys!["timezone"], conv_text)
                 .map_err(|e| e.within(&loc.to_string()))?;
             if !o.is_empty() {
                 map.insert(Cow::Borrowed(key), Node::Obj(o));
@@ -154,7 +161,7 @@ pub(super) fn take_recurrence(
         &mut timezone,
         map,
         parent,
-        &["recurrence_timezone", "timezone"],
+        keys!["recurrence_timezone", "timezone"],
         conv_text,
     )?;
     if let Some(key) = flag_key {
@@ -215,12 +222,12 @@ pub(super) fn take_profile(
     parent: &str,
 ) -> Result<Option<UserProfile>, DecodeError> {
     let mut p = UserProfile::default();
-    fill(&mut p.email, map, parent, &["email"], conv_text)?;
+    fill(&mut p.email, map, parent, keys!["email"], conv_text)?;
     fill(
         &mut p.name,
         map,
         parent,
-        &[
+        keys![
             "name",
             "full_name",
             "fullName",
@@ -233,14 +240,14 @@ pub(super) fn take_profile(
         &mut p.username,
         map,
         parent,
-        &["username", "user_name", "userName"],
+        keys!["username", "user_name", "userName"],
         conv_text,
     )?;
     fill(
         &mut p.timezone,
         map,
         parent,
-        &["timezone", "time_zone", "timeZone"],
+        keys!["timezone", "time_zone", "timeZone"],
         conv_text,
     )?;
     Ok((p != UserProfile::default()).then_some(p))
@@ -253,14 +260,14 @@ pub(super) fn take_reminder(
     parent: &str,
 ) -> Result<ReminderRequest, DecodeError> {
     let zone = peek_zone(map, parent)?;
-    let naive_remind = peek_naive(map, &["remind_at", "remindAt"]);
-    let naive_due = peek_naive(map, &["due_at", "due_date", "dueAt", "dueDate"]);
+    let naive_remind = peek_naive(map, keys!["remind_at", "remindAt"]);
+    let naive_due = peek_naive(map, keys!["due_at", "due_date", "dueAt", "dueDate"]);
     let mut remind_at = None;
     fill(
         &mut remind_at,
         map,
         parent,
-        &["remind_at", "remindAt"],
+        keys!["remind_at", "remindAt"],
         conv_time,
     )?;
     let remind_local = match take_local(map, parent, "remind_local")? {
@@ -281,18 +288,18 @@ pub(super) fn take_reminder(
         &mut due_at,
         map,
         parent,
-        &["due_at", "due_date", "dueAt", "dueDate"],
+        keys!["due_at", "due_date", "dueAt", "dueDate"],
         conv_time,
     )?;
     localise(&mut due_at, naive_due, &zone);
     let mut title = None;
-    fill(&mut title, map, parent, &["title"], conv_text)?;
+    fill(&mut title, map, parent, keys!["title"], conv_text)?;
     let mut method = None;
     fill(
         &mut method,
         map,
         parent,
-        &["notification_method", "method"],
+        keys!["notification_method", "method"],
         conv_method,
     )?;
     Ok(ReminderRequest {

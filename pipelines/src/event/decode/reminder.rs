@@ -1,6 +1,7 @@
 //! Reminder requests on the `reminders` topic: `remind_at` and no event type.
 
 use super::error::DecodeError;
+use super::fields::keys;
 use super::fields::{
     conv_text, conv_time, fill, fill_id, CREATED_KEYS, PROJECT_ID_KEYS, SUBJECT_KEYS, TASK_ID_KEYS,
     TIME_KEYS, VERSION_KEYS,
@@ -17,7 +18,7 @@ pub(super) fn decode_reminder(mut obj: Obj<'_>) -> Result<Draft<'_>, DecodeError
         &mut d.event_id,
         &mut obj,
         "",
-        &["event_id", "eventId", "id"],
+        keys!["event_id", "eventId", "id"],
     )?;
     // The request is made when it is created; `created_at` is its time.
     fill(&mut d.occurred_at, &mut obj, "", CREATED_KEYS, conv_time)?;

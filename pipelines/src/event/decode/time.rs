@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 
 use super::error::{invalid, DecodeError, Loc};
-use super::fields::is_blank;
+use super::fields::{is_blank, Keys};
 use super::json::{Node, Obj};
 use crate::event::local_time::{self, LocalTime};
 
@@ -117,8 +117,9 @@ pub(super) fn peek_zone(map: &Obj<'_>, parent: &str) -> Result<Option<(String, T
 
 /// The first usable value among `keys`, when it is a wall-clock reading
 /// without offset.
-pub(super) fn peek_naive(map: &Obj<'_>, keys: &[&str]) -> Option<NaiveDateTime> {
+pub(super) fn peek_naive(map: &Obj<'_>, keys: &Keys) -> Option<NaiveDateTime> {
     let v = keys
+        .names
         .iter()
         .filter_map(|k| map.get(*k))
         .find(|v| !is_blank(v))?;
@@ -227,11 +228,8 @@ fn epoch_f64(f: f64) -> Option<DateTime<Utc>> {
 }
 
 /// The first usable time among `keys`, parsed but left in the map.
-pub(super) fn peek_time(
-    map: &Obj<'_>,
-    keys: &[&str],
-) -> Result<Option<DateTime<Utc>>, DecodeError> {
-    for &key in keys {
+pub(super) fn peek_time(map: &Obj<'_>, keys: &Keys) -> Result<Option<DateTime<Utc>>, DecodeError> {
+    for &key in keys.names {
         match map.get(key) {
             Some(v) if !is_blank(v) => return parse_time(v, Loc::top(key)).map(Some),
             _ => {}
