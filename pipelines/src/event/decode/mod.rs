@@ -5,9 +5,10 @@
 //! topic is only a hint: one dialect is published to several topics and one
 //! topic carries several dialects.
 //!
-//! The message is read once, by serde_json's parser, into borrowed nodes
-//! ([`json`]): keys and strings point into the message bytes, so reading
-//! costs one `Vec` per object and nothing per field. Each dialect family
+//! The message is read once into borrowed nodes ([`json`]; serde_json reads
+//! what its small scanner does not handle, and every error): keys and strings
+//! point into the message bytes, so reading costs one `Vec` per object and
+//! nothing per field. Each dialect family
 //! ([`event_dialects`], [`reminder`], [`cloudevents`], [`canonical`]) then
 //! *moves* fields out of those objects into the typed event ([`fields`],
 //! [`parts`], [`time`], [`kinds`]); whatever has no canonical home is kept in

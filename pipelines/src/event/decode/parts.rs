@@ -109,7 +109,7 @@ pub(super) fn take_recurrence(
 ) -> Result<Option<Recurrence>, DecodeError> {
     let flag_key = ["is_recurring", "isRecurring"]
         .into_iter()
-        .find(|k| map.get(*k).is_some_and(|v| !v.is_null()));
+        .find(|k| map.get(k).is_some_and(|v| !v.is_null()));
     if let Some(key) = flag_key {
         if let Some(v) = map.get(key) {
             if !flag(v, Loc { parent, key })? {
@@ -117,7 +117,7 @@ pub(super) fn take_recurrence(
             }
         }
     }
-    let Some(key) = RULE_KEYS.names.iter().copied().find(|k| match map.get(*k) {
+    let Some(key) = RULE_KEYS.names.iter().copied().find(|k| match map.get(k) {
         Some(Node::Str(s)) => {
             let s = s.trim();
             !s.is_empty() && !s.eq_ignore_ascii_case("none")

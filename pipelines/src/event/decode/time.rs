@@ -121,7 +121,7 @@ pub(super) fn peek_naive(map: &Obj<'_>, keys: &Keys) -> Option<NaiveDateTime> {
     let v = keys
         .names
         .iter()
-        .filter_map(|k| map.get(*k))
+        .filter_map(|k| map.get(k))
         .find(|v| !is_blank(v))?;
     let s = v.as_str()?.trim();
     if offset_time_str(s).is_some() {
