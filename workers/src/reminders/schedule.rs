@@ -155,6 +155,12 @@ impl ReminderSchedule {
         format!("reminders:due:{topic}:{partition}")
     }
 
+    /// The (topic, partition) a shard key names: its timer's.
+    pub fn shard_partition(shard: &str) -> Option<(&str, i32)> {
+        let (topic, p) = shard.strip_prefix("reminders:due:")?.rsplit_once(':')?;
+        Some((topic, p.parse().ok()?))
+    }
+
     pub fn payload_key(reminder_id: &str) -> String {
         format!("reminders:reminder:{reminder_id}")
     }
@@ -373,7 +379,8 @@ impl ReminderSchedule {
 
     /// Moves a claimed member to `at` (a quiet-hours hold, or back to its
     /// time after a failed delivery), unless it was rescheduled or cancelled
-    /// since the claim.
+    /// since the claim: one atomic compare-and-move, so a cancel or a
+    /// reschedule landing between the check and the move cannot be undone.
     pub async fn requeue(
         &self,
         store: &dyn StateStore,
@@ -381,11 +388,10 @@ impl ReminderSchedule {
         reminder_id: &str,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<(), StateError> {
-        if store.zscore(shard, reminder_id).await? == Some(ms(lease_until)) {
-            store.zadd(shard, reminder_id, ms(at)).await?;
-        }
-        Ok(())
+    ) -> Result<bool, StateError> {
+        store
+            .zmove_if_score(shard, reminder_id, ms(lease_until), ms(at))
+            .await
     }
 
     /// The earliest fire time in `shard` (a leased member counts at its lease).
