@@ -27,7 +27,7 @@ use pipelines::{
     WorkerError,
 };
 
-use super::config::RemindersConfig;
+use super::config::{RemindersConfig, MIN_SECRET_BYTES};
 use super::directory::{is_user_event, UserDirectory, UserRecord};
 use super::mailer::Mailer;
 use super::metrics;
@@ -100,12 +100,11 @@ impl RemindersWorker {
             Some(u) => Some(self.user(ctx, u).await?.tz()),
             None => None,
         };
-        let (record, op) = self
+        let (record, mut ops) = self
             .directory
             .updated(ctx.state(), &event.event)
             .await?
             .map_err(WorkerError::permanent)?;
-        let mut ops = vec![op];
         let mut wakes = Vec::new();
         if old_tz.is_some_and(|t| t != record.tz()) {
             for (id, task_id) in self
@@ -134,7 +133,7 @@ impl RemindersWorker {
         }
         ctx.apply_for(event, ops).await?;
         for (shard, at) in wakes {
-            ctx.wake_timer_at_shard(&shard, at);
+            wake_shard(ctx, &shard, at);
         }
         Ok(Outcome::Done)
     }
@@ -485,7 +484,7 @@ impl RemindersWorker {
                 self.schedule
                     .requeue(store, shard, id, lease_until, until)
                     .await?;
-                ctx.wake_timer_at_shard(shard, until);
+                wake_shard(ctx, shard, until);
                 return Ok(());
             }
             Firing::Missed { lateness } => {
@@ -545,6 +544,11 @@ impl RemindersWorker {
             link: None,
         };
         match (r.channel, &self.webhook) {
+            (Channel::Email, _) if user.unsubscribed_at.is_some() => Err(DeliveryError::permanent(
+                Channel::Email,
+                PermanentCause::Unsubscribed,
+                "the user unsubscribed from reminder email (one-click link)",
+            )),
             (Channel::Email, _) if !user.email_enabled => Err(DeliveryError::permanent(
                 Channel::Email,
                 PermanentCause::OptedOut,
@@ -617,39 +621,18 @@ fn ends_task(e: &pipelines::TaskEvent) -> bool {
         })
 }
 
+/// Wakes the timer of a shard's partition (a no-op elsewhere).
+fn wake_shard(ctx: &Ctx, shard: &str, at: DateTime<Utc>) {
+    if let Some((topic, partition)) = ReminderSchedule::shard_partition(shard) {
+        ctx.wake_timer_at_partition(topic, partition, at);
+    }
+}
+
 fn text_attribute(e: &pipelines::TaskEvent, key: &str) -> Option<String> {
     e.attributes
         .get(key)
         .and_then(|v| v.as_str())
         .map(str::to_owned)
-}
-
-/// `wake_timer_at` for a shard key: the timers are keyed by (topic,
-/// partition), which the shard key spells.
-trait WakeShard {
-    fn wake_timer_at_shard(&self, shard: &str, at: DateTime<Utc>);
-}
-
-impl WakeShard for Ctx {
-    fn wake_timer_at_shard(&self, shard: &str, at: DateTime<Utc>) {
-        let parsed = shard
-            .strip_prefix("reminders:due:")
-            .and_then(|rest| rest.rsplit_once(':'))
-            .and_then(|(topic, p)| Some((topic, p.parse::<i32>().ok()?)));
-        match parsed {
-            Some((topic, partition)) => self.wake_timer_at(
-                &pipelines::Source {
-                    topic: Arc::from(topic),
-                    partition,
-                    offset: -1,
-                    timestamp_ms: None,
-                    received_at: at,
-                },
-                at,
-            ),
-            None => self.wake_timer(),
-        }
-    }
 }
 
 #[async_trait]
@@ -781,11 +764,31 @@ impl Worker for RemindersWorker {
         Ok(self.schedule.next_due(store, &shard).await?)
     }
 
+    /// The SMTP relay (NOOP) and, when configured, the webhook (its recent
+    /// posts, and a `HEAD` probe while they fail: see [`super::webhook`]).
     async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
-        vec![(
-            "smtp",
-            self.mailer.relay_ready().await.map_err(|e| e.to_string()),
-        )]
+        let smtp = self.mailer.relay_ready().await.map_err(|e| e.to_string());
+        let mut out = vec![("smtp", smtp)];
+        if let Some(w) = &self.webhook {
+            out.push(("webhook", w.ready().await));
+        }
+        out
+    }
+
+    /// The one-click unsubscribe endpoint (see [`super::unsubscribe`]), when
+    /// links are signed with a real secret (a link signed with an empty or
+    /// short one could be forged, so it unsubscribes nobody).
+    fn routes(&self, ctx: &Ctx) -> Option<axum::Router> {
+        if self.config.unsubscribe_secret.expose().len() < MIN_SECRET_BYTES {
+            tracing::info!(
+                "no one-click unsubscribe endpoint: reminders.unsubscribe_secret is not set"
+            );
+            return None;
+        }
+        Some(super::unsubscribe::routes(
+            self.mailer.unsubscribe_links(),
+            ctx,
+        ))
     }
 
     async fn shutdown(&self) {
