@@ -1292,13 +1292,21 @@ fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_
     let env = Env::start();
     let port = free_port().unwrap();
     let mut hook = StoppableHook::new();
+    // Long retry waits: an email held up by the webhook's retries would be
+    // seconds late.
     let p = env.run(
         "1",
         &env.smtp.url(),
         port,
-        &[("TASKSTREAM_REMINDERS__WEBHOOK_URL", &hook.url())],
+        &[
+            ("TASKSTREAM_REMINDERS__WEBHOOK_URL", &hook.url()),
+            ("TASKSTREAM_RETRY__INITIAL_BACKOFF", "6s"),
+            ("TASKSTREAM_RETRY__MAX_BACKOFF", "8s"),
+        ],
     );
     wait_ready(&env, port);
+    env.user("u-mail", "mail@example.com", "UTC");
+    env.flush();
     hook.stop();
     let now = Utc::now();
     env.send(
@@ -1307,6 +1315,16 @@ fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_
         json!({"task_id": "t-hook", "user_id": "u-hook", "title": "Hooked reminder",
                "remind_at": rfc3339(now + chrono::Duration::milliseconds(800)),
                "notification_method": "push", "created_at": rfc3339(now)}),
+    );
+    // An email due in the same shard (same key, so same partition) a little
+    // later: it must go out on time while the webhook is retried, not wait
+    // for the webhook's retry (3 to 6 s here).
+    env.send(
+        "reminders",
+        "t-hook",
+        json!({"task_id": "t-mail", "user_id": "u-mail", "title": "Mail meanwhile",
+               "remind_at": rfc3339(now + chrono::Duration::milliseconds(2000)),
+               "notification_method": "email", "created_at": rfc3339(now)}),
     );
     env.flush();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1326,8 +1344,10 @@ fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_
         !body.contains("t0ps3cret"),
         "the URL's token is never shown: {body}"
     );
+    let mail = settle(&env, 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
     // It stays down (probes fail too), and nothing is recorded as failed.
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(http_status(port, "/readyz"), Some(503));
     assert!(scrape(port, "taskstream_reminders_failed_total", "") <= 0.0);
     assert!(hook.bodies.lock().unwrap().is_empty());
@@ -1357,14 +1377,22 @@ fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_
     let events = read_topic(
         &env.bootstrap(),
         "notification-events",
-        1,
+        2,
         Duration::from_secs(10),
     )
     .unwrap();
-    assert_eq!(events.len(), 1);
-    let v: serde_json::Value = serde_json::from_slice(&events[0].payload).unwrap();
-    assert_eq!(v["type"], "notification.sent");
-    assert_eq!(v["attributes"]["channel"], "push");
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["type"], "notification.sent", "{v}");
+        let late = v["attributes"]["lateness_ms"].as_i64().unwrap();
+        if v["attributes"]["channel"] == "push" {
+            assert!(late > 4000, "sent after the outage, late: {v}");
+        } else {
+            assert_eq!(v["attributes"]["channel"], "email");
+            assert!(late < 1200, "email on time during the webhook outage: {v}");
+        }
+    }
     p.signal(libc::SIGTERM);
     assert!(p.wait(Duration::from_secs(30)).success());
 }

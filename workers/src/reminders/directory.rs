@@ -363,6 +363,51 @@ mod tests {
         assert_eq!(r.default_offsets, vec!["-1d", "-30m"]);
     }
 
+    #[tokio::test]
+    async fn an_unsubscribe_outlives_updates_until_email_is_turned_on_after_it() {
+        use pipelines::state::MemoryStore;
+        let store = MemoryStore::new("t:");
+        let d = UserDirectory;
+        let apply = |ops: Vec<StateOp>| {
+            let store = &store;
+            async move { store.apply(&ops).await.unwrap() }
+        };
+        let created = event(
+            r#"{"event_id":"e1","event_type":"user.created","timestamp":"2026-01-01T00:00:00Z","data":{"user_id":"u1","email":"ada@example.com","email_notifications":true}}"#,
+        );
+        apply(d.updated(&store, &created).await.unwrap().unwrap().1).await;
+        let clicked: DateTime<Utc> = "2026-01-05T00:00:00Z".parse().unwrap();
+        apply(vec![UserDirectory::unsubscribe_op(
+            "u1",
+            Channel::Email,
+            clicked,
+        )])
+        .await;
+        let r = d.get(&store, "u1").await.unwrap().unwrap();
+        assert_eq!(r.unsubscribed_at, Some(clicked));
+        // Silent about the preference, or `true` from before the click
+        // (a late or replayed event): still unsubscribed.
+        for json in [
+            r#"{"event_id":"e2","event_type":"user.updated","timestamp":"2026-01-06T00:00:00Z","data":{"user_id":"u1","name":"Ada King"}}"#,
+            r#"{"event_id":"e3","event_type":"user.updated","timestamp":"2026-01-04T00:00:00Z","data":{"user_id":"u1","email_notifications":true}}"#,
+        ] {
+            let (record, ops) = d.updated(&store, &event(json)).await.unwrap().unwrap();
+            assert_eq!(record.unsubscribed_at, Some(clicked), "{json}");
+            apply(ops).await;
+            let r = d.get(&store, "u1").await.unwrap().unwrap();
+            assert_eq!(r.unsubscribed_at, Some(clicked), "{json}");
+        }
+        // Turned on in the application after the click: lifted.
+        let on = event(
+            r#"{"event_id":"e4","event_type":"user.updated","timestamp":"2026-01-07T00:00:00Z","data":{"user_id":"u1","preferences":{"email_notifications":true}}}"#,
+        );
+        apply(d.updated(&store, &on).await.unwrap().unwrap().1).await;
+        let r = d.get(&store, "u1").await.unwrap().unwrap();
+        assert_eq!(r.unsubscribed_at, None);
+        assert!(r.email_enabled);
+        assert_eq!(r.email.as_deref(), Some("ada@example.com"));
+    }
+
     #[test]
     fn a_bad_zone_or_offset_names_the_user_and_value() {
         let mut r = UserRecord::unknown("u1");

@@ -99,6 +99,18 @@ pub struct StoredReminder {
     pub origin: Origin,
     /// The shard (sorted-set key) it lives in.
     pub shard: String,
+    /// Transient failures of its webhook delivery so far: each retry waits
+    /// longer (the pipeline's outage backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// When it first came due, once a transient webhook failure postponed
+    /// it: lateness and `max_lateness` count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_due: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StoredReminder {
@@ -430,6 +442,8 @@ mod tests {
             channel: Channel::Email,
             origin: Origin::Request,
             shard: shard.into(),
+            attempts: 0,
+            first_due: None,
         }
     }
 

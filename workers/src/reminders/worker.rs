@@ -216,6 +216,8 @@ impl RemindersWorker {
             channel,
             origin: Origin::Request,
             shard: ReminderSchedule::shard_key(&event.source.topic, event.source.partition),
+            attempts: 0,
+            first_due: None,
         };
         Ok((ReminderSchedule::schedule_ops(&r, fire_at), fire_at))
     }
@@ -321,6 +323,8 @@ impl RemindersWorker {
             channel,
             origin,
             shard: shard.to_owned(),
+            attempts: 0,
+            first_due: None,
         };
         let mut keep: Vec<StoredReminder> = plan_task(
             task_id,
@@ -467,6 +471,9 @@ impl RemindersWorker {
         };
         let user = self.user(ctx, &r.user_id).await?;
         let now = ctx.now();
+        // Lateness counts from when it first came due (a postponed webhook
+        // retry keeps that time).
+        let due_at = r.first_due.unwrap_or(claimed.scheduled_at);
         let record = |outcome: &str, at, reason: Option<String>, message_id| FiredRecord {
             reminder_id: r.reminder_id.clone(),
             task_id: r.task_id.clone(),
@@ -474,11 +481,11 @@ impl RemindersWorker {
             channel: r.channel,
             outcome: outcome.to_owned(),
             at,
-            scheduled_at: claimed.scheduled_at,
+            scheduled_at: due_at,
             reason,
             message_id,
         };
-        let fired = match at_fire_time(now, claimed.scheduled_at, &user, self.max_lateness()) {
+        let fired = match at_fire_time(now, due_at, &user, self.max_lateness()) {
             Firing::Hold { until } => {
                 metrics::held();
                 self.schedule
@@ -499,9 +506,12 @@ impl RemindersWorker {
             Firing::Send { .. } => match self.deliver(&r, &user).await {
                 Ok(d) => {
                     let at = ctx.now();
-                    let late = (at - claimed.scheduled_at).num_milliseconds().max(0) as f64 / 1e3;
+                    let late = (at - due_at).num_milliseconds().max(0) as f64 / 1e3;
                     metrics::sent(r.channel.as_str(), late);
                     record("sent", at, None, Some(d.message_id))
+                }
+                Err(e) if e.is_transient() && r.channel != Channel::Email => {
+                    return self.postpone(ctx, shard, &r, due_at, lease_until, &e).await;
                 }
                 Err(e) if e.is_transient() => {
                     self.schedule
@@ -521,6 +531,53 @@ impl RemindersWorker {
             .await?;
         self.publish(ctx, &fired).await?;
         self.schedule.ack(store, shard, id, lease_until).await?;
+        Ok(())
+    }
+
+    /// A transient webhook failure: the reminder is moved to a retry after
+    /// the pipeline's outage backoff for its attempt, keeping the time it
+    /// first came due. The tick itself goes on, so email due in the same
+    /// shard is not held up by the webhook (email failures instead fail the
+    /// tick: every email would fail alike). `/readyz` learns of the outage
+    /// from the webhook's own signal ([`Webhook::ready`]).
+    async fn postpone(
+        &self,
+        ctx: &Ctx,
+        shard: &str,
+        r: &StoredReminder,
+        due_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        error: &DeliveryError,
+    ) -> Result<(), WorkerError> {
+        let store = ctx.state();
+        let attempts = r.attempts.saturating_add(1);
+        let wait = pipelines::retry::outage_backoff(&ctx.config().retry, attempts);
+        let retry_at = ctx.now() + TimeDelta::from_std(wait).unwrap_or(TimeDelta::seconds(1));
+        tracing::warn!(
+            reminder = %r.reminder_id,
+            error = %error,
+            attempts,
+            retry_in_ms = wait.as_millis() as u64,
+            "reminder not delivered for now; retrying"
+        );
+        // Move first: a claim cancelled or rescheduled meanwhile is left
+        // alone, and its payload not rewritten.
+        if self
+            .schedule
+            .requeue(store, shard, &r.reminder_id, lease_until, retry_at)
+            .await?
+        {
+            let mut retried = r.clone();
+            retried.attempts = attempts;
+            retried.first_due = Some(due_at);
+            store
+                .set(
+                    &ReminderSchedule::payload_key(&r.reminder_id),
+                    &serde_json::to_vec(&retried).unwrap_or_default(),
+                    None,
+                )
+                .await?;
+        }
         Ok(())
     }
 
