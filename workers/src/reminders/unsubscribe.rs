@@ -222,25 +222,31 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn verify(&self, query: Option<&str>) -> Result<UnsubscribeRequest, Response> {
+    /// The verified request, or `None` (logged and counted) when refused.
+    fn verify(&self, query: Option<&str>) -> Option<UnsubscribeRequest> {
         self.links
             .verify_query(query.unwrap_or_default())
             .map_err(|e| {
                 tracing::warn!(error = %e, "unsubscribe request refused");
                 metrics::unsubscribe_refused();
-                (
-                    StatusCode::FORBIDDEN,
-                    "This unsubscribe link is not valid: it was changed or has been replaced.\n",
-                )
-                    .into_response()
             })
+            .ok()
     }
+}
+
+/// `403` naming nothing secret.
+fn refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "This unsubscribe link is not valid: it was changed or has been replaced.\n",
+    )
+        .into_response()
 }
 
 /// `GET`: never unsubscribes; offers a button that does.
 async fn confirm_page(State(e): State<Arc<Endpoint>>, RawQuery(query): RawQuery) -> Response {
-    if let Err(refused) = e.verify(query.as_deref()) {
-        return refused;
+    if e.verify(query.as_deref()).is_none() {
+        return refused();
     }
     let action = format!("?{}", escape_html(query.as_deref().unwrap_or_default()));
     Html(format!(
@@ -259,9 +265,8 @@ async fn one_click(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let request = match e.verify(query.as_deref()) {
-        Ok(r) => r,
-        Err(refused) => return refused,
+    let Some(request) = e.verify(query.as_deref()) else {
+        return refused();
     };
     if !is_one_click(&body) {
         return (
