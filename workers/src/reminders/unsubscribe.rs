@@ -248,7 +248,10 @@ async fn confirm_page(State(e): State<Arc<Endpoint>>, RawQuery(query): RawQuery)
     if e.verify(query.as_deref()).is_none() {
         return refused();
     }
-    let action = format!("?{}", escape_html(query.as_deref().unwrap_or_default()));
+    let action = format!(
+        "?{}",
+        minijinja::HtmlEscape(query.as_deref().unwrap_or_default())
+    );
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head>\n\
          <body><p>Stop receiving reminder email?</p>\n\
@@ -300,21 +303,6 @@ fn is_one_click(body: &[u8]) -> bool {
     }
     let text = String::from_utf8_lossy(body);
     text.contains("name=\"List-Unsubscribe\"") && text.contains("One-Click")
-}
-
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
