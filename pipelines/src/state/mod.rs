@@ -136,6 +136,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes `member` only while its score is still `score` (a claim this
     /// caller made, not since rescheduled); true when removed. Atomic.
     async fn zrem_if_score(&self, key: &str, member: &str, score: f64) -> Result<bool, StateError>;
+    /// Moves `member` to `score` only while its score is still `expected`
+    /// (a claim this caller made and wants to put back or postpone, not
+    /// since rescheduled, acked or removed); true when moved. Atomic.
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError>;
     /// Deletes `key` only while it holds `expected` (an owner-checked
     /// release); true when deleted. Atomic.
     async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError>;

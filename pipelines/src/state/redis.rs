@@ -64,6 +64,18 @@ return 0",
     )
 });
 
+/// `zmove_if_score`: re-score a member only while its score is unchanged.
+static ZMOVE_IF_SCORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0",
+    )
+});
+
 /// `delete_if_eq`: an owner-checked delete.
 static DELETE_IF_EQ: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -536,6 +548,25 @@ impl StateStore for RedisStore {
         ZREM_IF_SCORE
             .key(self.key(key))
             .arg(member)
+            .arg(score_arg(score))
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        ZMOVE_IF_SCORE
+            .key(self.key(key))
+            .arg(member)
+            .arg(score_arg(expected))
             .arg(score_arg(score))
             .invoke_async::<i64>(&mut c)
             .await
