@@ -198,6 +198,18 @@ impl StateStore for Scoped {
             .await
             .map_err(|e| self.unscoped(e))
     }
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError> {
+        self.inner
+            .zmove_if_score(&self.key(key), member, expected, score)
+            .await
+            .map_err(|e| self.unscoped(e))
+    }
     async fn zrange(&self, key: &str, range: ScoreRange) -> Result<Vec<Scored>, StateError> {
         self.inner
             .zrange(&self.key(key), range)

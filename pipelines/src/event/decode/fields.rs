@@ -243,11 +243,15 @@ pub(super) fn conv_time(v: Node<'_>, loc: Loc<'_>) -> Result<DateTime<Utc>, Deco
 pub(super) fn conv_method(v: Node<'_>, loc: Loc<'_>) -> Result<String, DecodeError> {
     if let Node::Str(s) = &v {
         let m = s.trim();
-        for known in ["email", "push", "sms"] {
+        for known in ["email", "push", "sms", "webhook"] {
             if m.eq_ignore_ascii_case(known) {
                 return Ok(known.to_owned());
             }
         }
     }
-    Err(invalid(loc, &v, "one of \"email\", \"push\", \"sms\""))
+    Err(invalid(
+        loc,
+        &v,
+        "one of \"email\", \"push\", \"sms\", \"webhook\"",
+    ))
 }

@@ -1120,13 +1120,17 @@ fn conv_time(v: Value, loc: Loc<'_>) -> Result<DateTime<Utc>, DecodeError> {
 fn conv_method(v: Value, loc: Loc<'_>) -> Result<String, DecodeError> {
     if let Value::String(s) = &v {
         let m = s.trim();
-        for known in ["email", "push", "sms"] {
+        for known in ["email", "push", "sms", "webhook"] {
             if m.eq_ignore_ascii_case(known) {
                 return Ok(known.to_owned());
             }
         }
     }
-    Err(invalid(loc, &v, "one of \"email\", \"push\", \"sms\""))
+    Err(invalid(
+        loc,
+        &v,
+        "one of \"email\", \"push\", \"sms\", \"webhook\"",
+    ))
 }
 
 /// The first usable time among `keys`, parsed but left in the map.

@@ -45,7 +45,7 @@ mod tests {
             DecodeError::InvalidField {
                 field: "notification_method".into(),
                 value: "\"email|push|sms\"".into(),
-                expected: "one of \"email\", \"push\", \"sms\"",
+                expected: "one of \"email\", \"push\", \"sms\", \"webhook\"",
             }
         );
         assert_eq!(err.reason(), "invalid_field");
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn seed_003_reminder_request_keeps_each_concrete_method() {
-        for method in ["email", "push", "sms", "PUSH"] {
+        for method in ["email", "push", "sms", "webhook", "PUSH"] {
             let msg = SEED_003_REMINDER.replace("email|push|sms", method);
             let e = dec(&msg);
             assert_eq!(e.reminder.unwrap().method, method.to_ascii_lowercase());
