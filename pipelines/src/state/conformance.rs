@@ -20,6 +20,7 @@ pub async fn run_all(store: &dyn StateStore) {
     sorted_set_orders_by_score(store).await;
     sorted_set_ranges_have_exclusive_bounds_and_pages(store).await;
     claim_due_hands_each_member_to_one_claimer_until_the_lease(store).await;
+    claim_due_re_scores_every_member_of_a_large_claim(store).await;
     delete_if_eq_checks_the_owner(store).await;
     hashes_round_trip(store).await;
     apply_writes_every_op(store).await;
@@ -477,6 +478,36 @@ async fn hget_all_many_reads_each_hash(s: &dyn StateStore) {
     assert!(got[1].is_empty(), "an absent hash reads empty");
     assert!(s.hget_all_many(&[]).await.unwrap().is_empty());
     s.delete(&["conf:hm:1".into()]).await.unwrap();
+}
+
+/// More members than one re-scoring command takes (500 on Redis).
+async fn claim_due_re_scores_every_member_of_a_large_claim(s: &dyn StateStore) {
+    let ops = (0..1_200)
+        .map(|i| StateOp::ZAdd {
+            key: "conf:bigdue".into(),
+            member: format!("m{i}"),
+            score: f64::from(i % 7),
+        })
+        .collect();
+    s.apply(&super::merge_sorted_set_adds(ops)).await.unwrap();
+    let claimed = s
+        .zclaim_due("conf:bigdue", 10.0, 5_000.0, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1_200, "every due member is claimed");
+    assert!(
+        s.zclaim_due("conf:bigdue", 10.0, 5_000.0, 2_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every claimed member was re-scored to the lease"
+    );
+    let leased = s
+        .zrange_by_score("conf:bigdue", 5_000.0, 5_000.0, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1_200);
+    s.delete(&["conf:bigdue".into()]).await.unwrap();
 }
 
 async fn set_many_overwrites_with_ttl(s: &dyn StateStore) {
