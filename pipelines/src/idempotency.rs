@@ -2,10 +2,9 @@
 //! at-least-once delivery.
 //!
 //! Protocol, per worker and event id (key `idem:<worker>:<event_id>`):
-//! 1. **claim** a batch: `SET key p:<now_ms>:<token> NX PX <ttl> GET` for
-//!    every key, in one script call on Redis (`set_nx_get_many`; it answers
-//!    only for keys that held a value), where `token` is new for each claim
-//!    call. The value that was there decides:
+//! 1. **claim** a batch: `SET key p:<now_ms>:<token> NX PX <ttl> GET`,
+//!    pipelined, where `token` is new for each claim call. The value that was
+//!    there decides:
 //!    - absent → claimed, handle it;
 //!    - `done`, or `p:…:<t>` whose claim `t` is complete (key `idem:<worker>:~<t>`
 //!      exists) → a duplicate, skip it;
@@ -16,8 +15,8 @@
 //! 2. **complete** after the side effect. When every event of a claim call was
 //!    handled (the usual case) one key marks the whole claim done:
 //!    `SET idem:<worker>:~<token> done PX <ttl>`; otherwise each handled id is
-//!    set to `done`. So a batch costs two Redis calls (one `SET` per event
-//!    inside the claim script), not two commands per event.
+//!    set to `done`. So a batch costs one Redis command per event plus one, not
+//!    two per event.
 //! 3. **release** when handling failed for good: `DEL key`, so a replay from the
 //!    dead-letter topic handles it again.
 //!
@@ -124,9 +123,6 @@ impl IdempotencyGuard {
         self.store.set_many(&keys, value.as_bytes(), self.ttl).await
     }
 
-    /// The guard's keys of `ids`: the one place they are built (a
-    /// cluster-aware store that needs one hash slot per claim call tags them
-    /// here).
     fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         ids.into_iter()
             .map(|id| {
