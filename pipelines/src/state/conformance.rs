@@ -13,6 +13,7 @@ pub async fn run_all(store: &dyn StateStore) {
     set_nx_sets_only_when_absent(store).await;
     ttl_expires_keys(store).await;
     set_nx_get_many_claims_each_key_once(store).await;
+    set_nx_get_many_answers_a_large_batch_in_order(store).await;
     set_many_overwrites_with_ttl(store).await;
     compare_and_set_swaps_only_the_expected_value(store).await;
     incr_by_counts_from_zero(store).await;
@@ -20,9 +21,12 @@ pub async fn run_all(store: &dyn StateStore) {
     sorted_set_ranges_have_exclusive_bounds_and_pages(store).await;
     claim_due_hands_each_member_to_one_claimer_until_the_lease(store).await;
     zmove_if_score_moves_only_an_unchanged_member(store).await;
+    claim_due_re_scores_every_member_of_a_large_claim(store).await;
     delete_if_eq_checks_the_owner(store).await;
     hashes_round_trip(store).await;
     apply_writes_every_op(store).await;
+    merged_sorted_set_adds_leave_the_same_set(store).await;
+    hget_all_many_reads_each_hash(store).await;
     distinct_counts_merge(store).await;
     get_many_reads_in_order(store).await;
 }
@@ -408,6 +412,145 @@ async fn set_nx_get_many_claims_each_key_once(s: &dyn StateStore) {
     s.delete(&["conf:c1".into(), "conf:c2".into()])
         .await
         .unwrap();
+}
+
+/// A batch the size the pipeline claims, with values found at scattered
+/// places (first, last, repeats): each answer lands on its own key, and the
+/// claims expire with the ttl.
+async fn set_nx_get_many_answers_a_large_batch_in_order(s: &dyn StateStore) {
+    let keys: Vec<String> = (0..1000).map(|i| format!("conf:big{i}")).collect();
+    let present = [0usize, 1, 499, 998, 999];
+    for &i in &present {
+        s.set(&keys[i], format!("was{i}").as_bytes(), None)
+            .await
+            .unwrap();
+    }
+    let mut asked = keys.clone();
+    asked.push(keys[5].clone());
+    let got = s
+        .set_nx_get_many(&asked, b"p", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), asked.len(), "one answer per key");
+    for (i, v) in got.iter().enumerate().take(keys.len()) {
+        let want = present.contains(&i).then(|| format!("was{i}").into_bytes());
+        assert_eq!(v, &want, "answer for key {i}");
+    }
+    assert_eq!(got[1000], Some(b"p".to_vec()), "a repeat sees the claim");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let again = s
+        .set_nx_get_many(&keys[2..4], b"q", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(again, vec![None, None], "claims expire with their ttl");
+    s.delete(&keys).await.unwrap();
+}
+
+/// Adds gathered by [`super::merge_sorted_set_adds`] into `ZAddMany`s end
+/// where the ops one by one would: last add wins, a later remove cancels,
+/// a delete of the set drops what was added before it.
+async fn merged_sorted_set_adds_leave_the_same_set(s: &dyn StateStore) {
+    let add = |key: &str, member: &str, score: f64| StateOp::ZAdd {
+        key: key.into(),
+        member: member.into(),
+        score,
+    };
+    let rem = |key: &str, member: &str| StateOp::ZRem {
+        key: key.into(),
+        member: member.into(),
+    };
+    let ops = vec![
+        add("conf:mz:a", "x", 1.0),
+        add("conf:mz:b", "x", 5.0),
+        add("conf:mz:a", "y", 2.0),
+        add("conf:mz:a", "x", 3.0),
+        rem("conf:mz:a", "y"),
+        add("conf:mz:c", "gone", 1.0),
+        StateOp::Delete {
+            key: "conf:mz:c".into(),
+        },
+        add("conf:mz:c", "kept", 4.0),
+        rem("conf:mz:b", "x"),
+        add("conf:mz:b", "x", 6.0),
+        add("conf:mz:a", "", 0.5),
+    ];
+    let merged = super::merge_sorted_set_adds(ops);
+    let adds = merged
+        .iter()
+        .filter(|o| matches!(o, StateOp::ZAdd { .. } | StateOp::ZAddMany { .. }))
+        .count();
+    assert_eq!(
+        adds, 4,
+        "one ZAddMany per set, one more after the delete: {merged:?}"
+    );
+    s.apply(&merged).await.unwrap();
+    let all = |key: &'static str| async move {
+        s.zrange_by_score(key, f64::NEG_INFINITY, f64::INFINITY, 10)
+            .await
+            .unwrap()
+    };
+    let scored = |m: &str, score: f64| Scored {
+        member: m.into(),
+        score,
+    };
+    assert_eq!(
+        all("conf:mz:a").await,
+        vec![scored("", 0.5), scored("x", 3.0)]
+    );
+    assert_eq!(all("conf:mz:b").await, vec![scored("x", 6.0)]);
+    assert_eq!(all("conf:mz:c").await, vec![scored("kept", 4.0)]);
+    s.delete(&["conf:mz:a".into(), "conf:mz:b".into(), "conf:mz:c".into()])
+        .await
+        .unwrap();
+}
+
+async fn hget_all_many_reads_each_hash(s: &dyn StateStore) {
+    s.apply(&[StateOp::HashSet {
+        key: "conf:hm:1".into(),
+        fields: vec![("f".into(), b"one".to_vec()), ("g".into(), b"two".to_vec())],
+    }])
+    .await
+    .unwrap();
+    let got = s
+        .hget_all_many(&["conf:hm:1".into(), "conf:hm:none".into()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].get("g"), Some(&b"two".to_vec()));
+    assert_eq!(got[0].len(), 2);
+    assert!(got[1].is_empty(), "an absent hash reads empty");
+    assert!(s.hget_all_many(&[]).await.unwrap().is_empty());
+    s.delete(&["conf:hm:1".into()]).await.unwrap();
+}
+
+/// More members than one re-scoring command takes (500 on Redis).
+async fn claim_due_re_scores_every_member_of_a_large_claim(s: &dyn StateStore) {
+    let ops = (0..1_200)
+        .map(|i| StateOp::ZAdd {
+            key: "conf:bigdue".into(),
+            member: format!("m{i}"),
+            score: f64::from(i % 7),
+        })
+        .collect();
+    s.apply(&super::merge_sorted_set_adds(ops)).await.unwrap();
+    let claimed = s
+        .zclaim_due("conf:bigdue", 10.0, 5_000.0, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1_200, "every due member is claimed");
+    assert!(
+        s.zclaim_due("conf:bigdue", 10.0, 5_000.0, 2_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every claimed member was re-scored to the lease"
+    );
+    let leased = s
+        .zrange_by_score("conf:bigdue", 5_000.0, 5_000.0, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1_200);
+    s.delete(&["conf:bigdue".into()]).await.unwrap();
 }
 
 async fn set_many_overwrites_with_ttl(s: &dyn StateStore) {

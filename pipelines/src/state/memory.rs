@@ -494,6 +494,12 @@ impl MemoryStore {
             StateOp::ZAdd { member, score, .. } => {
                 zset_mut(m, &k, key, now)?.insert(member.clone(), *score);
             }
+            StateOp::ZAddMany { members, .. } => {
+                let z = zset_mut(m, &k, key, now)?;
+                for (member, score) in members {
+                    z.insert(member.clone(), *score);
+                }
+            }
             StateOp::ZRem { member, .. } => {
                 zrem_in(m, &k, key, member, now)?;
             }

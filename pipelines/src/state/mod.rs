@@ -23,7 +23,7 @@ mod redis;
 pub mod slot;
 
 pub use self::memory::MemoryStore;
-pub use self::ops::{ScoreBound, ScoreRange, StateOp};
+pub use self::ops::{merge_sorted_set_adds, ScoreBound, ScoreRange, StateOp};
 pub use self::redis::RedisStore;
 
 use crate::config::RedisConfig;
@@ -156,6 +156,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError>;
     /// Every field of a hash (empty when absent).
     async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError>;
+    /// Every field of each hash, in order (empty when absent): one round
+    /// trip on Redis (the `HGETALL`s pipelined).
+    async fn hget_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<BTreeMap<String, Vec<u8>>>, StateError> {
+        let mut all = Vec::with_capacity(keys.len());
+        for key in keys {
+            all.push(self.hget_all(key).await?);
+        }
+        Ok(all)
+    }
     /// The number of distinct members added (with [`StateOp::DistinctAdd`]) to
     /// the union of `keys`: `PFCOUNT` on Redis (HyperLogLog, about 0.8 %
     /// standard error), exact in memory.

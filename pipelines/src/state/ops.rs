@@ -39,6 +39,12 @@ pub enum StateOp {
         member: String,
         score: f64,
     },
+    /// `ZADD key score member [score member ...]`: many members in one
+    /// command (see [`merge_sorted_set_adds`]).
+    ZAddMany {
+        key: String,
+        members: Vec<(String, f64)>,
+    },
     /// `ZREM key member`.
     ZRem { key: String, member: String },
     /// `PFADD key member [member ...]`: a mergeable distinct count.
@@ -58,11 +64,76 @@ impl StateOp {
             | StateOp::HashIncrBy { key, .. }
             | StateOp::HashDelete { key, .. }
             | StateOp::ZAdd { key, .. }
+            | StateOp::ZAddMany { key, .. }
             | StateOp::ZRem { key, .. }
             | StateOp::DistinctAdd { key, .. }
             | StateOp::Expire { key, .. } => key,
         }
     }
+}
+
+/// The same writes with the [`StateOp::ZAdd`]s of each sorted set gathered
+/// into one [`StateOp::ZAddMany`], for an `apply` of many events' ops: one
+/// command per set instead of one per member. The result leaves the store
+/// as `ops` would: a member's last add wins, a `ZRem` after an add of the
+/// same member cancels it (and still runs), and any other op on the set
+/// (delete, expiry) first gets the adds gathered before it.
+pub fn merge_sorted_set_adds(ops: Vec<StateOp>) -> Vec<StateOp> {
+    use std::collections::HashMap;
+    /// A set's adds not yet placed: member -> slot, and the slots in order
+    /// (`None`: cancelled by a later `ZRem`).
+    #[derive(Default)]
+    struct Adds {
+        slot: HashMap<String, usize>,
+        members: Vec<Option<(String, f64)>>,
+    }
+    fn place(out: &mut Vec<StateOp>, key: String, adds: Adds) {
+        let members: Vec<(String, f64)> = adds.members.into_iter().flatten().collect();
+        if !members.is_empty() {
+            out.push(StateOp::ZAddMany { key, members });
+        }
+    }
+    let mut pending: HashMap<String, Adds> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            StateOp::ZAdd { key, member, score } => {
+                let adds = pending.entry(key).or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Adds::default()
+                });
+                match adds.slot.get(&member) {
+                    Some(&i) => adds.members[i] = Some((member, score)),
+                    None => {
+                        adds.slot.insert(member.clone(), adds.members.len());
+                        adds.members.push(Some((member, score)));
+                    }
+                }
+            }
+            StateOp::ZRem { key, member } => {
+                if let Some(adds) = pending.get_mut(&key) {
+                    if let Some(i) = adds.slot.remove(&member) {
+                        adds.members[i] = None;
+                    }
+                }
+                out.push(StateOp::ZRem { key, member });
+            }
+            op => {
+                if let Some(adds) = pending.remove(op.key()) {
+                    order.retain(|k| k != op.key());
+                    place(&mut out, op.key().to_string(), adds);
+                }
+                out.push(op);
+            }
+        }
+    }
+    for key in order {
+        if let Some(adds) = pending.remove(&key) {
+            place(&mut out, key, adds);
+        }
+    }
+    out
 }
 
 /// One end of a score range.

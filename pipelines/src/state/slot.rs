@@ -74,6 +74,7 @@ impl Scoped {
             | StateOp::HashIncrBy { key, .. }
             | StateOp::HashDelete { key, .. }
             | StateOp::ZAdd { key, .. }
+            | StateOp::ZAddMany { key, .. }
             | StateOp::ZRem { key, .. }
             | StateOp::DistinctAdd { key, .. }
             | StateOp::Expire { key, .. } => key,
@@ -265,6 +266,15 @@ impl StateStore for Scoped {
     async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError> {
         self.inner
             .hget_all(&self.key(key))
+            .await
+            .map_err(|e| self.unscoped(e))
+    }
+    async fn hget_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<BTreeMap<String, Vec<u8>>>, StateError> {
+        self.inner
+            .hget_all_many(&self.keys(keys))
             .await
             .map_err(|e| self.unscoped(e))
     }

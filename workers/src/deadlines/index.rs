@@ -14,7 +14,9 @@
 //!   follows the crossings due, not the tasks indexed.
 //!
 //! Every change of one event is one atomic `apply` (with the event's
-//! idempotency mark), so a crash never leaves a task half-moved. The scan
+//! idempotency mark), so a crash never leaves a task half-moved; a batch
+//! applies all its events' changes in one, with the adds to each sorted set
+//! gathered into one multi-member `ZADD` (`merge_sorted_set_adds`). The scan
 //! checks each crossing against the task's hash before announcing it, so a
 //! crossing left behind anywhere (a task moved between partitions, a
 //! threshold removed from the config) is dropped, never announced.
@@ -76,6 +78,21 @@ impl DeadlineIndex {
         Ok(StoredTask::from_hash(
             &store.hget_all(&task_key(task)).await?,
         ))
+    }
+
+    /// The records of `tasks`, in order, in one round trip.
+    pub async fn load_many(
+        &self,
+        store: &dyn StateStore,
+        tasks: &[&str],
+    ) -> Result<Vec<Option<StoredTask>>, StateError> {
+        let keys: Vec<String> = tasks.iter().map(|t| task_key(t)).collect();
+        Ok(store
+            .hget_all_many(&keys)
+            .await?
+            .iter()
+            .map(StoredTask::from_hash)
+            .collect())
     }
 
     /// The writes for `change` of `task` by an event at `event_ms`, seen at

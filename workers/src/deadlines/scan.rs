@@ -9,18 +9,19 @@
 //!   due at the crossing's due time, and the crossing not already announced;
 //!   otherwise it is dropped (the completion or move raced the scan).
 //! - **Announce**, then **acknowledge**: the task's `sent` mark and the
-//!   member's removal in one atomic write, after the broker acknowledged the
-//!   event. A crash between the two announces again after the lease, with the
-//!   same event id (derived from task, threshold and due time), which
-//!   consumers dedupe.
+//!   member's removal in one atomic write (one for the whole claimed batch),
+//!   after the broker acknowledged the event. A crash between the two
+//!   announces again after the lease, with the same event id (derived from
+//!   task, threshold and due time), which consumers dedupe.
 //!
-//! Cost: one range query by score per batch, plus two round trips per
-//! crossing due; the number of tasks indexed does not enter.
+//! Cost: per claimed batch, one range query by score, one pipelined read of
+//! the tasks' records and one `MULTI`/`EXEC` of acknowledgements; the number
+//! of tasks indexed does not enter.
 
 use std::time::{Duration, Instant};
 
 use chrono::DateTime;
-use pipelines::state::{StateOp, StateStore};
+use pipelines::state::{merge_sorted_set_adds, StateOp, StateStore};
 use pipelines::{Ctx, OutputEvent, WorkerError};
 use tokio_util::sync::CancellationToken;
 
@@ -108,16 +109,15 @@ async fn claim_rounds(
         if claimed.is_empty() {
             break;
         }
-        let records = futures::future::join_all(claimed.iter().map(|c| async {
-            match parse_member(&c.member) {
-                Some(m) => index.load(store, m.task).await.map(Some),
-                None => Ok(None),
-            }
-        }))
-        .await;
+        let members: Vec<_> = claimed.iter().map(|c| parse_member(&c.member)).collect();
+        let tasks: Vec<&str> = members.iter().flatten().map(|m| m.task).collect();
+        let mut records = index.load_many(store, &tasks).await?.into_iter();
+        let records = members
+            .iter()
+            .map(|m| m.as_ref().and_then(|_| records.next().flatten()));
         let mut verdicts = Vec::with_capacity(claimed.len());
         for (c, record) in claimed.iter().zip(records) {
-            verdicts.push(judge(&c.member, record?.flatten(), spec.output_topic));
+            verdicts.push(judge(&c.member, record, spec.output_topic));
         }
         let outs: Vec<OutputEvent> = verdicts
             .iter()
@@ -132,28 +132,18 @@ async fn claim_rounds(
             give_back(store, spec.crossings, &claimed).await;
             return Err(e);
         }
-        let acks = verdicts.iter().zip(&claimed).map(|(v, c)| {
-            let ops = match v {
-                Verdict::Announce(_, threshold, due_ms) => {
-                    let task = parse_member(&c.member).map(|m| m.task).unwrap_or_default();
-                    vec![
-                        DeadlineIndex::sent_op(task, threshold, *due_ms),
-                        StateOp::ZRem {
-                            key: spec.crossings.to_string(),
-                            member: c.member.clone(),
-                        },
-                    ]
-                }
-                Verdict::Drop(_) => vec![StateOp::ZRem {
-                    key: spec.crossings.to_string(),
-                    member: c.member.clone(),
-                }],
-            };
-            async move { store.apply(&ops).await }
-        });
-        for r in futures::future::join_all(acks).await {
-            r?;
+        // Every acknowledgement of the round in one `MULTI`/`EXEC`.
+        let mut acks = Vec::with_capacity(claimed.len() * 2);
+        for ((v, c), m) in verdicts.iter().zip(&claimed).zip(&members) {
+            if let (Verdict::Announce(_, threshold, due_ms), Some(m)) = (v, m) {
+                acks.push(DeadlineIndex::sent_op(m.task, threshold, *due_ms));
+            }
+            acks.push(StateOp::ZRem {
+                key: spec.crossings.to_string(),
+                member: c.member.clone(),
+            });
         }
+        store.apply(&acks).await?;
         let acked = ctx.now().timestamp_millis();
         for (v, c) in verdicts.iter().zip(&claimed) {
             match v {
@@ -211,14 +201,16 @@ fn judge(member: &str, record: Option<StoredTask>, topic: &str) -> Verdict {
 /// Puts claimed members back at their original scores (best effort: if this
 /// fails too, they come back when the claim lease ends).
 async fn give_back(store: &dyn StateStore, key: &str, claimed: &[pipelines::state::Scored]) {
-    let ops: Vec<StateOp> = claimed
-        .iter()
-        .map(|c| StateOp::ZAdd {
-            key: key.to_string(),
-            member: c.member.clone(),
-            score: c.score,
-        })
-        .collect();
+    let ops = merge_sorted_set_adds(
+        claimed
+            .iter()
+            .map(|c| StateOp::ZAdd {
+                key: key.to_string(),
+                member: c.member.clone(),
+                score: c.score,
+            })
+            .collect(),
+    );
     if let Err(e) = store.apply(&ops).await {
         tracing::debug!(error = %e, "could not give claimed crossings back; they return after the claim lease");
     }

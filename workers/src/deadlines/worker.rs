@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use pipelines::state::merge_sorted_set_adds;
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker,
     WorkerError,
@@ -87,9 +88,10 @@ impl Worker for DeadlinesWorker {
         TimerScope::Partition
     }
 
-    /// A batch: the records of its tasks read at once, each event planned in
-    /// order against them (a later event of the same task sees the earlier
-    /// one's result), and every write of the batch in one `MULTI`/`EXEC`.
+    /// A batch: the records of its tasks read at once (pipelined `HGETALL`s),
+    /// each event planned in order against them (a later event of the same
+    /// task sees the earlier one's result), and every write of the batch in
+    /// one `MULTI`/`EXEC`, the adds to each sorted set in one `ZADD`.
     /// Replaying a batch (a crash before the pipeline marked it handled)
     /// changes nothing more: an unchanged due time is not re-armed, a moved
     /// or closed task is found moved or closed.
@@ -107,19 +109,12 @@ impl Worker for DeadlinesWorker {
             .filter(|(_, c)| *c != Change::Ignore)
             .filter_map(|(t, _)| *t)
             .collect();
-        let loaded = futures::future::join_all(
-            tasks
-                .iter()
-                .map(|t| async move { (*t, self.index.load(ctx.state(), t).await) }),
-        )
-        .await;
-        let mut view: HashMap<&str, Option<StoredTask>> = HashMap::with_capacity(loaded.len());
-        for (t, r) in loaded {
-            match r {
-                Ok(r) => view.insert(t, r),
-                Err(e) => return fail(e.into()),
-            };
-        }
+        let tasks: Vec<&str> = tasks.into_iter().collect();
+        let loaded = match self.index.load_many(ctx.state(), &tasks).await {
+            Ok(l) => l,
+            Err(e) => return fail(e.into()),
+        };
+        let mut view: HashMap<&str, Option<StoredTask>> = tasks.into_iter().zip(loaded).collect();
         let now_ms = ctx.now().timestamp_millis();
         let mut ops = Vec::new();
         let mut wakes = Vec::new();
@@ -153,6 +148,7 @@ impl Worker for DeadlinesWorker {
             outcomes.push(Outcome::Done);
         }
         if !ops.is_empty() {
+            let ops = merge_sorted_set_adds(ops);
             if let Err(e) = ctx.state().apply(&ops).await {
                 return fail(e.into());
             }

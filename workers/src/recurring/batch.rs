@@ -8,12 +8,18 @@
 //! (task records, then the series they name), and later events see
 //! what earlier events of the same batch wrote. Partition order is kept: the
 //! view is the store as it would be at that event.
+//!
+//! Writes are collected the same way, in event order, and the batch applies
+//! them in one `MULTI`/`EXEC` ([`BatchView::take_writes`]) before it
+//! publishes: one round trip and one transaction per batch instead of a
+//! command per event.
 
 use std::collections::HashMap;
 
+use pipelines::state::StateOp;
 use pipelines::WorkerError;
 
-use super::directory::{Directory, TaskRecord};
+use super::directory::{self, Directory, TaskRecord};
 
 /// Task records and series state, as of the event being handled.
 #[derive(Debug, Default)]
@@ -22,6 +28,8 @@ pub struct BatchView {
     ended: HashMap<String, bool>,
     /// Highest occurrence published (read) or planned (this batch) per series.
     last: HashMap<String, u32>,
+    /// The batch's writes so far, in event order, not yet applied.
+    writes: Vec<StateOp>,
 }
 
 fn distinct(mut ids: Vec<String>) -> Vec<String> {
@@ -82,21 +90,18 @@ impl BatchView {
         Ok(read)
     }
 
-    pub async fn remember(
-        &mut self,
-        dir: &Directory<'_>,
-        task_id: &str,
-        record: TaskRecord,
-    ) -> Result<(), WorkerError> {
-        dir.remember_task(task_id, &record).await?;
+    /// Remembers `record` (written with the batch's writes).
+    pub fn remember(&mut self, task_id: &str, record: TaskRecord) -> Result<(), WorkerError> {
+        self.writes
+            .push(directory::remember_task_op(task_id, &record)?);
         self.tasks.insert(task_id.to_string(), Some(record));
         Ok(())
     }
 
-    pub async fn forget(&mut self, dir: &Directory<'_>, task_id: &str) -> Result<(), WorkerError> {
-        dir.forget_task(task_id).await?;
+    /// Forgets the task (written with the batch's writes).
+    pub fn forget(&mut self, task_id: &str) {
+        self.writes.push(directory::forget_task_op(task_id));
         self.tasks.insert(task_id.to_string(), None);
-        Ok(())
     }
 
     pub async fn is_ended(
@@ -112,16 +117,15 @@ impl BatchView {
         Ok(e)
     }
 
-    /// Writes the series' tombstone.
-    pub async fn end(
-        &mut self,
-        dir: &Directory<'_>,
-        series: &str,
-        reason: &str,
-    ) -> Result<(), WorkerError> {
-        dir.end(series, reason).await?;
+    /// The series' tombstone (written with the batch's writes).
+    pub fn end(&mut self, series: &str, reason: &str) {
+        self.writes.push(directory::end_op(series, reason));
         self.ended.insert(series.to_string(), true);
-        Ok(())
+    }
+
+    /// The writes collected so far, in event order, for one atomic apply.
+    pub fn take_writes(&mut self) -> Vec<StateOp> {
+        std::mem::take(&mut self.writes)
     }
 
     /// The highest occurrence of `series` published, or planned earlier in

@@ -2,6 +2,10 @@
 //! recurring tasks it has seen, recurring patterns, users' zones, ended
 //! series and the last occurrence published per series. Values are JSON.
 //!
+//! The writes a batch makes to task records, tombstones and last-published
+//! numbers are built here as [`StateOp`]s (the `*_op` functions) and applied
+//! by the batch in one `MULTI`/`EXEC` (see `batch.rs`), not one command each.
+//!
 //! Every key is per task, pattern, user or series, so two replicas never fight
 //! over one key except when both handle the same series at once, and then
 //! they write the same value.
@@ -10,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pipelines::state::StateStore;
+use pipelines::state::{StateOp, StateStore};
 use pipelines::WorkerError;
 use serde::{Deserialize, Serialize};
 
@@ -111,9 +115,9 @@ impl<'a> Directory<'a> {
     }
 
     async fn set_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), WorkerError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| WorkerError::permanent(format!("cannot serialise {key}: {e}")))?;
-        self.store.set(key, &bytes, Some(RETENTION)).await?;
+        self.store
+            .set(key, &json(key, value)?, Some(RETENTION))
+            .await?;
         Ok(())
     }
 
@@ -161,19 +165,6 @@ impl<'a> Directory<'a> {
         self.get_json(&task_key(task_id)).await
     }
 
-    pub async fn remember_task(
-        &self,
-        task_id: &str,
-        record: &TaskRecord,
-    ) -> Result<(), WorkerError> {
-        self.set_json(&task_key(task_id), record).await
-    }
-
-    pub async fn forget_task(&self, task_id: &str) -> Result<(), WorkerError> {
-        self.store.delete(&[task_key(task_id)]).await?;
-        Ok(())
-    }
-
     pub async fn pattern(&self, id: &str) -> Result<Option<Pattern>, WorkerError> {
         self.get_json(&pattern_key(id)).await
     }
@@ -200,20 +191,48 @@ impl<'a> Directory<'a> {
         Ok(self.store.get(&ended_key(series)).await?.is_some())
     }
 
-    /// The tombstone: no further occurrence of `series` is ever published.
-    pub async fn end(&self, series: &str, reason: &str) -> Result<(), WorkerError> {
-        self.store
-            .set(&ended_key(series), reason.as_bytes(), Some(RETENTION))
-            .await?;
-        Ok(())
-    }
-
     /// The highest occurrence number published for `series` (0: none).
     pub async fn last_published(&self, series: &str) -> Result<u32, WorkerError> {
         Ok(self.get_json::<u32>(&last_key(series)).await?.unwrap_or(0))
     }
+}
 
-    pub async fn set_last_published(&self, series: &str, number: u32) -> Result<(), WorkerError> {
-        self.set_json(&last_key(series), &number).await
+fn json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, WorkerError> {
+    serde_json::to_vec(value)
+        .map_err(|e| WorkerError::permanent(format!("cannot serialise {key}: {e}")))
+}
+
+/// `key` = `value` as JSON, kept for [`RETENTION`].
+fn set_json_op<T: Serialize>(key: String, value: &T) -> Result<StateOp, WorkerError> {
+    Ok(StateOp::Set {
+        value: json(&key, value)?,
+        key,
+        ttl: Some(RETENTION),
+    })
+}
+
+/// Remembers a recurring task's record.
+pub fn remember_task_op(task_id: &str, record: &TaskRecord) -> Result<StateOp, WorkerError> {
+    set_json_op(task_key(task_id), record)
+}
+
+/// Forgets a task (it stopped repeating, or was deleted).
+pub fn forget_task_op(task_id: &str) -> StateOp {
+    StateOp::Delete {
+        key: task_key(task_id),
     }
+}
+
+/// The tombstone: no further occurrence of `series` is ever published.
+pub fn end_op(series: &str, reason: &str) -> StateOp {
+    StateOp::Set {
+        key: ended_key(series),
+        value: reason.as_bytes().to_vec(),
+        ttl: Some(RETENTION),
+    }
+}
+
+/// Records `number` as the highest occurrence published for `series`.
+pub fn last_published_op(series: &str, number: u32) -> Result<StateOp, WorkerError> {
+    set_json_op(last_key(series), &number)
 }

@@ -29,7 +29,7 @@ use pipelines::{
 
 use super::batch::BatchView;
 use super::config::RecurringConfig;
-use super::directory::{Directory, Pattern};
+use super::directory::{self, Directory, Pattern};
 use super::metrics;
 use super::occurrence::{plan, CatchUp, Completed, Plan};
 use super::output::NextOccurrence;
@@ -69,7 +69,7 @@ impl RecurringWorker {
         };
         let dir = Directory::new(ctx.state());
         if series::says_not_recurring(event) {
-            view.forget(&dir, task_id).await?;
+            view.forget(task_id);
             return Ok(Outcome::Done);
         }
         let record = series::record_of(event);
@@ -80,7 +80,7 @@ impl RecurringWorker {
             Some(old) => record.over(old),
             None => record,
         };
-        view.remember(&dir, task_id, merged).await?;
+        view.remember(task_id, merged)?;
         Ok(Outcome::Done)
     }
 
@@ -99,9 +99,9 @@ impl RecurringWorker {
             .series_id
             .or_else(|| known.as_ref().and_then(|k| k.series_id.clone()))
             .unwrap_or_else(|| task_id.to_string());
-        view.end(&dir, &series_id, "deleted").await?;
+        view.end(&series_id, "deleted");
         if let Some(known) = known {
-            view.forget(&dir, task_id).await?;
+            view.forget(task_id);
             let kind = known
                 .rule
                 .as_deref()
@@ -290,8 +290,12 @@ impl RecurringWorker {
             .map(|i| &i.event)
             .filter(|e| {
                 e.entity() == "task"
-                    && (matches!(e.action(), "completed" | "deleted")
-                        || e.task.as_ref().is_some_and(|t| t.recurrence.is_some()))
+                    && match e.action() {
+                        // `is_recurring: false`: the completion is skipped unread.
+                        "completed" => !series::says_not_recurring(e),
+                        "deleted" => true,
+                        _ => e.task.as_ref().is_some_and(|t| t.recurrence.is_some()),
+                    }
             })
             .collect();
         let ids = tasks.iter().filter_map(|e| e.task_id.clone()).collect();
@@ -368,18 +372,30 @@ enum Step {
     },
 }
 
-/// Records each published series' highest occurrence, all at once (after the
-/// broker acknowledged them); on failure, the first failed step and the error.
+/// Records each published series' highest occurrence, all at once, in one
+/// `MULTI`/`EXEC` (after the broker acknowledged them); on failure, the first
+/// publishing step and the error.
 async fn record_published(steps: &[Step], ctx: &Ctx) -> Option<(usize, WorkerError)> {
-    let dir = Directory::new(ctx.state());
-    let dir = &dir;
-    let writes = steps.iter().enumerate().filter_map(|(i, step)| match step {
-        Step::Publish {
+    let mut first = None;
+    let mut ops = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        if let Step::Publish {
             series_id, highest, ..
-        } => Some(async move { (i, dir.set_last_published(series_id, *highest).await) }),
-        Step::Finished(_) => None,
-    });
-    first_failure(futures::future::join_all(writes).await)
+        } = step
+        {
+            first.get_or_insert(i);
+            match directory::last_published_op(series_id, *highest) {
+                Ok(op) => ops.push(op),
+                Err(e) => return Some((i, e)),
+            }
+        }
+    }
+    let first = first?;
+    ctx.state()
+        .apply(&ops)
+        .await
+        .err()
+        .map(|e| (first, e.into()))
 }
 
 /// The lowest step index whose result is an error.
@@ -415,8 +431,9 @@ impl Worker for RecurringWorker {
         }
     }
 
-    /// State work runs event by event, in order; the batch's occurrences are
-    /// then published together (the producer's acknowledgements overlap
+    /// State work runs event by event, in order, against the batch's view;
+    /// the writes it collected are applied in one `MULTI`/`EXEC`; the batch's
+    /// occurrences are then published together (the producer's acknowledgements overlap
     /// instead of costing a linger interval each), and only after their
     /// acknowledgement is an occurrence recorded as published. A publish
     /// failure stops the batch at that event: it and the events after it are
@@ -438,6 +455,17 @@ impl Worker for RecurringWorker {
                     failure = Some(e);
                     break;
                 }
+            }
+        }
+        // The state writes of the steps taken, at once (replayed as a whole
+        // if this fails: each write is the same again).
+        let writes = view.take_writes();
+        if !writes.is_empty() {
+            if let Err(e) = ctx.state().apply(&writes).await {
+                return BatchOutcome {
+                    outcomes: Vec::new(),
+                    failure: Some(e.into()),
+                };
             }
         }
         if let Some((i, e)) = self.publish_all(&steps, ctx).await {
