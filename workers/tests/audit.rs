@@ -61,7 +61,7 @@ fn update_diffs_are_right_for_each_dialect() {
     let r = to_record(&inbound(
         r#"{"event_id":"d1","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","version":"1.0","data":{"task_id":123,"user_id":"user-456","changes":{"title":{"old":"Buy groceries","new":"Buy groceries and cook dinner"}}}}"#,
         1,
-    ));
+    ), Utc::now());
     assert_eq!(r.operation, "updated");
     assert_eq!(r.changes.len(), 1);
     assert_eq!(r.changes["title"].old, "Buy groceries");
@@ -71,7 +71,7 @@ fn update_diffs_are_right_for_each_dialect() {
     let r = to_record(&inbound(
         r#"{"event_type":"updated","task_id":124,"user_id":"user123","timestamp":"2026-01-03T11:00:00Z","task_data":{"title":"T","priority":"high","due_date":"2026-01-12T09:00:00Z","tags":["work"]},"previous_task_data":{"title":"T","priority":"medium","due_date":"2026-01-10T09:00:00Z","tags":["work"]},"ip_address":"203.0.113.7","user_agent":"cli/1"}"#,
         2,
-    ));
+    ), Utc::now());
     let fields: BTreeSet<&str> = r.changes.keys().map(String::as_str).collect();
     assert_eq!(fields, BTreeSet::from(["due_at", "priority"]));
     assert_eq!(r.changes["priority"].old, "medium");
@@ -84,7 +84,7 @@ fn update_diffs_are_right_for_each_dialect() {
     let r = to_record(&inbound(
         r#"{"event_type":"task_status_changed","user_id":123,"timestamp":"2025-09-07T11:30:00Z","data":{"task_id":456,"status":"in_progress"},"metadata":{"source":"django_backend","version":"1.0"}}"#,
         3,
-    ));
+    ), Utc::now());
     assert!(r.changes.is_empty());
     assert_eq!(r.details.as_ref().unwrap()["status"], "in_progress");
     assert_eq!(r.event_type, "task.status_changed");
@@ -93,7 +93,7 @@ fn update_diffs_are_right_for_each_dialect() {
     let r = to_record(&inbound(
         r#"{"eventType":"task.updated","taskId":1,"teamId":1,"actorId":9,"creatorId":1,"assigneeId":2,"timestamp":"2025-08-25T22:41:54.574Z","payload":{"title":"Updated Task Title","completed":false}}"#,
         4,
-    ));
+    ), Utc::now());
     assert_eq!(r.actor_id.as_deref(), Some("9"));
     assert_eq!(r.task_id.as_deref(), Some("1"));
     assert!(r.changes.is_empty());
@@ -103,7 +103,7 @@ fn update_diffs_are_right_for_each_dialect() {
     let r = to_record(&inbound(
         r#"{"specversion":"1.0","id":"ce-1","source":"api","type":"com.dapr.event.sent","datacontenttype":"application/json","data":{"event_id":"d5","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","data":{"task_id":7,"user_id":"u","changes":{"priority":{"old":"low","new":"high"}}}}}"#,
         5,
-    ));
+    ), Utc::now());
     assert_eq!(r.changes["priority"].new, "high");
     assert_eq!(r.source.dialect, "cloudevents/envelope");
 }
@@ -285,7 +285,7 @@ fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
 fn records() -> Vec<AuditRecord> {
     (0..40u64)
         .map(|i| {
-            let mut r = to_record(&inbound(&sample(i), i as i64));
+            let mut r = to_record(&inbound(&sample(i), i as i64), Utc::now());
             r.occurred_at = Utc
                 .with_ymd_and_hms(2026, 3, 1 + (i % 10) as u32, 12, 0, 0)
                 .unwrap();
@@ -296,9 +296,9 @@ fn records() -> Vec<AuditRecord> {
 
 async fn check_query_and_report(store: &dyn AuditStore, envs: &[(&str, String)]) {
     let recs = records();
-    assert_eq!(store.append(&recs).await.unwrap(), 40);
+    assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), 40);
     assert_eq!(
-        store.append(&recs[..10]).await.unwrap(),
+        store.append(&recs[..10], Utc::now()).await.unwrap(),
         0,
         "appending again writes nothing"
     );
@@ -448,7 +448,7 @@ async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
         let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
             .await
             .unwrap();
-        assert_eq!(store.append(&recs).await.unwrap(), 40);
+        assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), 40);
         let ok = store.verify().await.unwrap();
         assert_eq!(ok.records_checked, 40);
         assert!(ok.first_break.is_none(), "{ok:?}");
@@ -469,7 +469,7 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
         .await
         .unwrap();
     let recs = records();
-    assert_eq!(store.append(&recs[..20]).await.unwrap(), 20);
+    assert_eq!(store.append(&recs[..20], Utc::now()).await.unwrap(), 20);
     // A cutoff before this month's start drops nothing.
     assert_eq!(
         store
@@ -498,7 +498,7 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
         "an emptied chain still verifies: {report:?}"
     );
     // New records continue the chain from where retention left it.
-    assert_eq!(store.append(&recs[20..]).await.unwrap(), 20);
+    assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
     let report = store.verify().await.unwrap();
     assert_eq!(report.records_checked, 20);
     assert!(report.first_break.is_none(), "{report:?}");
@@ -513,7 +513,7 @@ async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage()
         .unwrap();
     let mut recs = records();
     recs[1].actor_id = Some("nul\u{0}byte".into());
-    match store.append(&recs[..3]).await {
+    match store.append(&recs[..3], Utc::now()).await {
         Err(taskstream::audit::StoreError::Invalid(reason)) => {
             assert!(reason.contains("audit records"), "{reason}")
         }
@@ -527,7 +527,7 @@ async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage()
         .is_empty());
     assert_eq!(
         store
-            .append(&[recs[0].clone(), recs[2].clone()])
+            .append(&[recs[0].clone(), recs[2].clone()], Utc::now())
             .await
             .unwrap(),
         2
