@@ -34,7 +34,8 @@ pub async fn run(
         )),
         "audit" if store == "files" => {
             let dir = std::env::temp_dir().join(pipelines::testing::unique("bench-audit-files"));
-            let file_store = Arc::new(FileStore::open(&dir).context("opening the audit file store")?);
+            let file_store =
+                Arc::new(FileStore::open(&dir).context("opening the audit file store")?);
             let worker = AuditWorker::new(file_store, "file", config.audit.clone());
             let report = pipelines::bench::run(
                 spec(config, events, partitions, redis_url),

@@ -127,7 +127,11 @@ impl PostgresServer {
         };
         if tls {
             let ca = TestCa::new(&server.dir.join("tls"), "taskstream test CA")?;
-            ca.issue("server", "db.test", &["DNS:db.test", "DNS:localhost", "IP:127.0.0.1"])?;
+            ca.issue(
+                "server",
+                "db.test",
+                &["DNS:db.test", "DNS:localhost", "IP:127.0.0.1"],
+            )?;
             server.ca = Some(ca);
         }
         if let Some(user) = server.user {
@@ -172,7 +176,10 @@ impl PostgresServer {
             let tls = self.dir.join("tls");
             c.args(["-c", "ssl=on"])
                 .arg("-c")
-                .arg(format!("ssl_cert_file={}", tls.join("server.pem").display()))
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    tls.join("server.pem").display()
+                ))
                 .arg("-c")
                 .arg(format!("ssl_key_file={}", tls.join("server.key").display()));
         }

@@ -425,7 +425,11 @@ impl FileStore {
         let mut key = String::new();
         for r in records {
             key.clear();
-            std::fmt::Write::write_fmt(&mut key, format_args!("{}/{}", r.source.topic, r.source.partition)).expect("write to String");
+            std::fmt::Write::write_fmt(
+                &mut key,
+                format_args!("{}/{}", r.source.topic, r.source.partition),
+            )
+            .expect("write to String");
             match offsets.get_mut(key.as_str()) {
                 // A redelivery: this partition's record at this offset is written.
                 Some(last) if *last >= r.source.offset => continue,
@@ -477,7 +481,6 @@ impl FileStore {
         Ok(count)
     }
 
-
     /// Every record, in file order.
     fn scan(dir: &Path, mut f: impl FnMut(AuditRecord)) -> Result<(), StoreError> {
         #[derive(Deserialize)]
@@ -494,7 +497,6 @@ impl FileStore {
         }
         Ok(())
     }
-
 
     fn verify_blocking(dir: &Path) -> Result<VerifyReport, StoreError> {
         let anchor: Option<ChainPoint> = read_json(&dir.join(ANCHOR))?;
@@ -621,7 +623,6 @@ impl FileStore {
         Ok(old.len())
     }
 
-
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Path, &mut Inner) -> Result<T, StoreError> + Send + 'static,
@@ -644,7 +645,11 @@ impl FileStore {
 
 #[async_trait]
 impl AuditStore for FileStore {
-    async fn append(&self, records: &[AuditRecord], now: DateTime<Utc>) -> Result<usize, StoreError> {
+    async fn append(
+        &self,
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let records = records.to_vec();
         self.blocking(move |dir, inner| FileStore::append_blocking(dir, inner, &records, now))
             .await
@@ -729,7 +734,6 @@ impl AuditStore for FileStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,10 +771,16 @@ mod tests {
         let store = FileStore::open(&dir).unwrap();
         let recs: Vec<_> = (0..n).map(rec).collect();
         assert_eq!(
-            store.append(&recs[..n as usize / 2], Utc::now()).await.unwrap(),
+            store
+                .append(&recs[..n as usize / 2], Utc::now())
+                .await
+                .unwrap(),
             n as usize / 2
         );
-        assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), (n - n / 2) as usize);
+        assert_eq!(
+            store.append(&recs, Utc::now()).await.unwrap(),
+            (n - n / 2) as usize
+        );
         let file = day_files(&dir).unwrap().pop().unwrap().1;
         (store, file)
     }
@@ -793,7 +803,10 @@ mod tests {
     #[tokio::test]
     async fn intact_trail_verifies_and_duplicates_are_skipped() {
         let (store, _) = store_with(10).await;
-        assert_eq!(store.append(&[rec(3), rec(4)], Utc::now()).await.unwrap(), 0);
+        assert_eq!(
+            store.append(&[rec(3), rec(4)], Utc::now()).await.unwrap(),
+            0
+        );
         let report = store.verify().await.unwrap();
         assert_eq!(report.records_checked, 10);
         assert!(report.first_break.is_none(), "{report:?}");
@@ -801,7 +814,10 @@ mod tests {
         let dir = store.dir().to_path_buf();
         drop(store);
         let again = FileStore::open(&dir).unwrap();
-        assert_eq!(again.append(&[rec(5), rec(10)], Utc::now()).await.unwrap(), 1);
+        assert_eq!(
+            again.append(&[rec(5), rec(10)], Utc::now()).await.unwrap(),
+            1
+        );
         assert_eq!(again.verify().await.unwrap().records_checked, 11);
     }
 
@@ -858,7 +874,10 @@ mod tests {
         let (store, _) = store_with(4).await;
         let dir = store.dir().to_path_buf();
         let old_head = fs::read(dir.join(HEAD)).unwrap();
-        assert_eq!(store.append(&[rec(4), rec(5)], Utc::now()).await.unwrap(), 2);
+        assert_eq!(
+            store.append(&[rec(4), rec(5)], Utc::now()).await.unwrap(),
+            2
+        );
         let new_head = fs::read(dir.join(HEAD)).unwrap();
         drop(store);
         // What a crash there leaves: the batch's lines synced, the old head
@@ -879,7 +898,10 @@ mod tests {
         let report = store.verify().await.unwrap();
         assert_eq!(report.records_checked, 7);
         assert!(report.first_break.is_none(), "{report:?}");
-        assert!(!dir.join("chain.head.tmp").exists(), "the next head write replaced it");
+        assert!(
+            !dir.join("chain.head.tmp").exists(),
+            "the next head write replaced it"
+        );
     }
 
     #[tokio::test]
@@ -993,7 +1015,10 @@ mod tests {
         let dir = store.dir().to_path_buf();
         // Pretend the first file is from long ago.
         fs::rename(&file, dir.join("audit-2020-01-01.jsonl")).unwrap();
-        assert_eq!(store.append(&[rec(20), rec(21)], Utc::now()).await.unwrap(), 2);
+        assert_eq!(
+            store.append(&[rec(20), rec(21)], Utc::now()).await.unwrap(),
+            2
+        );
         assert_eq!(
             store
                 .enforce_retention(Utc::now() - chrono::Duration::days(30))

@@ -157,10 +157,7 @@ impl Worker for AuditWorker {
     /// only the offending one fails (and is dead-lettered).
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         let now = ctx.now();
-        let records: Vec<AuditRecord> = events
-            .iter()
-            .map(|e| convert::to_record(e, now))
-            .collect();
+        let records: Vec<AuditRecord> = events.iter().map(|e| convert::to_record(e, now)).collect();
         let started = Instant::now();
         match self.store.append(&records, now).await {
             Ok(new) => {

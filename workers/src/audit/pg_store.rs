@@ -61,6 +61,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// The longest a readiness ping waits (the pipeline's probe waits 5 s).
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Advisory lock namespace (first key) for this store's locks.
 const LOCK_SPACE: i32 = 0x7a5d_0001;
 
@@ -200,9 +203,7 @@ fn lock_key(s: &str) -> i32 {
 }
 
 fn month_start(year: i32, month: u32) -> Option<DateTime<Utc>> {
-    Some(Utc.from_utc_datetime(
-        &NaiveDate::from_ymd_opt(year, month, 1)?.and_hms_opt(0, 0, 0)?,
-    ))
+    Some(Utc.from_utc_datetime(&NaiveDate::from_ymd_opt(year, month, 1)?.and_hms_opt(0, 0, 0)?))
 }
 
 fn next_month(year: i32, month: u32) -> (i32, u32) {
@@ -388,7 +389,10 @@ impl PgStore {
     async fn migrate(&self, client: &mut Object) -> Result<(), StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
         client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&self.schema)))
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                ident(&self.schema)
+            ))
             .await
             .or_else(|err| {
                 // Concurrent creators race on the catalog; the schema exists.
@@ -460,7 +464,10 @@ impl PgStore {
         let result = self
             .bounded("dropping the audit schema", async {
                 client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&self.schema)))
+                    .batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS {} CASCADE",
+                        ident(&self.schema)
+                    ))
                     .await
                     .map_err(|e| pg_err("dropping the audit schema", e))
             })
@@ -584,7 +591,8 @@ impl PgStore {
             }
             let r = as_stored(r, now);
             json.clear();
-            serde_json::to_writer(&mut json, &*r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            serde_json::to_writer(&mut json, &*r)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let seq = h.seq + 1;
             let hash = chain_hash(seq as u64, &h.hash, &json);
             let prev_hash = std::mem::replace(&mut h.hash, hash.clone());
@@ -652,7 +660,11 @@ impl PgStore {
         Ok(new)
     }
 
-    async fn query_on(&self, client: &Object, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn query_on(
+        &self,
+        client: &Object,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut clauses = Vec::new();
         let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
         let mut add = |clause: &str, p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
@@ -701,7 +713,6 @@ impl PgStore {
         rows.iter().map(record_from_row).collect()
     }
 
-
     async fn report_on(
         &self,
         client: &Object,
@@ -727,7 +738,6 @@ impl PgStore {
             })
             .collect()
     }
-
 
     /// Verifies on `client`; each round trip is bounded by the statement
     /// timeout, not the whole scan (which grows with the trail).
@@ -841,7 +851,6 @@ impl PgStore {
         })
     }
 
-
     async fn retention_on(
         &self,
         client: &mut Object,
@@ -932,29 +941,41 @@ impl PgStore {
 
 #[async_trait]
 impl AuditStore for PgStore {
+    /// Readiness: a connection and `SELECT 1` within [`PING_TIMEOUT`] (or the
+    /// statement timeout, if shorter), so the pipeline's probe, which waits
+    /// 5 s, always gets an answer: a hung server reads as not ready.
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let result = self
-            .bounded("ping", async {
-                client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| pg_err("ping", e))
-            })
-            .await;
+        let limit = PING_TIMEOUT.min(self.statement_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let late =
+            || StoreError::Unavailable(format!("ping: PostgreSQL did not answer within {limit:?}"));
+        let client = tokio::time::timeout_at(deadline, self.client())
+            .await
+            .map_err(|_| late())??;
+        let result = match tokio::time::timeout_at(deadline, client.simple_query("SELECT 1")).await
+        {
+            Ok(answer) => answer.map(|_| ()).map_err(|e| pg_err("ping", e)),
+            Err(_) => Err(late()),
+        };
         Self::release(client, &result);
         result
     }
 
-    async fn append(&self, records: &[AuditRecord], now: DateTime<Utc>) -> Result<usize, StoreError> {
+    async fn append(
+        &self,
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         if records.is_empty() {
             return Ok(0);
         }
         self.ready().await?;
         let mut client = self.client().await?;
         let result = self
-            .bounded("writing audit records", self.append_on(&mut client, records, now))
+            .bounded(
+                "writing audit records",
+                self.append_on(&mut client, records, now),
+            )
             .await;
         Self::release(client, &result);
         result
@@ -978,7 +999,10 @@ impl AuditStore for PgStore {
         self.ready().await?;
         let client = self.client().await?;
         let result = self
-            .bounded("reporting audit activity", self.report_on(&client, from, to))
+            .bounded(
+                "reporting audit activity",
+                self.report_on(&client, from, to),
+            )
             .await;
         Self::release(client, &result);
         result
@@ -996,7 +1020,10 @@ impl AuditStore for PgStore {
         self.ready().await?;
         let mut client = self.client().await?;
         let result = self
-            .bounded("enforcing retention", self.retention_on(&mut client, cutoff))
+            .bounded(
+                "enforcing retention",
+                self.retention_on(&mut client, cutoff),
+            )
             .await;
         Self::release(client, &result);
         result

@@ -248,12 +248,15 @@ mod tests {
         let (rest, s) = TlsSettings::split_url("host=db sslmode=require dbname=audit").unwrap();
         assert_eq!(rest, "host=db dbname=audit");
         assert_eq!(s.mode, SslMode::Require);
-        assert!(!s.verifies_chain(), "require alone checks nothing, as libpq");
+        assert!(
+            !s.verifies_chain(),
+            "require alone checks nothing, as libpq"
+        );
 
         let (_, s) = TlsSettings::split_url("postgres://db/audit").unwrap();
         assert_eq!(s.mode, SslMode::Prefer);
-        let (_, s) = TlsSettings::split_url("postgres://db/a?sslmode=require&sslrootcert=/ca")
-            .unwrap();
+        let (_, s) =
+            TlsSettings::split_url("postgres://db/a?sslmode=require&sslrootcert=/ca").unwrap();
         assert!(s.verifies_chain(), "require with a root file is verify-ca");
     }
 

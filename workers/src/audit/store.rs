@@ -83,8 +83,11 @@ pub struct ChainBreak {
 pub trait AuditStore: Send + Sync + 'static {
     /// Appends records in order, stamping each `received_at` with `now` (the
     /// pipeline clock's time of the write); returns how many were new.
-    async fn append(&self, records: &[AuditRecord], now: DateTime<Utc>)
-        -> Result<usize, StoreError>;
+    async fn append(
+        &self,
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
     /// Records matching `q`, ordered by occurred_at then event_id.
     async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Per-user counts by event type for occurred_at in [from, to).
