@@ -62,7 +62,7 @@ pub struct AuditRecord {
 /// that way), copied otherwise.
 pub fn as_stored(r: &AuditRecord, now: DateTime<Utc>) -> Cow<'_, AuditRecord> {
     let now = now.trunc_subsecs(6);
-    if r.received_at == now && r.occurred_at.nanosecond() % 1000 == 0 {
+    if r.received_at == now && r.occurred_at.nanosecond().is_multiple_of(1000) {
         Cow::Borrowed(r)
     } else {
         let mut r = r.clone();
