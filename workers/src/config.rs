@@ -49,9 +49,10 @@ pub struct AuditConfig {
     /// store is unavailable (not ready, retried) and the connection closed.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
-    /// Gate writes with the Redis idempotency guard too. Both stores are
-    /// idempotent on event id by themselves; the guard adds a second line of
-    /// defence at the cost of two Redis round trips per batch.
+    /// Gate writes with the Redis idempotency guard too. Both stores skip
+    /// redeliveries (by source offset) by themselves; the guard also catches
+    /// a producer's re-send of an event id at a new offset, at the cost of
+    /// two Redis round trips per batch.
     pub idempotency_guard: bool,
 }
 
