@@ -29,9 +29,9 @@
 //! whose offset is at or below its partition's last written offset is
 //! skipped. Memory is one offset per source partition, whatever the trail's
 //! size; a producer's re-send of an id at a new offset is the Redis
-//! idempotency guard's to catch. Opening reads `chain.head` and only the
-//! newest day file (the lines a crash may have left after the head), so it
-//! takes the same time whatever the trail's size.
+//! idempotency guard's to catch. Opening reads `chain.head` and only what was
+//! written after it (the head records its file and that file's length), so
+//! it takes the same time whatever the trail's size.
 //!
 //! One process writes a directory at a time: [`FileStore::open`] takes the
 //! lock or fails naming the directory and the holder's pid. Readers
@@ -94,6 +94,12 @@ struct Head {
     hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offsets: Option<BTreeMap<String, i64>>,
+    /// The day file holding the last record, and its length after it: where
+    /// opening resumes reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<u64>,
 }
 
 /// One line, with the record's exact bytes kept for hashing.
@@ -155,12 +161,25 @@ fn day_files(dir: &Path) -> Result<Vec<(NaiveDate, PathBuf)>, StoreError> {
 /// line followed.
 fn for_each_line(
     path: &Path,
+    f: impl FnMut(usize, &str) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(u64, bool), StoreError> {
+    for_each_line_from(path, 0, f)
+}
+
+/// [`for_each_line`] from byte `start` (the start of a line); the length
+/// returned counts from the file's start.
+fn for_each_line_from(
+    path: &Path,
+    start: u64,
     mut f: impl FnMut(usize, &str) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(u64, bool), StoreError> {
-    let file = File::open(path).map_err(|e| io_err("opening", path, e))?;
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).map_err(|e| io_err("opening", path, e))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| io_err("reading", path, e))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = String::new();
-    let (mut complete, mut n) = (0u64, 0usize);
+    let (mut complete, mut n) = (start, 0usize);
     loop {
         buf.clear();
         let read = reader
@@ -307,10 +326,11 @@ impl FileStore {
     }
 
     /// The writer's state: `chain.head`, then the lines a crash may have
-    /// left after it (all in the newest day file holding complete lines: a
-    /// batch goes to one file and the head follows each batch). A trail
-    /// whose head has no offsets (written before they were kept) is read
-    /// whole, once.
+    /// left after it, read from where the head says its file ended (or, if
+    /// that file is gone or shorter, the newest day file holding complete
+    /// lines: a batch goes to one file and the head follows each batch). A
+    /// trail whose head has no offsets (written before they were kept) is
+    /// read whole, once.
     fn load(dir: &Path) -> Result<Inner, StoreError> {
         let anchor: Option<ChainPoint> = read_json(&dir.join(ANCHOR))?;
         let stored: Option<Head> = read_json(&dir.join(HEAD))?;
@@ -319,36 +339,60 @@ impl FileStore {
                 seq: 0,
                 hash: GENESIS.into(),
                 offsets: None,
+                file: None,
+                end: None,
             },
             |a| Head {
                 seq: a.seq.saturating_sub(1),
                 hash: a.hash,
                 offsets: None,
+                file: None,
+                end: None,
             },
         );
         let files = day_files(dir)?;
-        let (mut head, to_read) = match stored {
+        let (mut head, to_read): (Head, Vec<(PathBuf, u64)>) = match stored {
             Some(h) if h.offsets.is_some() => {
-                // Newest first, down to the first file with a complete line.
-                let mut tail = Vec::new();
-                for (_, path) in files.iter().rev() {
-                    tail.push(path.clone());
-                    let len = fs::metadata(path).map_err(|e| io_err("reading", path, e))?;
-                    if len.len() > 0 && Self::has_complete_line(path)? {
-                        break;
-                    }
+                let named =
+                    |p: &Path, name: &str| p.file_name().and_then(|n| n.to_str()) == Some(name);
+                let resume = match (&h.file, h.end) {
+                    (Some(name), Some(end)) => files.iter().position(|(_, p)| {
+                        named(p, name) && fs::metadata(p).is_ok_and(|m| m.len() >= end)
+                    }),
+                    _ => None,
                 }
-                tail.reverse();
+                .map(|i| {
+                    files[i..]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (_, p))| (p.clone(), if k == 0 { h.end.unwrap_or(0) } else { 0 }))
+                        .collect::<Vec<_>>()
+                });
+                let tail = match resume {
+                    Some(tail) => tail,
+                    None => {
+                        // Newest first, down to the first file with a complete line.
+                        let mut tail = Vec::new();
+                        for (_, path) in files.iter().rev() {
+                            tail.push((path.clone(), 0));
+                            if Self::has_complete_line(path)? {
+                                break;
+                            }
+                        }
+                        tail.reverse();
+                        tail
+                    }
+                };
                 (h, tail)
             }
-            _ => (start, files.iter().map(|(_, p)| p.clone()).collect()),
+            _ => (start, files.iter().map(|(_, p)| (p.clone(), 0)).collect()),
         };
         let offsets = head.offsets.get_or_insert_with(BTreeMap::new);
         let mut last: Option<ChainPoint> = None;
         let mut partial = None;
         let newest = files.last().map(|(_, p)| p.clone());
-        for path in &to_read {
-            let (len, cut) = for_each_line(path, |n, line| {
+        for (path, from) in &to_read {
+            let (len, cut) = for_each_line_from(path, *from, |n, line| {
                 let corrupt = |e: serde_json::Error| {
                     StoreError::Corrupt(format!("{}: {e}", location(path, n)))
                 };
@@ -476,6 +520,8 @@ impl FileStore {
         if created {
             sync_dir(dir)?;
         }
+        head.file = path.file_name().and_then(|n| n.to_str()).map(String::from);
+        head.end = Some(before + buf.len() as u64);
         inner.head = head;
         write_json(&dir.join(HEAD), &inner.head)?;
         Ok(count)
@@ -850,6 +896,24 @@ mod tests {
         let report = store.verify().await.unwrap();
         assert_eq!(report.records_checked, 5);
         assert!(report.first_break.is_none(), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn opening_reads_only_what_follows_the_head() {
+        let (store, file) = store_with(10).await;
+        let dir = store.dir().to_path_buf();
+        drop(store);
+        // An early line made unreadable: a writer that read the whole trail
+        // would refuse to open; this one does not read that far back.
+        edit_lines(&file, |l| l[1] = "x".repeat(l[1].len()));
+        let store = FileStore::open(&dir).unwrap();
+        assert_eq!(
+            store.append(&[rec(9), rec(10)], Utc::now()).await.unwrap(),
+            1
+        );
+        // verify reads everything, and finds it.
+        let b = first_break(&store).await;
+        assert!(b.location.ends_with(".jsonl:2"), "{b:?}");
     }
 
     #[tokio::test]
