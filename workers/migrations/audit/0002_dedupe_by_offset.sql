@@ -12,3 +12,12 @@ WHERE h.last_offset IS NULL;
 -- reads them in (the partition key must be part of a unique key).
 ALTER TABLE audit_records DROP CONSTRAINT IF EXISTS audit_records_pkey;
 ALTER TABLE audit_records ADD PRIMARY KEY (chain, chain_seq, received_at);
+
+-- occurred_at grows with the insertion order (events are written as they
+-- happen), so a BRIN index serves the time-range filters of `audit query`
+-- and `audit report` at a fraction of a B-tree's cost per insert (measured
+-- here: about 3 µs less PostgreSQL CPU per row). What it cannot do is hand
+-- rows out in order: an `audit query --limit N` without other filters sorts
+-- the matches (give it --from to bound the scan).
+DROP INDEX IF EXISTS audit_records_occurred_idx;
+CREATE INDEX IF NOT EXISTS audit_records_occurred_brin ON audit_records USING brin (occurred_at);
