@@ -535,16 +535,16 @@ impl FileStore {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .map_err(|e| io_err("opening", &path, e))?;
+            .open(path)
+            .map_err(|e| io_err("opening", path, e))?;
         let before = file
             .metadata()
-            .map_err(|e| io_err("reading", &path, e))?
+            .map_err(|e| io_err("reading", path, e))?
             .len();
         if let Err(e) = file.write_all(buf).and_then(|_| file.sync_data()) {
             // Whatever reached the file was not acknowledged: cut it next time.
             inner.partial = Some((path.to_path_buf(), before));
-            return Err(io_err("writing", &path, e));
+            return Err(io_err("writing", path, e));
         }
         if created {
             sync_dir(dir)?;
