@@ -136,7 +136,7 @@ fn may_be_empty(expr: &str) -> bool {
 #[test]
 fn the_prometheus_rule_manifest_has_the_same_rules_as_alerts_yml() {
     let alerts = std::fs::read_to_string(root().join("dashboards/alerts.yml")).unwrap();
-    let manifest = std::fs::read_to_string(root().join("k8s/prometheusrule.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(root().join("k8s/base/prometheusrule.yaml")).unwrap();
     let groups = &alerts[alerts.find("groups:").unwrap()..];
     let indented: String = groups
         .lines()
@@ -151,7 +151,7 @@ fn the_prometheus_rule_manifest_has_the_same_rules_as_alerts_yml() {
     let spec = &manifest[manifest.find("spec:\n").unwrap() + "spec:\n".len()..];
     assert_eq!(
         spec, indented,
-        "copy dashboards/alerts.yml's groups into k8s/prometheusrule.yaml"
+        "copy dashboards/alerts.yml's groups into k8s/base/prometheusrule.yaml"
     );
 }
 

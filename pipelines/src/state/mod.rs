@@ -6,6 +6,8 @@
 //! tested against memory behaves the same against Redis.
 //!
 //! Keys given to a store are logical; the store prepends its configured prefix.
+//! On a Redis Cluster each worker's store also puts the worker's hash tag in
+//! front ([`slot`]: the one place that decides the key layout).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ pub mod conformance;
 mod memory;
 mod ops;
 mod redis;
+pub mod slot;
 
 pub use self::memory::MemoryStore;
 pub use self::ops::{ScoreBound, ScoreRange, StateOp};
@@ -151,7 +154,8 @@ pub trait StateStore: Send + Sync + 'static {
     async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError>;
 }
 
-/// Opens the store a config names: `memory:` or a Redis URL.
+/// Opens the store a config names: `memory:`, a Redis URL or a Redis Cluster
+/// (`redis+cluster://`; give each worker [`slot::for_worker`] of it).
 pub async fn open(cfg: &RedisConfig) -> Result<Arc<dyn StateStore>, StateError> {
     if cfg.url == "memory:" {
         Ok(Arc::new(MemoryStore::new(&cfg.key_prefix)))
