@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Subject};
 
-use crate::audit::{pg_store::PgStore, AuditWorker};
+use crate::audit::{file_store::FileStore, pg_store::PgStore, AuditWorker};
 use crate::config::Config;
 
 /// Runs the benchmark of `worker` (`baseline`, `pipeline`, `aggregates`,
@@ -17,6 +17,7 @@ pub async fn run(
     partitions: i32,
     redis_url: Option<String>,
     database_url: Option<String>,
+    store: &str,
 ) -> anyhow::Result<BenchReport> {
     if events == 0 {
         bail!("--events has value 0: expected a whole number above zero");
@@ -31,6 +32,22 @@ pub async fn run(
             crate::aggregates::AggregatesWorker::new(&config.aggregates)
                 .map_err(anyhow::Error::msg)?,
         )),
+        "audit" if store == "files" => {
+            let dir = std::env::temp_dir().join(pipelines::testing::unique("bench-audit-files"));
+            let file_store =
+                Arc::new(FileStore::open(&dir).context("opening the audit file store")?);
+            let worker = AuditWorker::new(file_store, "file", config.audit.clone());
+            let report = pipelines::bench::run(
+                spec(config, events, partitions, redis_url),
+                Subject::Worker(Arc::new(worker)),
+            )
+            .await;
+            std::fs::remove_dir_all(&dir).ok();
+            return report.map_err(Into::into);
+        }
+        "audit" if store != "postgres" => {
+            bail!("--store has value {store:?}: expected postgres or files")
+        }
         "audit" => {
             let url = database_url
                 .or_else(|| std::env::var("DATABASE_URL").ok())

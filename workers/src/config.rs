@@ -41,9 +41,18 @@ pub struct AuditConfig {
     pub retention_check_interval: Duration,
     /// PostgreSQL connections the store keeps.
     pub pool_size: usize,
-    /// Gate writes with the Redis idempotency guard too. Both stores are
-    /// idempotent on event id by themselves; the guard adds a second line of
-    /// defence at the cost of two Redis round trips per batch.
+    /// Longest a PostgreSQL connection may take to open (TCP, TLS, startup).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest one store operation (a batch's transaction, a readiness ping,
+    /// a query) may wait for PostgreSQL, measured by the worker: past it the
+    /// store is unavailable (not ready, retried) and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Gate writes with the Redis idempotency guard too. Both stores skip
+    /// redeliveries (by source offset) by themselves; the guard also catches
+    /// a producer's re-send of an event id at a new offset, at the cost of
+    /// two Redis round trips per batch.
     pub idempotency_guard: bool,
 }
 
@@ -56,6 +65,8 @@ impl Default for AuditConfig {
             retention: Duration::from_secs(365 * 24 * 3600),
             retention_check_interval: Duration::from_secs(3600),
             pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
             idempotency_guard: true,
         }
     }
@@ -117,6 +128,18 @@ impl Config {
                 0,
                 "a whole number above zero",
             ));
+        }
+        for (field, value) in [
+            ("audit.connect_timeout", a.connect_timeout),
+            ("audit.statement_timeout", a.statement_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "0s",
+                    "a duration above zero, such as 10s",
+                ));
+            }
         }
         Ok(())
     }

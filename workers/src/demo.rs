@@ -128,7 +128,7 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         messages.len()
     );
 
-    let (store, kind) = audit::open_store(&config).await?;
+    let (store, kind) = audit::open_store(&config, audit::Access::Write).await?;
     let worker: Arc<dyn Worker> =
         Arc::new(AuditWorker::new(store.clone(), kind, config.audit.clone()));
     let shutdown = CancellationToken::new();

@@ -70,6 +70,10 @@ enum Command {
         /// as TLS on loopback would only measure the encryption).
         #[arg(long)]
         database_url: Option<String>,
+        /// `audit` only: `postgres` (default) or `files` (the embedded file
+        /// store, in a temporary directory).
+        #[arg(long, default_value = "postgres")]
+        store: String,
     },
     /// Run a standalone mock Kafka cluster; prints its bootstrap address first.
     DevKafka {
@@ -245,6 +249,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             burst,
             redis_url,
             database_url,
+            store,
         } => {
             let config = load_config(&cli.config)?;
             if worker == "deadlines" {
@@ -290,6 +295,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 partitions,
                 redis_url,
                 database_url,
+                &store,
             )
             .await?;
             println!("{}", serde_json::to_string(&report)?);
@@ -374,7 +380,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command } => {
             let config = load_config(&cli.config)?;
-            let (store, _) = audit::open_store(&config).await?;
+            let (store, _) = audit::open_store(&config, audit::Access::Read).await?;
             match command {
                 AuditCommand::Query {
                     task,

@@ -30,7 +30,7 @@ pub fn default_topics(name: &str, config: &Config) -> Vec<String> {
 pub async fn build(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Worker>> {
     match name {
         "audit" => {
-            let (store, kind) = audit::open_store(config)
+            let (store, kind) = audit::open_store(config, audit::Access::Write)
                 .await
                 .context("opening the audit store")?;
             Ok(Arc::new(AuditWorker::new(

@@ -58,20 +58,26 @@ fn sample(i: u64) -> String {
 #[test]
 fn update_diffs_are_right_for_each_dialect() {
     // envelope: the message lists its changes.
-    let r = to_record(&inbound(
-        r#"{"event_id":"d1","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","version":"1.0","data":{"task_id":123,"user_id":"user-456","changes":{"title":{"old":"Buy groceries","new":"Buy groceries and cook dinner"}}}}"#,
-        1,
-    ));
+    let r = to_record(
+        &inbound(
+            r#"{"event_id":"d1","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","version":"1.0","data":{"task_id":123,"user_id":"user-456","changes":{"title":{"old":"Buy groceries","new":"Buy groceries and cook dinner"}}}}"#,
+            1,
+        ),
+        Utc::now(),
+    );
     assert_eq!(r.operation, "updated");
     assert_eq!(r.changes.len(), 1);
     assert_eq!(r.changes["title"].old, "Buy groceries");
     assert_eq!(r.changes["title"].new, "Buy groceries and cook dinner");
 
     // task_data: computed from previous_task_data; unchanged fields left out.
-    let r = to_record(&inbound(
-        r#"{"event_type":"updated","task_id":124,"user_id":"user123","timestamp":"2026-01-03T11:00:00Z","task_data":{"title":"T","priority":"high","due_date":"2026-01-12T09:00:00Z","tags":["work"]},"previous_task_data":{"title":"T","priority":"medium","due_date":"2026-01-10T09:00:00Z","tags":["work"]},"ip_address":"203.0.113.7","user_agent":"cli/1"}"#,
-        2,
-    ));
+    let r = to_record(
+        &inbound(
+            r#"{"event_type":"updated","task_id":124,"user_id":"user123","timestamp":"2026-01-03T11:00:00Z","task_data":{"title":"T","priority":"high","due_date":"2026-01-12T09:00:00Z","tags":["work"]},"previous_task_data":{"title":"T","priority":"medium","due_date":"2026-01-10T09:00:00Z","tags":["work"]},"ip_address":"203.0.113.7","user_agent":"cli/1"}"#,
+            2,
+        ),
+        Utc::now(),
+    );
     let fields: BTreeSet<&str> = r.changes.keys().map(String::as_str).collect();
     assert_eq!(fields, BTreeSet::from(["due_at", "priority"]));
     assert_eq!(r.changes["priority"].old, "medium");
@@ -81,29 +87,38 @@ fn update_diffs_are_right_for_each_dialect() {
     assert_eq!(r.actor_id.as_deref(), Some("user123"));
 
     // standard: no previous state, no listed changes: no diff, snapshot kept.
-    let r = to_record(&inbound(
-        r#"{"event_type":"task_status_changed","user_id":123,"timestamp":"2025-09-07T11:30:00Z","data":{"task_id":456,"status":"in_progress"},"metadata":{"source":"django_backend","version":"1.0"}}"#,
-        3,
-    ));
+    let r = to_record(
+        &inbound(
+            r#"{"event_type":"task_status_changed","user_id":123,"timestamp":"2025-09-07T11:30:00Z","data":{"task_id":456,"status":"in_progress"},"metadata":{"source":"django_backend","version":"1.0"}}"#,
+            3,
+        ),
+        Utc::now(),
+    );
     assert!(r.changes.is_empty());
     assert_eq!(r.details.as_ref().unwrap()["status"], "in_progress");
     assert_eq!(r.event_type, "task.status_changed");
 
     // camel_case: partial payload, actor from actorId.
-    let r = to_record(&inbound(
-        r#"{"eventType":"task.updated","taskId":1,"teamId":1,"actorId":9,"creatorId":1,"assigneeId":2,"timestamp":"2025-08-25T22:41:54.574Z","payload":{"title":"Updated Task Title","completed":false}}"#,
-        4,
-    ));
+    let r = to_record(
+        &inbound(
+            r#"{"eventType":"task.updated","taskId":1,"teamId":1,"actorId":9,"creatorId":1,"assigneeId":2,"timestamp":"2025-08-25T22:41:54.574Z","payload":{"title":"Updated Task Title","completed":false}}"#,
+            4,
+        ),
+        Utc::now(),
+    );
     assert_eq!(r.actor_id.as_deref(), Some("9"));
     assert_eq!(r.task_id.as_deref(), Some("1"));
     assert!(r.changes.is_empty());
     assert_eq!(r.source.dialect, "camel_case");
 
     // CloudEvents around the envelope: same diff, dialect says it was wrapped.
-    let r = to_record(&inbound(
-        r#"{"specversion":"1.0","id":"ce-1","source":"api","type":"com.dapr.event.sent","datacontenttype":"application/json","data":{"event_id":"d5","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","data":{"task_id":7,"user_id":"u","changes":{"priority":{"old":"low","new":"high"}}}}}"#,
-        5,
-    ));
+    let r = to_record(
+        &inbound(
+            r#"{"specversion":"1.0","id":"ce-1","source":"api","type":"com.dapr.event.sent","datacontenttype":"application/json","data":{"event_id":"d5","event_type":"task.updated","timestamp":"2026-02-08T11:00:00Z","data":{"task_id":7,"user_id":"u","changes":{"priority":{"old":"low","new":"high"}}}}}"#,
+            5,
+        ),
+        Utc::now(),
+    );
     assert_eq!(r.changes["priority"].new, "high");
     assert_eq!(r.source.dialect, "cloudevents/envelope");
 }
@@ -285,7 +300,7 @@ fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
 fn records() -> Vec<AuditRecord> {
     (0..40u64)
         .map(|i| {
-            let mut r = to_record(&inbound(&sample(i), i as i64));
+            let mut r = to_record(&inbound(&sample(i), i as i64), Utc::now());
             r.occurred_at = Utc
                 .with_ymd_and_hms(2026, 3, 1 + (i % 10) as u32, 12, 0, 0)
                 .unwrap();
@@ -296,9 +311,9 @@ fn records() -> Vec<AuditRecord> {
 
 async fn check_query_and_report(store: &dyn AuditStore, envs: &[(&str, String)]) {
     let recs = records();
-    assert_eq!(store.append(&recs).await.unwrap(), 40);
+    assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), 40);
     assert_eq!(
-        store.append(&recs[..10]).await.unwrap(),
+        store.append(&recs[..10], Utc::now()).await.unwrap(),
         0,
         "appending again writes nothing"
     );
@@ -441,14 +456,15 @@ async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
         ("UPDATE audit_records SET actor_id = 'mallory' WHERE chain_seq = 5", "edited"),
         ("DELETE FROM audit_records WHERE chain_seq = 7", "deleted"),
         ("DELETE FROM audit_records WHERE chain_seq = 40", "deleted from the end"),
-        ("UPDATE audit_records SET chain_seq = CASE chain_seq WHEN 3 THEN 4 ELSE 3 END WHERE chain_seq IN (3, 4)", "moved"),
+        // Swapped through a spare number: (chain, chain_seq) is unique.
+        ("UPDATE audit_records SET chain_seq = -3 WHERE chain_seq = 3; UPDATE audit_records SET chain_seq = 3 WHERE chain_seq = 4; UPDATE audit_records SET chain_seq = 4 WHERE chain_seq = -3", "moved"),
     ];
     for (tamper, expected) in cases {
         let schema = schema();
         let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
             .await
             .unwrap();
-        assert_eq!(store.append(&recs).await.unwrap(), 40);
+        assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), 40);
         let ok = store.verify().await.unwrap();
         assert_eq!(ok.records_checked, 40);
         assert!(ok.first_break.is_none(), "{ok:?}");
@@ -463,13 +479,42 @@ async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still_skipped() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let recs = records();
+    assert_eq!(store.append(&recs[..30], Utc::now()).await.unwrap(), 30);
+    // A trail written before migration 2: heads without offsets.
+    sql(
+        &schema,
+        "UPDATE audit_chain_heads SET last_offset = NULL;
+         DELETE FROM taskstream_audit_migrations WHERE version = 2;",
+    )
+    .await;
+    let upgraded = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    assert_eq!(
+        upgraded.append(&recs, Utc::now()).await.unwrap(),
+        10,
+        "the 30 already stored are recognised from the backfilled offsets"
+    );
+    let report = upgraded.verify().await.unwrap();
+    assert_eq!(report.records_checked, 40);
+    assert!(report.first_break.is_none(), "{report:?}");
+    upgraded.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
     let schema = schema();
     let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
         .await
         .unwrap();
     let recs = records();
-    assert_eq!(store.append(&recs[..20]).await.unwrap(), 20);
+    assert_eq!(store.append(&recs[..20], Utc::now()).await.unwrap(), 20);
     // A cutoff before this month's start drops nothing.
     assert_eq!(
         store
@@ -498,7 +543,7 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
         "an emptied chain still verifies: {report:?}"
     );
     // New records continue the chain from where retention left it.
-    assert_eq!(store.append(&recs[20..]).await.unwrap(), 20);
+    assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
     let report = store.verify().await.unwrap();
     assert_eq!(report.records_checked, 20);
     assert!(report.first_break.is_none(), "{report:?}");
@@ -513,7 +558,7 @@ async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage()
         .unwrap();
     let mut recs = records();
     recs[1].actor_id = Some("nul\u{0}byte".into());
-    match store.append(&recs[..3]).await {
+    match store.append(&recs[..3], Utc::now()).await {
         Err(taskstream::audit::StoreError::Invalid(reason)) => {
             assert!(reason.contains("audit records"), "{reason}")
         }
@@ -527,7 +572,7 @@ async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage()
         .is_empty());
     assert_eq!(
         store
-            .append(&[recs[0].clone(), recs[2].clone()])
+            .append(&[recs[0].clone(), recs[2].clone()], Utc::now())
             .await
             .unwrap(),
         2
@@ -713,4 +758,91 @@ async fn postgres_connections_use_tls_when_the_url_asks_for_it() {
             "{err}"
         );
     }
+}
+
+// ---------------------------------------------------------------- file store: one writer, crash-safe head
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_on_the_same_directory_refuses_to_start() {
+    let mock = MockKafka::start(1).unwrap();
+    mock.create_topic("task-events", 1).unwrap();
+    let bootstrap = mock.bootstrap_servers().to_string();
+    let redis = RedisServer::start().unwrap();
+    let dir = std::env::temp_dir().join(unique("audit-one-writer"));
+    let run = |log: &Path| {
+        taskstream()
+            .args(["run", "audit"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("REDIS_URL", redis.url())
+            .env("TASKSTREAM_AUDIT__STORE", "file")
+            .env("TASKSTREAM_AUDIT__DIR", &dir)
+            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", unique("audit-one-writer"))
+            .env(
+                "TASKSTREAM_METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port().unwrap()),
+            )
+            .env("TASKSTREAM_WORKERS__AUDIT__TOPICS", "[\"task-events\"]")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let first_log = dir.with_extension("first.log");
+    let first = Process::logged(run(&first_log), first_log);
+    let lock = dir.join("audit.lock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.pid().to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the first writer took no lock; log: {}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second_log = dir.with_extension("second.log");
+    let second = Process::logged(run(&second_log), second_log);
+    let status = second.wait(Duration::from_secs(30));
+    assert!(!status.success(), "a second writer must not start");
+    let text = std::fs::read_to_string(dir.with_extension("second.log")).unwrap();
+    assert!(
+        text.contains(&dir.display().to_string()) && text.contains(&first.pid().to_string()),
+        "the error names the directory and the holder's pid: {text}"
+    );
+    // Readers run beside the writer.
+    let envs = [
+        ("TASKSTREAM_AUDIT__STORE", "file".to_string()),
+        ("TASKSTREAM_AUDIT__DIR", dir.to_string_lossy().into_owned()),
+    ];
+    let (ok, out) = cli(&["audit", "verify"], &envs);
+    assert!(ok && out.contains("ok: 0 records"), "{out}");
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_accepts_a_trail_left_by_a_crash_between_the_head_temp_write_and_its_rename() {
+    let dir = std::env::temp_dir().join(unique("audit-head-crash"));
+    let recs = records();
+    let store = FileStore::open(&dir).unwrap();
+    assert_eq!(store.append(&recs[..20], Utc::now()).await.unwrap(), 20);
+    let old_head = std::fs::read(dir.join("chain.head")).unwrap();
+    assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
+    let new_head = std::fs::read(dir.join("chain.head")).unwrap();
+    drop(store);
+    // The second batch's lines are synced; its head reached only the
+    // temporary file (cut short here) before the crash.
+    std::fs::write(dir.join("chain.head"), &old_head).unwrap();
+    std::fs::write(dir.join("chain.head.tmp"), &new_head[..new_head.len() / 2]).unwrap();
+    let envs = [
+        ("TASKSTREAM_AUDIT__STORE", "file".to_string()),
+        ("TASKSTREAM_AUDIT__DIR", dir.to_string_lossy().into_owned()),
+    ];
+    let (ok, out) = cli(&["audit", "verify"], &envs);
+    assert!(ok && out.contains("ok: 40 records"), "{out}");
+    // The restarted writer skips the redelivered batch and goes on.
+    let store = FileStore::open(&dir).unwrap();
+    assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 0);
+    let (ok, out) = cli(&["audit", "verify"], &envs);
+    assert!(ok && out.contains("ok: 40 records"), "{out}");
 }

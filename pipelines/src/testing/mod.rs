@@ -1,9 +1,15 @@
 //! Test and benchmark harness, shared by every worker's tests: a throwaway
-//! `redis-server` on a free port (killable and restartable), and small Kafka
+//! `redis-server` on a free port (killable and restartable), a throwaway
+//! PostgreSQL cluster ([`postgres`]), a test CA ([`tls`]), and small Kafka
 //! producer/reader helpers for the mock cluster, so tests never import rdkafka.
 
 pub mod cluster;
+pub mod postgres;
 pub mod smtp;
+pub mod tls;
+
+pub use postgres::PostgresServer;
+pub use tls::TestCa;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

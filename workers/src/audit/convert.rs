@@ -2,20 +2,22 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use pipelines::event::TaskSnapshot;
 use pipelines::Inbound;
 
 use super::record::{AuditRecord, Change, RecordSource};
 
-/// Builds the audit record of one event.
+/// Builds the audit record of one event, received (written) at `now`: the
+/// pipeline clock's time, whole microseconds, so a store writes the record
+/// as it is (see [`super::record::as_stored`]).
 ///
 /// `changes`: the fields the message lists, when it lists them; otherwise, when
 /// the message carries the task before and after, every field present in the
 /// *after* snapshot whose value differs from *before*. Fields absent from the
 /// after snapshot are not changes: producers send partial snapshots
 /// (`{"completed": true}`), and absence means "not mentioned", not "cleared".
-pub fn to_record(inbound: &Inbound) -> AuditRecord {
+pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
     let e = &inbound.event;
     let changes = if !e.changes.is_empty() {
         e.changes
@@ -51,8 +53,8 @@ pub fn to_record(inbound: &Inbound) -> AuditRecord {
             .project_id
             .clone()
             .or_else(|| e.task.as_ref().and_then(|t| t.project_id.clone())),
-        occurred_at: e.occurred_at,
-        received_at: inbound.source.received_at.min(Utc::now()),
+        occurred_at: e.occurred_at.trunc_subsecs(6),
+        received_at: now.trunc_subsecs(6),
         changes,
         details: e.task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
         source: RecordSource {

@@ -7,8 +7,9 @@
 //!   embedded default.
 //!
 //! Durability and idempotency: a batch's offsets are stored only after the
-//! store's `append` returned (fsync / COMMIT); `append` skips event ids already
-//! stored, so a redelivered message never makes a second record. If the store is
+//! store's `append` returned (fsync / COMMIT); `append` skips records at or
+//! below the last offset written from their source partition, so a
+//! redelivered message never makes a second record. If the store is
 //! down the batch fails as *unavailable*: the partition pauses and the worker
 //! waits, nothing is dropped. Retention deletes whole days/partitions on a timer.
 
@@ -26,6 +27,7 @@ pub mod convert;
 pub mod file_store;
 pub mod metrics;
 pub mod pg_store;
+pub mod pg_tls;
 pub mod record;
 pub mod store;
 
@@ -55,15 +57,30 @@ impl AuditWorker {
     }
 }
 
+/// What a process opens the store for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The worker (and the demo): appends and retention. The file store
+    /// takes its directory's writer lock.
+    Write,
+    /// `audit query | verify | report`: reads only, beside a running writer.
+    Read,
+}
+
 /// Opens the store the config names.
 pub async fn open_store(
     config: &Config,
+    access: Access,
 ) -> Result<(Arc<dyn AuditStore>, &'static str), StoreError> {
     if config.audit_store_kind() == "postgres" {
         let store = pg_store::PgStore::new(
             &config.pipeline.database.url,
-            config.audit.pool_size,
-            &config.audit.schema,
+            &pg_store::PgOptions {
+                schema: config.audit.schema.clone(),
+                pool_size: config.audit.pool_size,
+                connect_timeout: config.audit.connect_timeout,
+                statement_timeout: config.audit.statement_timeout,
+            },
         )?;
         // A database that is down now is waited for by the worker (not ready),
         // not a reason to exit.
@@ -72,7 +89,10 @@ pub async fn open_store(
         }
         Ok((Arc::new(store), "postgres"))
     } else {
-        let store = file_store::FileStore::open(&config.audit.dir)?;
+        let store = match access {
+            Access::Write => file_store::FileStore::open(&config.audit.dir)?,
+            Access::Read => file_store::FileStore::open_reader(&config.audit.dir),
+        };
         Ok((Arc::new(store), "file"))
     }
 }
@@ -135,10 +155,11 @@ impl Worker for AuditWorker {
     /// One store write for the whole batch: all records or none. If the store
     /// rejects the batch's data, the records are written one by one so that
     /// only the offending one fails (and is dead-lettered).
-    async fn handle_batch(&self, events: &[Inbound], _ctx: &Ctx) -> BatchOutcome {
-        let records: Vec<AuditRecord> = events.iter().map(convert::to_record).collect();
+    async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
+        let now = ctx.now();
+        let records: Vec<AuditRecord> = events.iter().map(|e| convert::to_record(e, now)).collect();
         let started = Instant::now();
-        match self.store.append(&records).await {
+        match self.store.append(&records, now).await {
             Ok(new) => {
                 metrics::written(self.store_kind, records.len(), new, started.elapsed());
                 BatchOutcome {
@@ -150,7 +171,7 @@ impl Worker for AuditWorker {
                 let mut outcomes = Vec::with_capacity(records.len());
                 for record in &records {
                     let started = Instant::now();
-                    match self.store.append(std::slice::from_ref(record)).await {
+                    match self.store.append(std::slice::from_ref(record), now).await {
                         Ok(new) => {
                             metrics::written(self.store_kind, 1, new, started.elapsed());
                             outcomes.push(Outcome::Done);

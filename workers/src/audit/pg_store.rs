@@ -7,44 +7,62 @@
 //! - Table `audit_records`, partitioned by month of `received_at` (partitions
 //!   `audit_records_YYYYMM` are created on demand); retention drops whole
 //!   partitions.
-//! - `append` is one transaction per batch: lock the batch's chains, find the
-//!   event ids already stored (any partition), insert the new records with one
-//!   multi-row `INSERT … SELECT FROM unnest(…)`, advance the chain heads,
-//!   COMMIT. A redelivered message therefore never makes a second row.
+//! - `append` is one transaction per batch: lock the batch's chains and read
+//!   their heads (one round trip), skip the records at or below each chain's
+//!   last source offset (a redelivery: a chain is one source partition),
+//!   `COPY … BINARY` the new ones, advance the chain heads, COMMIT. A
+//!   redelivered message therefore never makes a second row, without a
+//!   per-event index lookup.
 //! - Tamper evidence: one SHA-256 chain per source (`topic/partition`), each
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
 //!   canonical JSON; `verify` recomputes every chain.
 //!
-//! Connections use TLS as the URL's `sslmode` says (`prefer` by default), like
-//! libpq: encrypted, the server certificate not verified.
+//! Connections come from a deadpool-postgres pool; TLS is as the URL's
+//! `sslmode`/`sslrootcert` say, with libpq's meanings (see [`super::pg_tls`]).
+//! Connecting is bounded by `audit.connect_timeout` and every store operation
+//! by `audit.statement_timeout` (client side, so a server that stops answering
+//! is noticed too): past it the operation fails as unavailable (the worker is
+//! not ready and retries) and its connection is closed, not reused.
 //!
-//! The store sets `received_at` to the moment it writes (microseconds, as
-//! PostgreSQL keeps them), and truncates `occurred_at` to microseconds, so the
-//! hash covers exactly what is stored.
+//! The store sets `received_at` to the `now` it is given (the pipeline clock,
+//! microseconds, as PostgreSQL keeps them), and truncates `occurred_at` to
+//! microseconds, so the hash covers exactly what is stored.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, TimeZone, Utc};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::types::{FromSql, Json, ToSql, Type};
+use tokio_postgres::Row;
 
-use super::record::{AuditRecord, Change, RecordSource};
+use super::pg_tls::TlsSettings;
+use super::record::{as_stored, AuditRecord, Change, RecordSource};
 use super::store::{
     chain_hash, ActivityRow, AuditQuery, AuditStore, ChainBreak, StoreError, VerifyReport, GENESIS,
 };
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "create_audit_records",
-    include_str!("../../migrations/audit/0001_create_audit_records.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "create_audit_records",
+        include_str!("../../migrations/audit/0001_create_audit_records.sql"),
+    ),
+    (
+        2,
+        "dedupe_by_offset",
+        include_str!("../../migrations/audit/0002_dedupe_by_offset.sql"),
+    ),
+];
+
+/// The longest a readiness ping waits (the pipeline's probe waits 5 s).
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Advisory lock namespace (first key) for this store's locks.
 const LOCK_SPACE: i32 = 0x7a5d_0001;
@@ -78,22 +96,54 @@ const COPY_TYPES: [Type; 20] = [
 const LOCK_CHAINS: &str =
     "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k ORDER BY k";
 
+const READ_HEADS: &str =
+    "SELECT chain, seq, hash, last_offset FROM audit_chain_heads WHERE chain = ANY($1)";
+
+const ADVANCE_HEADS: &str = "INSERT INTO audit_chain_heads (chain, seq, hash, last_offset)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
+     ON CONFLICT (chain) DO UPDATE
+     SET seq = excluded.seq, hash = excluded.hash, last_offset = excluded.last_offset";
+
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
      chain, chain_seq, prev_hash, hash";
 
+/// How the store connects: from `[audit]` and `database.url`.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `audit.schema`.
+    pub schema: String,
+    /// `audit.pool_size`: connections kept.
+    pub pool_size: usize,
+    /// `audit.connect_timeout`: TCP, TLS and startup of one connection.
+    pub connect_timeout: Duration,
+    /// `audit.statement_timeout`: one store operation (a batch's
+    /// transaction, a ping, a query), measured by the client.
+    pub statement_timeout: Duration,
+}
+
+impl PgOptions {
+    /// Defaults (10 s to connect, 30 s per operation) for `schema`.
+    pub fn new(schema: &str, pool_size: usize) -> PgOptions {
+        PgOptions {
+            schema: schema.to_string(),
+            pool_size,
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 pub struct PgStore {
-    config: tokio_postgres::Config,
     schema: String,
-    pool: Vec<Mutex<Option<Client>>>,
-    next: AtomicUsize,
+    pool: Pool,
+    tls: TlsSettings,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
     /// Months whose partition is known to exist.
     partitions: StdMutex<HashSet<(i32, u32)>>,
     /// Set once the migrations have been applied.
     migrated: tokio::sync::OnceCell<()>,
-    /// TLS as the URL's `sslmode` asks (`prefer` by default: TLS when the
-    /// server offers it), verified against the system's CA certificates.
-    tls: postgres_openssl::MakeTlsConnector,
 }
 
 /// Maps a driver error: data errors are the record's fault (`Invalid`);
@@ -102,7 +152,10 @@ pub struct PgStore {
 fn pg_err(what: &str, e: tokio_postgres::Error) -> StoreError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-        None => format!("{what}: {e}"),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{what}: {e}: {cause}"),
+            None => format!("{what}: {e}"),
+        },
     };
     match e.code().map(|c| c.code()) {
         Some(c) if c.starts_with("22") => StoreError::Invalid(detail),
@@ -110,9 +163,14 @@ fn pg_err(what: &str, e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// Validates an identifier we interpolate into SQL.
+/// A typed column read that fails with an error, never a panic.
+fn col<'a, T: FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, StoreError> {
+    row.try_get(name)
+        .map_err(|e| pg_err(&format!("reading column {name}"), e))
+}
+
 /// Whether `name` is a plain lower-case SQL identifier (what `audit.schema`
-/// accepts; it is interpolated into SQL).
+/// accepts).
 pub fn is_plain_identifier(name: &str) -> bool {
     name.chars()
         .next()
@@ -121,6 +179,11 @@ pub fn is_plain_identifier(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && name.len() <= 63
+}
+
+/// `name` as a quoted SQL identifier (validated names are quoted too).
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn check_schema(schema: &str) -> Result<(), StoreError> {
@@ -139,13 +202,8 @@ fn lock_key(s: &str) -> i32 {
     i32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
-fn month_start(year: i32, month: u32) -> DateTime<Utc> {
-    Utc.from_utc_datetime(
-        &NaiveDate::from_ymd_opt(year, month, 1)
-            .expect("valid month")
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight"),
-    )
+fn month_start(year: i32, month: u32) -> Option<DateTime<Utc>> {
+    Some(Utc.from_utc_datetime(&NaiveDate::from_ymd_opt(year, month, 1)?.and_hms_opt(0, 0, 0)?))
 }
 
 fn next_month(year: i32, month: u32) -> (i32, u32) {
@@ -156,138 +214,154 @@ fn next_month(year: i32, month: u32) -> (i32, u32) {
     }
 }
 
-/// The record as stored: times at microsecond precision.
-fn normalized(r: &AuditRecord, received_at: DateTime<Utc>) -> AuditRecord {
-    let mut r = r.clone();
-    r.occurred_at = r.occurred_at.trunc_subsecs(6);
-    r.received_at = received_at;
-    r
-}
-
 fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
-    let changes: Option<Json<BTreeMap<String, Change>>> = row
-        .try_get("changes")
-        .map_err(|e| pg_err("reading changes", e))?;
-    let details: Option<Json<serde_json::Value>> = row
-        .try_get("details")
-        .map_err(|e| pg_err("reading details", e))?;
-    let get = |e| pg_err("reading a record", e);
+    let changes: Option<Json<BTreeMap<String, Change>>> = col(row, "changes")?;
+    let details: Option<Json<serde_json::Value>> = col(row, "details")?;
     Ok(AuditRecord {
-        event_id: row.try_get("event_id").map_err(get)?,
-        event_type: row.try_get("event_type").map_err(get)?,
-        operation: row.try_get("operation").map_err(get)?,
-        actor_id: row.try_get("actor_id").map_err(get)?,
-        task_id: row.try_get("task_id").map_err(get)?,
-        project_id: row.try_get("project_id").map_err(get)?,
-        occurred_at: row.try_get("occurred_at").map_err(get)?,
-        received_at: row.try_get("received_at").map_err(get)?,
+        event_id: col(row, "event_id")?,
+        event_type: col(row, "event_type")?,
+        operation: col(row, "operation")?,
+        actor_id: col(row, "actor_id")?,
+        task_id: col(row, "task_id")?,
+        project_id: col(row, "project_id")?,
+        occurred_at: col(row, "occurred_at")?,
+        received_at: col(row, "received_at")?,
         changes: changes.map(|j| j.0).unwrap_or_default(),
         details: details.map(|j| j.0),
         source: RecordSource {
-            topic: row.try_get("source_topic").map_err(get)?,
-            partition: row.try_get("source_partition").map_err(get)?,
-            offset: row.try_get("source_offset").map_err(get)?,
-            dialect: row.try_get("dialect").map_err(get)?,
+            topic: col(row, "source_topic")?,
+            partition: col(row, "source_partition")?,
+            offset: col(row, "source_offset")?,
+            dialect: col(row, "dialect")?,
         },
-        ip_address: row.try_get("ip_address").map_err(get)?,
-        user_agent: row.try_get("user_agent").map_err(get)?,
+        ip_address: col(row, "ip_address")?,
+        user_agent: col(row, "user_agent")?,
     })
-}
-
-/// TLS as libpq does it for `sslmode=prefer` (the default: TLS when the server
-/// offers it) and `require` (TLS or fail): encrypted, the server certificate
-/// not verified. tokio-postgres knows no `verify-ca`/`verify-full`.
-fn tls_connector() -> Result<postgres_openssl::MakeTlsConnector, StoreError> {
-    let fail = |e: openssl::error::ErrorStack| {
-        StoreError::Invalid(format!("cannot set up TLS for PostgreSQL: {e}"))
-    };
-    let mut builder =
-        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).map_err(fail)?;
-    builder.set_verify(openssl::ssl::SslVerifyMode::NONE);
-    let mut connector = postgres_openssl::MakeTlsConnector::new(builder.build());
-    connector.set_callback(|config, _| {
-        config.set_verify_hostname(false);
-        Ok(())
-    });
-    Ok(connector)
 }
 
 fn chain_of(r: &AuditRecord) -> String {
     format!("{}/{}", r.source.topic, r.source.partition)
 }
 
+/// A chain's head as the batch advances it.
+struct ChainHead {
+    seq: i64,
+    hash: String,
+    /// The last source offset written to the chain (-1: none).
+    last_offset: i64,
+    changed: bool,
+}
+
 impl PgStore {
-    /// A store in `schema` (created if missing), connected and migrated.
+    /// A store in `schema` (created if missing), connected and migrated, with
+    /// the default timeouts (tests and benchmarks).
     pub async fn connect_with_schema(
         url: &str,
         pool_size: usize,
         schema: &str,
     ) -> Result<PgStore, StoreError> {
-        let store = Self::new(url, pool_size, schema)?;
+        let store = Self::new(url, &PgOptions::new(schema, pool_size))?;
         store.ready().await?;
         Ok(store)
     }
 
     /// A store that connects on first use: the worker starts even while the
     /// database is down, and waits for it (not ready) instead of exiting.
-    pub fn new(url: &str, pool_size: usize, schema: &str) -> Result<PgStore, StoreError> {
-        check_schema(schema)?;
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+    pub fn new(url: &str, options: &PgOptions) -> Result<PgStore, StoreError> {
+        check_schema(&options.schema)?;
+        let bad_url = |e: &dyn std::fmt::Display| {
             StoreError::Invalid(format!(
                 "database.url has value {:?}: {e}",
                 pipelines::config::mask_url(url)
             ))
-        })?;
-        config.options(format!("-c search_path={schema}"));
+        };
+        let (rest, tls) = TlsSettings::split_url(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad_url(&e))?;
+        config.ssl_mode(tls.driver_mode());
+        config.connect_timeout(options.connect_timeout);
+        config.options(format!("-c search_path={}", ident(&options.schema)));
         if config.get_application_name().is_none() {
             config.application_name("taskstream-audit");
         }
-        Ok(PgStore {
+        let manager = Manager::from_config(
             config,
-            schema: schema.to_string(),
-            pool: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            tls.connector()?,
+            ManagerConfig {
+                // A closed connection is replaced; a broken one fails its
+                // operation, which then closes it (see `release`).
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(options.statement_timeout),
+                create: Some(options.connect_timeout),
+                recycle: Some(options.connect_timeout),
+            })
+            .build()
+            .map_err(|e| bad_url(&e))?;
+        Ok(PgStore {
+            schema: options.schema.clone(),
+            pool,
+            tls,
+            connect_timeout: options.connect_timeout,
+            statement_timeout: options.statement_timeout,
             partitions: StdMutex::new(HashSet::new()),
             migrated: tokio::sync::OnceCell::new(),
-            tls: tls_connector()?,
         })
     }
 
-    async fn connect_client(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self
-            .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| pg_err("connecting to PostgreSQL", e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+    /// A pooled connection, connected if new.
+    async fn client(&self) -> Result<Object, StoreError> {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => {
+                let err = pg_err("connecting to PostgreSQL", e);
+                match err {
+                    StoreError::Unavailable(m) => {
+                        StoreError::Unavailable(format!("{m} ({})", self.tls.describe()))
+                    }
+                    other => other,
+                }
             }
-        });
-        Ok(client)
+            PoolError::Timeout(TimeoutType::Wait) => StoreError::Unavailable(format!(
+                "every PostgreSQL connection stayed busy for {:?} (audit.statement_timeout)",
+                self.statement_timeout
+            )),
+            PoolError::Timeout(_) => StoreError::Unavailable(format!(
+                "connecting to PostgreSQL took longer than {:?} (audit.connect_timeout; {})",
+                self.connect_timeout,
+                self.tls.describe()
+            )),
+            other => StoreError::Unavailable(format!("PostgreSQL connection pool: {other}")),
+        })
     }
 
-    /// A pooled connection, (re)connected if it is new or was closed.
-    async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, StoreError> {
-        let n = self.pool.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Prefer an idle connection; otherwise queue on one.
-        let mut guard = None;
-        for i in 0..n {
-            if let Ok(g) = self.pool[(start + i) % n].try_lock() {
-                guard = Some(g);
-                break;
-            }
+    /// Runs `op` within `audit.statement_timeout`.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.statement_timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "{what}: PostgreSQL did not answer within {:?} (audit.statement_timeout)",
+                    self.statement_timeout
+                )))
+            })
+    }
+
+    /// Returns `client` to the pool, or closes it when its operation failed
+    /// as unavailable (timed out, connection lost): a connection in an
+    /// unknown state is never reused.
+    fn release<T>(client: Object, result: &Result<T, StoreError>) {
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            drop(Object::take(client));
         }
-        let mut guard = match guard {
-            Some(g) => g,
-            None => self.pool[start % n].lock().await,
-        };
-        let client = match guard.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect_client().await?,
-        };
-        Ok(MutexGuard::map(guard, |slot| slot.insert(client)))
     }
 
     /// Advisory-lock keys of `chains`, for [`LOCK_CHAINS`].
@@ -301,17 +375,24 @@ impl PgStore {
     /// Connects and migrates, once.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.migrated
-            .get_or_try_init(|| self.migrate())
+            .get_or_try_init(|| async {
+                let mut client = self.client().await?;
+                let result = self.bounded("migrating", self.migrate(&mut client)).await;
+                Self::release(client, &result);
+                result
+            })
             .await
             .map(|_| ())
     }
 
     /// Applies the migrations not yet applied, one transaction each.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
+    async fn migrate(&self, client: &mut Object) -> Result<(), StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
         client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                ident(&self.schema)
+            ))
             .await
             .or_else(|err| {
                 // Concurrent creators race on the catalog; the schema exists.
@@ -339,13 +420,14 @@ impl PgStore {
                 )
                 .await
                 .map_err(e("creating the migrations table"))?;
-            let applied: HashSet<i32> = client
+            let mut applied = HashSet::new();
+            for row in client
                 .query("SELECT version FROM taskstream_audit_migrations", &[])
                 .await
                 .map_err(e("reading applied migrations"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            {
+                applied.insert(col::<i32>(&row, "version")?);
+            }
             for (version, name, sql) in MIGRATIONS {
                 if applied.contains(version) {
                     continue;
@@ -379,14 +461,23 @@ impl PgStore {
     /// Drops the schema and everything in it (tests and benchmarks).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .await
-            .map_err(|e| pg_err("dropping the audit schema", e))
+        let result = self
+            .bounded("dropping the audit schema", async {
+                client
+                    .batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS {} CASCADE",
+                        ident(&self.schema)
+                    ))
+                    .await
+                    .map_err(|e| pg_err("dropping the audit schema", e))
+            })
+            .await;
+        Self::release(client, &result);
+        result
     }
 
     /// Creates the month's partition if it is not known to exist.
-    async fn ensure_partition(&self, client: &Client, at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn ensure_partition(&self, client: &Object, at: DateTime<Utc>) -> Result<(), StoreError> {
         let month = (at.year(), at.month());
         if self
             .partitions
@@ -398,13 +489,19 @@ impl PgStore {
         }
         let (y, m) = month;
         let (ny, nm) = next_month(y, m);
+        let (Some(from), Some(to)) = (month_start(y, m), month_start(ny, nm)) else {
+            return Err(StoreError::Invalid(format!(
+                "no audit partition for the month of {at}"
+            )));
+        };
         let sql = format!(
             "SELECT pg_advisory_xact_lock({LOCK_SPACE}, {key});
-             CREATE TABLE IF NOT EXISTS audit_records_{y:04}{m:02} PARTITION OF audit_records
+             CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_records
                  FOR VALUES FROM ('{from}') TO ('{to}');",
             key = lock_key(&format!("{}:partitions", self.schema)),
-            from = month_start(y, m).to_rfc3339(),
-            to = month_start(ny, nm).to_rfc3339(),
+            name = ident(&format!("audit_records_{y:04}{m:02}")),
+            from = from.to_rfc3339(),
+            to = to.to_rfc3339(),
         );
         client
             .batch_execute(&format!("BEGIN; {sql} COMMIT;"))
@@ -419,86 +516,105 @@ impl PgStore {
 
     async fn append_on(
         &self,
-        client: &mut Client,
+        client: &mut Object,
         records: &[AuditRecord],
+        now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let now = Utc::now().trunc_subsecs(6);
-        self.ensure_partition(client, now).await?;
         let e = |what: &'static str| move |e| pg_err(what, e);
+        let now = chrono::SubsecRound::trunc_subsecs(now, 6);
+        self.ensure_partition(client, now).await?;
+        let copy_sql = format!("COPY audit_records ({COLUMNS}) FROM STDIN BINARY");
+        let (lock, read_heads, advance, copy) = futures::try_join!(
+            client.prepare_cached(LOCK_CHAINS),
+            client.prepare_cached(READ_HEADS),
+            client.prepare_cached(ADVANCE_HEADS),
+            client.prepare_cached(&copy_sql),
+        )
+        .map_err(e("preparing an audit write"))?;
         let tx = client
             .transaction()
             .await
             .map_err(e("starting an audit write"))?;
-        // The "already stored?" lookup must use the event_id index: a fresh
-        // partition has no statistics and the planner would scan it whole.
-        tx.batch_execute("SET LOCAL enable_seqscan = off")
-            .await
-            .map_err(e("starting an audit write"))?;
 
-        // Serialize writers of the same chains (sorted: no lock-order deadlock).
+        // Serialize writers of the same chains (sorted: no lock-order
+        // deadlock) and read their heads, in one round trip.
         let mut chains: Vec<String> = records.iter().map(chain_of).collect();
         chains.sort();
         chains.dedup();
         let keys = self.chain_lock_keys(&chains);
-        let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
-        let id_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-        let chain_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&chains];
-        let (_, existing, heads) = futures::try_join!(
-            tx.execute(LOCK_CHAINS, &lock_params),
-            tx.query(
-                "SELECT event_id FROM audit_records WHERE event_id = ANY($1)",
-                &id_params
-            ),
-            tx.query(
-                "SELECT chain, seq, hash FROM audit_chain_heads WHERE chain = ANY($1)",
-                &chain_params
-            ),
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
+        let chain_params: [&(dyn ToSql + Sync); 1] = [&chains];
+        let (_, heads) = futures::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query(&read_heads, &chain_params),
         )
         .map_err(e("reading the audit chain heads"))?;
 
-        let mut seen: HashSet<String> = existing.iter().map(|r| r.get::<_, String>(0)).collect();
-        let mut head: BTreeMap<String, (i64, String)> = chains
+        let mut head: BTreeMap<String, ChainHead> = chains
             .iter()
-            .map(|c| (c.clone(), (0, GENESIS.to_string())))
+            .map(|c| {
+                (
+                    c.clone(),
+                    ChainHead {
+                        seq: 0,
+                        hash: GENESIS.to_string(),
+                        last_offset: -1,
+                        changed: false,
+                    },
+                )
+            })
             .collect();
         for row in &heads {
-            head.insert(row.get(0), (row.get(1), row.get(2)));
+            let last: Option<i64> = col(row, "last_offset")?;
+            head.insert(
+                col(row, "chain")?,
+                ChainHead {
+                    seq: col(row, "seq")?,
+                    hash: col(row, "hash")?,
+                    last_offset: last.unwrap_or(-1),
+                    changed: false,
+                },
+            );
         }
 
-        // The new records, with their place in their chain.
-        let mut rows: Vec<(AuditRecord, String, i64, String, String)> =
-            Vec::with_capacity(records.len());
+        // The new records, with their place in their chain. A record at or
+        // below its chain's last offset is a redelivery: already written.
+        let mut rows = Vec::with_capacity(records.len());
         let mut json = Vec::with_capacity(512);
         for r in records {
-            if !seen.insert(r.event_id.clone()) {
+            let chain = chain_of(r);
+            let Some(h) = head.get_mut(&chain) else {
+                continue;
+            };
+            if r.source.offset <= h.last_offset {
                 continue;
             }
-            let r = normalized(r, now);
-            let chain = chain_of(&r);
-            let (seq, prev) = head.get_mut(&chain).expect("chain listed");
+            let r = as_stored(r, now);
             json.clear();
-            serde_json::to_writer(&mut json, &r).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let next = *seq + 1;
-            let hash = chain_hash(next as u64, prev, &json);
-            let prev_hash = std::mem::replace(prev, hash.clone());
-            rows.push((r, chain, next, prev_hash, hash));
-            *seq = next;
+            serde_json::to_writer(&mut json, &*r)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let seq = h.seq + 1;
+            let hash = chain_hash(seq as u64, &h.hash, &json);
+            let prev_hash = std::mem::replace(&mut h.hash, hash.clone());
+            h.seq = seq;
+            h.last_offset = r.source.offset;
+            h.changed = true;
+            rows.push((r, chain, seq, prev_hash, hash));
         }
         let new = rows.len();
         if new == 0 {
             tx.rollback().await.map_err(e("ending an audit write"))?;
             return Ok(0);
         }
-        let changed: Vec<(&String, &(i64, String))> =
-            head.iter().filter(|(_, (seq, _))| *seq > 0).collect();
+        let changed: Vec<(&String, &ChainHead)> = head.iter().filter(|(_, h)| h.changed).collect();
         let head_chains: Vec<&str> = changed.iter().map(|(c, _)| c.as_str()).collect();
-        let head_seqs: Vec<i64> = changed.iter().map(|(_, (s, _))| *s).collect();
-        let head_hashes: Vec<&str> = changed.iter().map(|(_, (_, h))| h.as_str()).collect();
+        let head_seqs: Vec<i64> = changed.iter().map(|(_, h)| h.seq).collect();
+        let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
+        let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
 
         // COPY … BINARY: the cheapest way into PostgreSQL for a batch.
         let sink = tx
-            .copy_in(format!("COPY audit_records ({COLUMNS}) FROM STDIN BINARY").as_str())
+            .copy_in(&copy)
             .await
             .map_err(e("writing audit records"))?;
         let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
@@ -535,41 +651,20 @@ impl PgStore {
         }
         writer.finish().await.map_err(e("writing audit records"))?;
         tx.execute(
-            "INSERT INTO audit_chain_heads (chain, seq, hash)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
-             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            &[&head_chains, &head_seqs, &head_hashes],
+            &advance,
+            &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
         )
         .await
         .map_err(e("advancing the audit chain heads"))?;
         tx.commit().await.map_err(e("committing audit records"))?;
         Ok(new)
     }
-}
 
-#[async_trait]
-impl AuditStore for PgStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| pg_err("ping", e))
-    }
-
-    async fn append(&self, records: &[AuditRecord]) -> Result<usize, StoreError> {
-        if records.is_empty() {
-            return Ok(0);
-        }
-        self.ready().await?;
-        // A connection that broke is replaced by the next `client()`.
-        let mut client = self.client().await?;
-        self.append_on(&mut client, records).await
-    }
-
-    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        self.ready().await?;
+    async fn query_on(
+        &self,
+        client: &Object,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut clauses = Vec::new();
         let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
         let mut add = |clause: &str, p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
@@ -611,7 +706,6 @@ impl AuditStore for PgStore {
             .iter()
             .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let client = self.client().await?;
         let rows = client
             .query(sql.as_str(), &refs)
             .await
@@ -619,55 +713,69 @@ impl AuditStore for PgStore {
         rows.iter().map(record_from_row).collect()
     }
 
-    async fn report(
+    async fn report_on(
         &self,
+        client: &Object,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<ActivityRow>, StoreError> {
-        self.ready().await?;
-        let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT coalesce(actor_id, '(unknown)') AS user_id, event_type, count(*)
+                "SELECT coalesce(actor_id, '(unknown)') AS user_id, event_type, count(*) AS count
                  FROM audit_records WHERE occurred_at >= $1 AND occurred_at < $2
                  GROUP BY 1, 2 ORDER BY 1, 2",
                 &[&from, &to],
             )
             .await
             .map_err(|e| pg_err("reporting audit activity", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| ActivityRow {
-                user_id: r.get(0),
-                event_type: r.get(1),
-                count: r.get::<_, i64>(2) as u64,
+        rows.iter()
+            .map(|r| {
+                Ok(ActivityRow {
+                    user_id: col(r, "user_id")?,
+                    event_type: col(r, "event_type")?,
+                    count: col::<i64>(r, "count")?.max(0) as u64,
+                })
             })
-            .collect())
+            .collect()
     }
 
-    async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.ready().await?;
-        let client = self.client().await?;
+    /// Verifies on `client`; each round trip is bounded by the statement
+    /// timeout, not the whole scan (which grows with the trail).
+    async fn verify_on(&self, client: &Object) -> Result<VerifyReport, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
-        let heads: BTreeMap<String, (i64, String)> = client
-            .query("SELECT chain, seq, hash FROM audit_chain_heads", &[])
-            .await
-            .map_err(e("reading chain heads"))?
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
-        let anchors: BTreeMap<String, (i64, String)> = client
-            .query("SELECT chain, seq, prev_hash FROM audit_chain_anchors", &[])
-            .await
-            .map_err(e("reading chain anchors"))?
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
+        let mut heads: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        let rows = self
+            .bounded("reading chain heads", async {
+                client
+                    .query("SELECT chain, seq, hash FROM audit_chain_heads", &[])
+                    .await
+                    .map_err(e("reading chain heads"))
+            })
+            .await?;
+        for r in &rows {
+            heads.insert(col(r, "chain")?, (col(r, "seq")?, col(r, "hash")?));
+        }
+        let mut anchors: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        let rows = self
+            .bounded("reading chain anchors", async {
+                client
+                    .query("SELECT chain, seq, prev_hash FROM audit_chain_anchors", &[])
+                    .await
+                    .map_err(e("reading chain anchors"))
+            })
+            .await?;
+        for r in &rows {
+            anchors.insert(col(r, "chain")?, (col(r, "seq")?, col(r, "prev_hash")?));
+        }
         let sql = format!("SELECT {COLUMNS} FROM audit_records ORDER BY chain, chain_seq");
-        let rows = client
-            .query_raw(sql.as_str(), std::iter::empty::<i32>())
-            .await
-            .map_err(e("reading audit records"))?;
+        let rows = self
+            .bounded("reading audit records", async {
+                client
+                    .query_raw(sql.as_str(), std::iter::empty::<i32>())
+                    .await
+                    .map_err(e("reading audit records"))
+            })
+            .await?;
         futures::pin_mut!(rows);
         let mut checked = 0u64;
         let mut chain = String::new();
@@ -678,11 +786,16 @@ impl AuditStore for PgStore {
             first_break: Some(ChainBreak { location, reason }),
         };
         use futures::TryStreamExt;
-        while let Some(row) = rows.try_next().await.map_err(e("reading audit records"))? {
-            let this: String = row.get("chain");
-            let seq: i64 = row.get("chain_seq");
-            let prev_hash: String = row.get("prev_hash");
-            let hash: String = row.get("hash");
+        while let Some(row) = self
+            .bounded("reading audit records", async {
+                rows.try_next().await.map_err(e("reading audit records"))
+            })
+            .await?
+        {
+            let this: String = col(&row, "chain")?;
+            let seq: i64 = col(&row, "chain_seq")?;
+            let prev_hash: String = col(&row, "prev_hash")?;
+            let hash: String = col(&row, "hash")?;
             if this != chain {
                 if !chain.is_empty() {
                     if let Some(b) = check_end(&chain, &expect, &heads) {
@@ -693,7 +806,7 @@ impl AuditStore for PgStore {
                 seen_chains.insert(this.clone());
                 expect = anchors.get(&chain).cloned().unwrap_or((1, GENESIS.into()));
             }
-            let event_id: String = row.get("event_id");
+            let event_id: String = col(&row, "event_id")?;
             let location = format!("chain {chain} record {seq} (event {event_id})");
             if seq != expect.0 {
                 let reason = format!(
@@ -738,11 +851,14 @@ impl AuditStore for PgStore {
         })
     }
 
-    async fn enforce_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.ready().await?;
-        let mut client = self.client().await?;
+    async fn retention_on(
+        &self,
+        client: &mut Object,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
-        let names: Vec<String> = client
+        let mut names: Vec<String> = Vec::new();
+        for row in client
             .query(
                 "SELECT c.relname FROM pg_inherits i
                  JOIN pg_class c ON c.oid = i.inhrelid
@@ -753,9 +869,9 @@ impl AuditStore for PgStore {
             )
             .await
             .map_err(e("listing audit partitions"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        {
+            names.push(col(&row, "relname")?);
+        }
         // audit_records_YYYYMM holds [month start, next month start).
         let old: Vec<String> = names
             .into_iter()
@@ -773,7 +889,7 @@ impl AuditStore for PgStore {
                     return false;
                 }
                 let (ny, nm) = next_month(y, m);
-                month_start(ny, nm) <= cutoff
+                month_start(ny, nm).is_some_and(|end| end <= cutoff)
             })
             .collect();
         if old.is_empty() {
@@ -784,19 +900,20 @@ impl AuditStore for PgStore {
             .await
             .map_err(e("starting retention"))?;
         // Stop every chain's writers while the chains' starts move.
-        let chains: Vec<String> = tx
+        let mut chains: Vec<String> = Vec::new();
+        for row in tx
             .query("SELECT chain FROM audit_chain_heads ORDER BY chain", &[])
             .await
             .map_err(e("reading chain heads"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        {
+            chains.push(col(&row, "chain")?);
+        }
         let keys = self.chain_lock_keys(&chains);
         tx.execute(LOCK_CHAINS, &[&LOCK_SPACE, &keys])
             .await
             .map_err(e("locking chains for retention"))?;
         for name in &old {
-            tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", ident(name)))
                 .await
                 .map_err(e("dropping an audit partition"))?;
         }
@@ -819,6 +936,97 @@ impl AuditStore for PgStore {
         let mut known = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         known.clear();
         Ok(old.len())
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    /// Readiness: a connection and `SELECT 1` within [`PING_TIMEOUT`] (or the
+    /// statement timeout, if shorter), so the pipeline's probe, which waits
+    /// 5 s, always gets an answer: a hung server reads as not ready.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let limit = PING_TIMEOUT.min(self.statement_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let late =
+            || StoreError::Unavailable(format!("ping: PostgreSQL did not answer within {limit:?}"));
+        let client = tokio::time::timeout_at(deadline, self.client())
+            .await
+            .map_err(|_| late())??;
+        let result = match tokio::time::timeout_at(deadline, client.simple_query("SELECT 1")).await
+        {
+            Ok(answer) => answer.map(|_| ()).map_err(|e| pg_err("ping", e)),
+            Err(_) => Err(late()),
+        };
+        Self::release(client, &result);
+        result
+    }
+
+    async fn append(
+        &self,
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        self.ready().await?;
+        let mut client = self.client().await?;
+        let result = self
+            .bounded(
+                "writing audit records",
+                self.append_on(&mut client, records, now),
+            )
+            .await;
+        Self::release(client, &result);
+        result
+    }
+
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.ready().await?;
+        let client = self.client().await?;
+        let result = self
+            .bounded("querying audit records", self.query_on(&client, q))
+            .await;
+        Self::release(client, &result);
+        result
+    }
+
+    async fn report(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<ActivityRow>, StoreError> {
+        self.ready().await?;
+        let client = self.client().await?;
+        let result = self
+            .bounded(
+                "reporting audit activity",
+                self.report_on(&client, from, to),
+            )
+            .await;
+        Self::release(client, &result);
+        result
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.ready().await?;
+        let client = self.client().await?;
+        let result = self.verify_on(&client).await;
+        Self::release(client, &result);
+        result
+    }
+
+    async fn enforce_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.ready().await?;
+        let mut client = self.client().await?;
+        let result = self
+            .bounded(
+                "enforcing retention",
+                self.retention_on(&mut client, cutoff),
+            )
+            .await;
+        Self::release(client, &result);
+        result
     }
 }
 

@@ -1,8 +1,9 @@
 //! One audit record: who did what to which task, when, and what changed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One field's change, old and new.
@@ -52,4 +53,21 @@ pub struct AuditRecord {
     pub ip_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+}
+
+/// The record as a store writes it: `received_at` = `now` (the pipeline
+/// clock's time of the write, whole microseconds) and `occurred_at` cut to
+/// microseconds, as PostgreSQL keeps them, so the hash covers exactly what is
+/// stored. Borrowed when the record already is so (the worker builds records
+/// that way), copied otherwise.
+pub fn as_stored(r: &AuditRecord, now: DateTime<Utc>) -> Cow<'_, AuditRecord> {
+    let now = now.trunc_subsecs(6);
+    if r.received_at == now && r.occurred_at.nanosecond().is_multiple_of(1000) {
+        Cow::Borrowed(r)
+    } else {
+        let mut r = r.clone();
+        r.occurred_at = r.occurred_at.trunc_subsecs(6);
+        r.received_at = now;
+        Cow::Owned(r)
+    }
 }

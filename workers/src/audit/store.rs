@@ -74,13 +74,20 @@ pub struct ChainBreak {
 
 /// Where audit records live. Both implementations promise:
 /// - `append` is durable when it returns (fsync / committed transaction);
-/// - `append` is idempotent on `event_id`: a record whose id is already stored
-///   is skipped, never written twice;
+/// - `append` never writes a redelivered message twice: a record whose source
+///   offset is at or below the last one written from its source partition
+///   (`topic/partition`) is skipped (a producer's re-send of an id at a new
+///   offset is the Redis idempotency guard's to catch);
 /// - records are never modified; retention removes whole days/partitions.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Appends records in order; returns how many were new.
-    async fn append(&self, records: &[AuditRecord]) -> Result<usize, StoreError>;
+    /// Appends records in order, stamping each `received_at` with `now` (the
+    /// pipeline clock's time of the write); returns how many were new.
+    async fn append(
+        &self,
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
     /// Records matching `q`, ordered by occurred_at then event_id.
     async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Per-user counts by event type for occurred_at in [from, to).

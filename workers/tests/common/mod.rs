@@ -43,6 +43,11 @@ impl Process {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL now: a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();
