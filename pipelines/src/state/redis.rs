@@ -63,6 +63,34 @@ return 0",
     )
 });
 
+/// `apply_checked`: [`StateOp`]s as commands (see
+/// `RedisStore::encode_for_script`), run in order as one atomic step;
+/// `?IFABSENT` runs the first branch when its key does not exist, else the
+/// second, and reports which (1: absent) for the top-level ones.
+static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local pos, key, absent = 1, 0, {}
+local function step(live, top)
+  local name, n = ARGV[pos], tonumber(ARGV[pos + 1])
+  key = key + 1
+  local k = KEYS[key]
+  if name == '?IFABSENT' then
+    local o = tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    local yes = redis.call('EXISTS', k) == 0
+    if top then absent[#absent + 1] = yes and 1 or 0 end
+    for _ = 1, n do step(live and yes, false) end
+    for _ = 1, o do step(live and not yes, false) end
+  else
+    if live then redis.call(name, k, unpack(ARGV, pos + 2, pos + 1 + n)) end
+    pos = pos + 2 + n
+  end
+end
+while pos <= #ARGV do step(true, true) end
+return absent",
+    )
+});
+
 /// Server replies that mean "not now" (a failover, a replica still loading,
 /// a cluster resharding): the store is unavailable, the message is fine.
 const NOT_NOW: &[&str] = &[
@@ -154,6 +182,128 @@ impl RedisStore {
 
     fn ms(d: Duration) -> u64 {
         (d.as_millis() as u64).max(1)
+    }
+
+    /// The commands of one op of [`StateStore::apply`], in order (an
+    /// [`StateOp::IfAbsent`] has none: [`RedisStore::encode_for_script`]
+    /// turns it into the script's branch).
+    fn each_command(&self, op: &StateOp, f: &mut dyn FnMut(redis::Cmd)) {
+        let k = self.key(op.key());
+        let cmd = |name: &str| {
+            let mut c = redis::cmd(name);
+            c.arg(&k);
+            c
+        };
+        match op {
+            StateOp::Set { value, ttl, .. } => {
+                let mut c = cmd("SET");
+                c.arg(value.as_slice());
+                if let Some(ttl) = ttl {
+                    c.arg("PX").arg(Self::ms(*ttl));
+                }
+                f(c);
+            }
+            StateOp::Delete { .. } => f(cmd("DEL")),
+            StateOp::IncrBy { by, ttl, .. } => {
+                let mut c = cmd("INCRBY");
+                c.arg(*by);
+                f(c);
+                if let Some(ttl) = ttl {
+                    let mut c = cmd("PEXPIRE");
+                    c.arg(Self::ms(*ttl)).arg("NX");
+                    f(c);
+                }
+            }
+            StateOp::HashSet { fields, .. } => {
+                if !fields.is_empty() {
+                    let mut c = cmd("HSET");
+                    for (field, v) in fields {
+                        c.arg(field).arg(v.as_slice());
+                    }
+                    f(c);
+                }
+            }
+            StateOp::HashIncrBy { field, by, .. } => {
+                let mut c = cmd("HINCRBY");
+                c.arg(field).arg(*by);
+                f(c);
+            }
+            StateOp::HashDelete { fields, .. } => {
+                if !fields.is_empty() {
+                    let mut c = cmd("HDEL");
+                    c.arg(fields);
+                    f(c);
+                }
+            }
+            StateOp::ZAdd { member, score, .. } => {
+                let mut c = cmd("ZADD");
+                c.arg(score_arg(*score)).arg(member);
+                f(c);
+            }
+            StateOp::ZRem { member, .. } => {
+                let mut c = cmd("ZREM");
+                c.arg(member);
+                f(c);
+            }
+            StateOp::DistinctAdd { members, .. } => {
+                let mut c = cmd("PFADD");
+                c.arg(members);
+                f(c);
+            }
+            StateOp::Expire { ttl, .. } => {
+                let mut c = cmd("PEXPIRE");
+                c.arg(Self::ms(*ttl));
+                f(c);
+            }
+            StateOp::IfAbsent { .. } => {}
+        }
+    }
+
+    /// Appends `op` to the arguments of [`APPLY`]: each command as its key
+    /// (in `KEYS`) and `name, n, arg1..argn` (in `ARGV`); an
+    /// [`StateOp::IfAbsent`] as its key and `?IFABSENT, t, o` (how many
+    /// commands each branch has), then the commands of both branches.
+    /// Returns how many commands (or branches) it appended.
+    fn encode_for_script(
+        &self,
+        op: &StateOp,
+        keys: &mut Vec<Vec<u8>>,
+        argv: &mut Vec<Vec<u8>>,
+    ) -> usize {
+        if let StateOp::IfAbsent {
+            then, otherwise, ..
+        } = op
+        {
+            keys.push(self.key(op.key()).into_bytes());
+            argv.push(b"?IFABSENT".to_vec());
+            let header = argv.len();
+            argv.extend([Vec::new(), Vec::new()]);
+            for (i, branch) in [then, otherwise].into_iter().enumerate() {
+                let n: usize = branch
+                    .iter()
+                    .map(|op| self.encode_for_script(op, keys, argv))
+                    .sum();
+                argv[header + i] = n.to_string().into_bytes();
+            }
+            return 1;
+        }
+        let mut n = 0;
+        self.each_command(op, &mut |cmd| {
+            let mut args = cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(a) => Some(a),
+                _ => None,
+            });
+            let (Some(name), Some(key)) = (args.next(), args.next()) else {
+                return;
+            };
+            let rest: Vec<&[u8]> = args.collect();
+            keys.push(key.to_vec());
+            argv.push(name.to_vec());
+            argv.push(rest.len().to_string().into_bytes());
+            argv.extend(rest.into_iter().map(<[u8]>::to_vec));
+            n += 1;
+        });
+        n
     }
 }
 
@@ -477,72 +627,43 @@ impl StateStore for RedisStore {
         let Some(first) = ops.first() else {
             return Ok(());
         };
+        if ops.iter().any(|op| matches!(op, StateOp::IfAbsent { .. })) {
+            return self.apply_checked(ops).await.map(|_| ());
+        }
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
         for op in ops {
-            let k = self.key(op.key());
-            match op {
-                StateOp::Set { value, ttl, .. } => {
-                    let cmd = pipe.cmd("SET").arg(&k).arg(value.as_slice());
-                    if let Some(ttl) = ttl {
-                        cmd.arg("PX").arg(Self::ms(*ttl));
-                    }
-                    cmd.ignore();
-                }
-                StateOp::Delete { .. } => {
-                    pipe.cmd("DEL").arg(&k).ignore();
-                }
-                StateOp::IncrBy { by, ttl, .. } => {
-                    pipe.cmd("INCRBY").arg(&k).arg(*by).ignore();
-                    if let Some(ttl) = ttl {
-                        pipe.cmd("PEXPIRE")
-                            .arg(&k)
-                            .arg(Self::ms(*ttl))
-                            .arg("NX")
-                            .ignore();
-                    }
-                }
-                StateOp::HashSet { fields, .. } => {
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    let cmd = pipe.cmd("HSET").arg(&k);
-                    for (f, v) in fields {
-                        cmd.arg(f).arg(v.as_slice());
-                    }
-                    cmd.ignore();
-                }
-                StateOp::HashIncrBy { field, by, .. } => {
-                    pipe.cmd("HINCRBY").arg(&k).arg(field).arg(*by).ignore();
-                }
-                StateOp::HashDelete { fields, .. } => {
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    pipe.cmd("HDEL").arg(&k).arg(fields).ignore();
-                }
-                StateOp::ZAdd { member, score, .. } => {
-                    pipe.cmd("ZADD")
-                        .arg(&k)
-                        .arg(score_arg(*score))
-                        .arg(member)
-                        .ignore();
-                }
-                StateOp::ZRem { member, .. } => {
-                    pipe.cmd("ZREM").arg(&k).arg(member).ignore();
-                }
-                StateOp::DistinctAdd { members, .. } => {
-                    pipe.cmd("PFADD").arg(&k).arg(members).ignore();
-                }
-                StateOp::Expire { ttl, .. } => {
-                    pipe.cmd("PEXPIRE").arg(&k).arg(Self::ms(*ttl)).ignore();
-                }
-            }
+            self.each_command(op, &mut |cmd| {
+                pipe.add_command(cmd).ignore();
+            });
         }
         pipe.query_async::<()>(&mut c)
             .await
             .map_err(|e| classify(first.key(), e))
+    }
+
+    async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError> {
+        let Some(first) = ops.first() else {
+            return Ok(Vec::new());
+        };
+        let (mut keys, mut argv) = (Vec::new(), Vec::new());
+        for op in ops {
+            self.encode_for_script(op, &mut keys, &mut argv);
+        }
+        let mut script = APPLY.prepare_invoke();
+        for k in keys {
+            script.key(k);
+        }
+        for a in argv {
+            script.arg(a);
+        }
+        let mut c = self.conn.clone();
+        let absent: Vec<i64> = script
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| classify(first.key(), e))?;
+        Ok(absent.into_iter().map(|a| a == 1).collect())
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
