@@ -105,13 +105,34 @@ pub async fn close_window(
     let outputs: Vec<_> = lines.iter().map(|r| r.output(w, topic)).collect();
     ctx.publish_events(&outputs).await?;
     state.zrem(store::OPEN, &w.member()).await?;
-    state
-        .set(
-            &store::last_closed_key(&w.name),
-            w.start_ms.to_string().as_bytes(),
-            None,
-        )
-        .await?;
+    record_last_closed(ctx, w).await?;
     metrics::window_closed(&w.name, &lines[0]);
     Ok(Closed::Published(lines))
+}
+
+/// Records `w` as the last closed window of its size unless a later one is
+/// recorded (timers of several partitions close windows concurrently).
+async fn record_last_closed(ctx: &Ctx, w: &WindowId) -> Result<(), WorkerError> {
+    let state = ctx.state();
+    let key = store::last_closed_key(&w.name);
+    let start = w.start_ms.to_string();
+    loop {
+        let swapped = match state.get(&key).await? {
+            None => state.set_nx(&key, start.as_bytes(), None).await?,
+            Some(old) => {
+                let recorded = std::str::from_utf8(&old)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                if recorded.is_some_and(|r| r >= w.start_ms) {
+                    return Ok(());
+                }
+                state
+                    .compare_and_set(&key, &old, start.as_bytes(), None)
+                    .await?
+            }
+        };
+        if swapped {
+            return Ok(());
+        }
+    }
 }
