@@ -65,31 +65,47 @@ return 0",
 
 /// `apply_checked`: [`StateOp`]s as commands (see
 /// `RedisStore::encode_for_script`), run in order as one atomic step;
-/// `?IFABSENT` runs the first branch when its key does not exist, else the
-/// second, and reports which (1: absent) for the top-level ones.
+/// `?IFABSENT` runs the commands up to its `?ELSE` when its key does not
+/// exist, else those from `?ELSE` to `?END`, and reports which (1: absent)
+/// for the top-level ones. (A command may have at most a few thousand
+/// arguments: Lua's `unpack` limit.)
 static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"local pos, key, absent = 1, 0, {}
-local function step(live, top)
-  local name, n = ARGV[pos], tonumber(ARGV[pos + 1])
-  key = key + 1
-  local k = KEYS[key]
-  if name == '?IFABSENT' then
-    local o = tonumber(ARGV[pos + 2])
-    pos = pos + 3
-    local yes = redis.call('EXISTS', k) == 0
-    if top then absent[#absent + 1] = yes and 1 or 0 end
-    for _ = 1, n do step(live and yes, false) end
-    for _ = 1, o do step(live and not yes, false) end
-  else
-    if live then redis.call(name, k, unpack(ARGV, pos + 2, pos + 1 + n)) end
-    pos = pos + 2 + n
+local function block(live, top)
+  while pos <= #ARGV do
+    local name = ARGV[pos]
+    if name == '?ELSE' or name == '?END' then
+      pos = pos + 1
+      return name
+    end
+    key = key + 1
+    if name == '?IFABSENT' then
+      pos = pos + 1
+      local yes = redis.call('EXISTS', KEYS[key]) == 0
+      if top then absent[#absent + 1] = yes and 1 or 0 end
+      if block(live and yes, false) == '?ELSE' then
+        block(live and not yes, false)
+      end
+    else
+      local n = tonumber(ARGV[pos + 1])
+      if live then redis.call(name, KEYS[key], unpack(ARGV, pos + 2, pos + 1 + n)) end
+      pos = pos + 2 + n
+    end
   end
 end
-while pos <= #ARGV do step(true, true) end
+block(true, true)
 return absent",
     )
 });
+
+/// The `KEYS` and `ARGV` of one call of [`APPLY`], each one flat buffer
+/// (no allocation per argument).
+struct ScriptArgs {
+    keys: redis::Cmd,
+    argv: redis::Cmd,
+    key_count: usize,
+}
 
 /// Server replies that mean "not now" (a failover, a replica still loading,
 /// a cluster resharding): the store is unavailable, the message is fine.
@@ -261,34 +277,28 @@ impl RedisStore {
 
     /// Appends `op` to the arguments of [`APPLY`]: each command as its key
     /// (in `KEYS`) and `name, n, arg1..argn` (in `ARGV`); an
-    /// [`StateOp::IfAbsent`] as its key and `?IFABSENT, t, o` (how many
-    /// commands each branch has), then the commands of both branches.
-    /// Returns how many commands (or branches) it appended.
-    fn encode_for_script(
-        &self,
-        op: &StateOp,
-        keys: &mut Vec<Vec<u8>>,
-        argv: &mut Vec<Vec<u8>>,
-    ) -> usize {
+    /// [`StateOp::IfAbsent`] as its key and `?IFABSENT`, the commands of
+    /// `then`, `?ELSE`, those of `otherwise`, `?END`.
+    fn encode_for_script(&self, op: &StateOp, out: &mut ScriptArgs) {
         if let StateOp::IfAbsent {
             then, otherwise, ..
         } = op
         {
-            keys.push(self.key(op.key()).into_bytes());
-            argv.push(b"?IFABSENT".to_vec());
-            let header = argv.len();
-            argv.extend([Vec::new(), Vec::new()]);
-            for (i, branch) in [then, otherwise].into_iter().enumerate() {
-                let n: usize = branch
-                    .iter()
-                    .map(|op| self.encode_for_script(op, keys, argv))
-                    .sum();
-                argv[header + i] = n.to_string().into_bytes();
+            out.keys.arg(self.key(op.key()));
+            out.key_count += 1;
+            out.argv.arg("?IFABSENT");
+            for op in then {
+                self.encode_for_script(op, out);
             }
-            return 1;
+            out.argv.arg("?ELSE");
+            for op in otherwise {
+                self.encode_for_script(op, out);
+            }
+            out.argv.arg("?END");
+            return;
         }
-        let mut n = 0;
         self.each_command(op, &mut |cmd| {
+            let n = cmd.args_iter().len().saturating_sub(2);
             let mut args = cmd.args_iter().filter_map(|a| match a {
                 redis::Arg::Simple(a) => Some(a),
                 _ => None,
@@ -296,14 +306,13 @@ impl RedisStore {
             let (Some(name), Some(key)) = (args.next(), args.next()) else {
                 return;
             };
-            let rest: Vec<&[u8]> = args.collect();
-            keys.push(key.to_vec());
-            argv.push(name.to_vec());
-            argv.push(rest.len().to_string().into_bytes());
-            argv.extend(rest.into_iter().map(<[u8]>::to_vec));
-            n += 1;
+            out.keys.arg(key);
+            out.key_count += 1;
+            out.argv.arg(name).arg(n);
+            for a in args {
+                out.argv.arg(a);
+            }
         });
-        n
     }
 }
 
@@ -647,22 +656,34 @@ impl StateStore for RedisStore {
         let Some(first) = ops.first() else {
             return Ok(Vec::new());
         };
-        let (mut keys, mut argv) = (Vec::new(), Vec::new());
+        let mut args = ScriptArgs {
+            keys: redis::Cmd::new(),
+            argv: redis::Cmd::new(),
+            key_count: 0,
+        };
         for op in ops {
-            self.encode_for_script(op, &mut keys, &mut argv);
+            self.encode_for_script(op, &mut args);
         }
-        let mut script = APPLY.prepare_invoke();
-        for k in keys {
-            script.key(k);
-        }
-        for a in argv {
-            script.arg(a);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(APPLY.get_hash()).arg(args.key_count);
+        for a in args.keys.args_iter().chain(args.argv.args_iter()) {
+            if let redis::Arg::Simple(a) = a {
+                cmd.arg(a);
+            }
         }
         let mut c = self.conn.clone();
-        let absent: Vec<i64> = script
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| classify(first.key(), e))?;
+        let absent: Vec<i64> = match cmd.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                APPLY
+                    .prepare_invoke()
+                    .load_async(&mut c)
+                    .await
+                    .map_err(|e| classify(first.key(), e))?;
+                cmd.query_async(&mut c).await
+            }
+            other => other,
+        }
+        .map_err(|e| classify(first.key(), e))?;
         Ok(absent.into_iter().map(|a| a == 1).collect())
     }
 
