@@ -41,6 +41,8 @@ pub struct WindowResult {
     pub key: Option<String>,
     pub events: u64,
     pub by_type: BTreeMap<String, u64>,
+    /// Absent from per-key results of the type and project dimensions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_priority: BTreeMap<String, u64>,
     pub tasks_created: u64,
     pub tasks_completed: u64,
@@ -57,8 +59,25 @@ fn instant(ms: i64) -> DateTime<Utc> {
 impl WindowResult {
     /// The result of `w` over every event (`line` None) or of one
     /// dimension's key.
+    ///
+    /// What is kept per key is what the line needs (see [`store`]): a
+    /// type's `by_type` is itself, a priority's `by_priority` itself; other
+    /// keys have no `by_priority` (left out of the JSON). Created and
+    /// completed are the `task.created` and `task.completed` types.
     pub fn new(w: &WindowId, line: Option<(Dimension, &str)>, c: &WindowCounts) -> Self {
         let n = c.durations.count();
+        let only = |k: &str| BTreeMap::from([(k.to_string(), c.events)]);
+        let by_type = match line {
+            Some((Dimension::Type, k)) => only(k),
+            _ => c.by_type.clone(),
+        };
+        let by_priority = match line {
+            None => c.by_priority.clone(),
+            Some((Dimension::Priority, k)) => only(k),
+            Some(_) => BTreeMap::new(),
+        };
+        let of_type = |t: &str| by_type.get(t).copied().unwrap_or(0);
+        let (created, completed) = (of_type("task.created"), of_type("task.completed"));
         WindowResult {
             window: w.name.to_string(),
             window_start: instant(w.start_ms),
@@ -66,11 +85,11 @@ impl WindowResult {
             dimension: line.map(|(d, _)| d.to_string()),
             key: line.map(|(_, k)| k.to_string()),
             events: c.events,
-            by_type: c.by_type.clone(),
-            by_priority: c.by_priority.clone(),
-            tasks_created: c.created,
-            tasks_completed: c.completed,
-            completion_rate: (c.created > 0).then(|| c.completed as f64 / c.created as f64),
+            by_type,
+            by_priority,
+            tasks_created: created,
+            tasks_completed: completed,
+            completion_rate: (created > 0).then(|| completed as f64 / created as f64),
             distinct_users: c.distinct_users,
             completion_seconds: Quantiles {
                 count: n,
@@ -167,8 +186,10 @@ mod tests {
         durations.record(30.0);
         let c = WindowCounts {
             events: 3,
-            created: 2,
-            completed: 1,
+            by_type: BTreeMap::from([
+                ("task.created".to_string(), 2),
+                ("task.completed".to_string(), 1),
+            ]),
             durations,
             distinct_users: 2,
             ..WindowCounts::default()

@@ -2,10 +2,12 @@
 //! writes a batch makes, and reading a window back.
 //!
 //! - `agg:w:{window}:{start}`: a hash of counters over every event
-//!   (`events`, `created`, `completed`, `t:{type}`, `p:{priority}`,
-//!   `h:{bucket}`, `dsum_ms`);
-//! - `agg:d:{window}:{start}:{dimension}`: the same counters per key of a
-//!   dimension, as fields `{counter}|{key}` (`events|apollo`, `t:task.created|apollo`);
+//!   (`events`, `t:{type}`, `p:{priority}`, `h:{bucket}`, `dsum_ms`; tasks
+//!   created and completed are two of the types);
+//! - `agg:d:{window}:{start}:{dimension}`: counters per key of a dimension,
+//!   as fields `{counter}|{key}` (`events|apollo`, `t:task.created|apollo`):
+//!   what a per-key result shows, no more (no `t:` for a type, no `p:` at
+//!   all: a priority's own breakdown is itself);
 //! - `agg:u:{window}:{start}` and `agg:u:{window}:{start}:{dimension}:{key}`:
 //!   distinct users (HyperLogLog on Redis, about 0.8 % standard error;
 //!   exact in the memory store);
@@ -87,8 +89,15 @@ pub fn window_ttl(w: &WindowId, state_ttl: Duration) -> Duration {
     Duration::from_millis((w.end_ms - w.start_ms).max(0) as u64) + state_ttl
 }
 
-/// `HINCRBY`s of `c` on the hash `key`, each field followed by `suffix`.
-fn counter_ops(ops: &mut Vec<StateOp>, key: &str, suffix: &str, c: &Counts<'_>) {
+/// `HINCRBY`s of `c` on the hash `key`, each field followed by `suffix`:
+/// over every event (`dim` None), or for a key of `dim` (see the layout).
+fn counter_ops(
+    ops: &mut Vec<StateOp>,
+    key: &str,
+    suffix: &str,
+    dim: Option<Dimension>,
+    c: &Counts<'_>,
+) {
     let mut incr = |field: &str, by: u64| {
         if by > 0 {
             let mut f = String::with_capacity(field.len() + suffix.len());
@@ -102,13 +111,15 @@ fn counter_ops(ops: &mut Vec<StateOp>, key: &str, suffix: &str, c: &Counts<'_>) 
         }
     };
     incr("events", c.events);
-    incr("created", c.created);
-    incr("completed", c.completed);
-    for (t, n) in &c.by_type {
-        incr(&format!("t:{t}"), *n);
+    if dim != Some(Dimension::Type) {
+        for (t, n) in &c.by_type {
+            incr(&format!("t:{t}"), *n);
+        }
     }
-    for (p, n) in &c.by_priority {
-        incr(&format!("p:{p}"), *n);
+    if dim.is_none() {
+        for (p, n) in &c.by_priority {
+            incr(&format!("p:{p}"), *n);
+        }
     }
     for (i, n) in c.durations.buckets.iter().enumerate() {
         incr(&format!("h:{i}"), *n);
@@ -144,7 +155,7 @@ pub fn batch_ops(
         let ttl = window_ttl(w, state_ttl);
         let mut then = Vec::new();
         let key = counters_key(w);
-        counter_ops(&mut then, &key, "", &d.all);
+        counter_ops(&mut then, &key, "", None, &d.all);
         then.push(StateOp::Expire { key, ttl });
         users_ops(&mut then, users_key(w), &d.all, ttl);
         let mut last: Option<(Dimension, String)> = None;
@@ -158,7 +169,7 @@ pub fn batch_ops(
                     dimension_key(w, *dim)
                 }
             };
-            counter_ops(&mut then, &key, &format!("|{k}"), c);
+            counter_ops(&mut then, &key, &format!("|{k}"), Some(*dim), c);
             users_ops(&mut then, key_users_key(w, *dim, k), c, ttl);
             last = Some((*dim, key));
         }
@@ -222,8 +233,6 @@ pub async fn mark(
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowCounts {
     pub events: u64,
-    pub created: u64,
-    pub completed: u64,
     pub by_type: BTreeMap<String, u64>,
     pub by_priority: BTreeMap<String, u64>,
     pub durations: CompletionHistogram,
@@ -242,8 +251,6 @@ impl WindowCounts {
     /// Adds `c` (all but its distinct users, which do not add up).
     pub fn add(&mut self, c: &Counts<'_>) {
         self.events += c.events;
-        self.created += c.created;
-        self.completed += c.completed;
         for (t, n) in &c.by_type {
             *self.by_type.entry(t.to_string()).or_default() += n;
         }
@@ -256,8 +263,6 @@ impl WindowCounts {
     /// Adds another's counts (all but distinct users).
     pub fn merge(&mut self, o: &WindowCounts) {
         self.events += o.events;
-        self.created += o.created;
-        self.completed += o.completed;
         for (t, n) in &o.by_type {
             *self.by_type.entry(t.clone()).or_default() += n;
         }
@@ -271,8 +276,6 @@ impl WindowCounts {
     fn set_field(&mut self, field: &str, n: u64) {
         match field {
             "events" => self.events = n,
-            "created" => self.created = n,
-            "completed" => self.completed = n,
             "dsum_ms" => self.durations.sum_seconds = n as f64 / 1000.0,
             f => {
                 if let Some(t) = f.strip_prefix("t:") {
