@@ -609,3 +609,31 @@ async fn a_window_claimed_for_closing_takes_no_more_events_they_count_as_late() 
     assert_eq!(counter(store.as_ref(), "1m", midnight(), "events").await, 1);
     assert_eq!(counter(store.as_ref(), "1h", midnight(), "events").await, 4);
 }
+
+/// Distinct users are a Redis HyperLogLog: 0.81 % standard error
+/// (documented in the README); exact for small windows. Three standard
+/// errors bound a large window's count.
+#[tokio::test]
+async fn distinct_users_stay_within_the_documented_error() {
+    let redis = RedisServer::start().unwrap();
+    let config = test_config("127.0.0.1:9", &redis.url());
+    let store = pipelines::state::open(&config.redis).await.unwrap();
+    for (n, tolerance) in [(7u64, 0.0), (300, 0.0), (50_000, 3.0 * 0.0081)] {
+        let key = format!("hll:{n}");
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            store
+                .apply(&[pipelines::state::StateOp::DistinctAdd {
+                    key: key.clone(),
+                    members: chunk.iter().map(|i| format!("user-{i}")).collect(),
+                }])
+                .await
+                .unwrap();
+        }
+        let counted = store.distinct_count(&[key]).await.unwrap();
+        let error = (counted as f64 - n as f64).abs() / n as f64;
+        assert!(
+            error <= tolerance,
+            "{n} users counted as {counted}: error {error}"
+        );
+    }
+}
