@@ -110,9 +110,20 @@ pub struct Counts<'a> {
 impl<'a> Counts<'a> {
     /// Counts one event.
     pub fn add(&mut self, e: &EventFacts<'a>) {
+        self.add_for(e, None);
+    }
+
+    /// Counts one event in a key of `dim` (`None`: over every event),
+    /// leaving out what that key's result does not show: its types for a
+    /// type, priorities for any key (see [`super::result::WindowResult::new`]).
+    fn add_for(&mut self, e: &EventFacts<'a>, dim: Option<Dimension>) {
         self.events += 1;
-        *self.by_type.entry(e.kind).or_default() += 1;
-        *self.by_priority.entry(e.priority).or_default() += 1;
+        if dim != Some(Dimension::Type) {
+            *self.by_type.entry(e.kind).or_default() += 1;
+        }
+        if dim.is_none() {
+            *self.by_priority.entry(e.priority).or_default() += 1;
+        }
         match e.kind {
             "task.created" => self.created += 1,
             "task.completed" => self.completed += 1,
@@ -138,7 +149,10 @@ impl<'a> WindowDelta<'a> {
     pub fn add(&mut self, e: &EventFacts<'a>) {
         self.all.add(e);
         for d in Dimension::ALL {
-            self.by.entry((d, e.key(d))).or_default().add(e);
+            self.by
+                .entry((d, e.key(d)))
+                .or_default()
+                .add_for(e, Some(d));
         }
     }
 }
