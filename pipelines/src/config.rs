@@ -115,16 +115,60 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (env `REDIS_URL`), or `memory:`
-    /// for the in-process store (demo and tests only: nothing survives a restart).
+    /// `redis://[user:password@]host:port[/db]` (env `REDIS_URL`), a Redis
+    /// Cluster as `redis+cluster://[user:password@]host:port,host:port,...`
+    /// (`rediss+cluster://` for TLS), or `memory:` for the in-process store
+    /// (demo and tests only: nothing survives a restart).
     pub url: String,
-    /// Prepended to every key. Use a hash tag (`{taskstream}:`) to keep all of
-    /// taskstream's keys in one Redis Cluster slot.
+    /// Prepended to every key. On a Redis Cluster each worker's keys also
+    /// carry the worker's hash tag (`state::slot`); leave braces out of the
+    /// prefix there, or every key lands in the prefix's one slot.
     pub key_prefix: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The seed nodes of a `redis+cluster://` (or `rediss+cluster://`) URL, one
+    /// plain `redis://` URL each (credentials, path and `#insecure` copied to
+    /// every node); `Ok(None)` for a single-node URL or `memory:`.
+    pub fn cluster_nodes(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let url = self.url.as_str();
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            ("redis", rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            ("rediss", rest)
+        } else {
+            return Ok(None);
+        };
+        let bad = |why: &str| ConfigError::invalid("redis.url", mask_url(url), why);
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), authority),
+        };
+        let mut nodes = Vec::new();
+        for host in hosts.split(',') {
+            let valid = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                return Err(bad(&format!(
+                    "host:port for every cluster node, comma-separated (not {host:?})"
+                )));
+            }
+            nodes.push(format!("{scheme}://{userinfo}{host}{tail}"));
+        }
+        Ok(Some(nodes))
+    }
+
+    /// True for a `redis+cluster://` URL: keys get per-worker hash tags.
+    pub fn is_cluster(&self) -> bool {
+        self.url.starts_with("redis+cluster://") || self.url.starts_with("rediss+cluster://")
+    }
 }
 
 impl Default for RedisConfig {
@@ -343,14 +387,16 @@ impl PipelineConfig {
         if !(self.redis.url.starts_with("redis://")
             || self.redis.url.starts_with("rediss://")
             || self.redis.url.starts_with("unix://")
+            || self.redis.is_cluster()
             || self.redis.url == "memory:")
         {
             return Err(ConfigError::invalid(
                 "redis.url",
                 mask_url(&self.redis.url),
-                "a redis://, rediss:// or unix:// URL, or `memory:`",
+                "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL, or `memory:`",
             ));
         }
+        self.redis.cluster_nodes()?;
         check_positive("pipeline.concurrency", self.pipeline.concurrency)?;
         check_positive("pipeline.max_batch", self.pipeline.max_batch)?;
         check_positive("pipeline.partition_queue", self.pipeline.partition_queue)?;
@@ -705,6 +751,28 @@ fn describe_figment_error(e: figment::Error, section: Option<&str>) -> ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_name_every_seed_node() {
+        let mut r = RedisConfig {
+            url: "rediss+cluster://app:s3cret@a:7000,b:7001/#insecure".into(),
+            ..RedisConfig::default()
+        };
+        assert!(r.is_cluster());
+        assert_eq!(
+            r.cluster_nodes().unwrap().unwrap(),
+            vec![
+                "rediss://app:s3cret@a:7000/#insecure",
+                "rediss://app:s3cret@b:7001/#insecure"
+            ]
+        );
+        r.url = "redis://a:6379".into();
+        assert_eq!(r.cluster_nodes().unwrap(), None);
+        r.url = "redis+cluster://:s3cret@a:7000,b".into();
+        let e = r.cluster_nodes().unwrap_err().to_string();
+        assert!(e.contains("redis.url") && e.contains("\"b\""), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
 
     #[test]
     fn url_passwords_are_masked() {

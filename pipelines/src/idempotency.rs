@@ -24,6 +24,12 @@
 //! the lease: the one window no broker-side protocol can close without the side
 //! effect itself being transactional. Stores with a unique key (the audit
 //! store's event id) close it themselves.
+//!
+//! On a Redis Cluster the guard is given the worker's scoped store
+//! ([`crate::state::slot`]): every key above gets the worker's hash tag, so a
+//! batch's claims, the claim-call marker and [`IdempotencyGuard::done_op`]
+//! inside a worker's `apply_for` transaction are all in one slot. A batch
+//! script added here takes the keys through the store like every other call.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! A leader lease in the state store: at most one holder at a time, per name.
 //!
+//! The runtime hands it the worker's store, scoped to the worker's hash slot on
+//! a Redis Cluster ([`crate::state::slot`]): the lease and its fence share it.
+//!
 //! Protocol (key `lease:<name>`, value the holder's random id):
 //! - **acquire**: `SET key id NX PX ttl`; the winner then takes a *fencing
 //!   token* with `INCR lease:<name>:fence`, so every new leader holds a larger

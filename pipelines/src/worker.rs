@@ -343,6 +343,14 @@ impl Ctx {
             .wake_at(&Some((source.topic.clone(), source.partition)), at);
     }
 
+    /// [`Ctx::wake_timer_at`] for the timer of any partition by name (work
+    /// for another partition's timer than the event's, a timer re-planning
+    /// itself): a no-op when this process does not own that partition.
+    pub fn wake_timer_at_partition(&self, topic: &str, partition: i32, at: DateTime<Utc>) {
+        self.wakers
+            .wake_at(&Some((Arc::from(topic), partition)), at);
+    }
+
     pub(crate) fn wakers(&self) -> &Arc<TimerWakers> {
         &self.wakers
     }

@@ -30,7 +30,12 @@ struct DemoMessage {
     key: String,
     /// A JSON object is sent as its JSON text; a string is sent verbatim
     /// (that is how the demo sends a broken message).
-    message: serde_json::Value,
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+    /// Or the name of a seed example (`pipelines::event::fixtures`), sent
+    /// as its JSON text.
+    #[serde(default)]
+    seed: Option<String>,
 }
 
 /// Parses [`EVENTS`] into (topic, key, payload).
@@ -40,9 +45,18 @@ pub fn messages() -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, line)| {
-            let m: DemoMessage = serde_json::from_str(line)
-                .with_context(|| format!("config/demo/events.jsonl line {}", i + 1))?;
-            let payload = match m.message {
+            let at = || format!("config/demo/events.jsonl line {}", i + 1);
+            let m: DemoMessage = serde_json::from_str(line).with_context(at)?;
+            let message = match (m.message, m.seed) {
+                (Some(message), None) => message,
+                (None, Some(name)) => {
+                    let text = pipelines::event::fixtures::seed(&name)
+                        .with_context(|| format!("{}: no seed example named \"{name}\"", at()))?;
+                    serde_json::from_str(text).with_context(at)?
+                }
+                _ => bail!("{}: needs one of \"message\" and \"seed\"", at()),
+            };
+            let payload = match message {
                 serde_json::Value::String(s) => s.into_bytes(),
                 other => serde_json::to_vec(&other)?,
             };

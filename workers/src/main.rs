@@ -276,9 +276,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..config.pipeline.log.clone()
             });
             if worker == "reminders" {
-                let report =
-                    taskstream::reminders::bench::run(&config, events, partitions, redis_url)
-                        .await?;
+                let report = taskstream::reminders::bench::run(
+                    &config,
+                    cli.config.as_deref(),
+                    events,
+                    partitions,
+                    redis_url,
+                )
+                .await?;
                 println!("{}", serde_json::to_string(&report)?);
                 return Ok(ExitCode::SUCCESS);
             }

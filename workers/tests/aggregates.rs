@@ -4,8 +4,10 @@
 //! window's results (over every event and per type, project and priority)
 //! are published once and equal `taskstream aggregate`'s over the same
 //! input, a late event is counted as late and not added, and a restart that
-//! re-reads everything (a new group, no committed offsets) adds nothing. A
-//! window closed while a resumed partition writes to it takes nothing more.
+//! re-reads everything (a new group, no committed offsets) adds nothing. The
+//! same again on a three-master Redis Cluster (each batch's atomic update in
+//! the worker's hash slot). A window closed while a resumed partition writes
+//! to it takes nothing more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use pipelines::config::PipelineConfig;
 use pipelines::kafka::mock::MockKafka;
 use pipelines::state::StateStore;
+use pipelines::testing::cluster::RedisCluster;
 use pipelines::testing::{read_topic, test_config, unique, RedisServer, TestProducer};
 use pipelines::{Clock, Ctx, Runtime, Worker};
 use taskstream::aggregates::{AggregatesConfig, AggregatesWorker};
@@ -210,13 +213,23 @@ fn offline(input: &str, dimension: Option<&str>) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_count_every_event_once_close_each_window_once_and_redelivery_adds_nothing() {
+    let redis = RedisServer::start().unwrap();
+    two_replicas_on(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_on_a_three_master_redis_cluster() {
+    let cluster = RedisCluster::start().unwrap();
+    two_replicas_on(&cluster.url()).await;
+}
+
+async fn two_replicas_on(redis_url: &str) {
     let mock = MockKafka::start(1).unwrap();
     mock.set_group_initial_rebalance_delay(Duration::ZERO);
     mock.create_topic(TASKS, 4).unwrap();
     mock.create_topic(ANALYTICS, 2).unwrap();
     mock.create_topic(METRICS, 1).unwrap();
-    let redis = RedisServer::start().unwrap();
-    let mut config = test_config(mock.bootstrap_servers(), &redis.url());
+    let mut config = test_config(mock.bootstrap_servers(), redis_url);
     config.kafka.session_timeout = Duration::from_secs(3);
     let agg = AggregatesConfig {
         windows: vec!["1m".into(), "1h".into()],
@@ -284,7 +297,12 @@ async fn two_replicas_count_every_event_once_close_each_window_once_and_redelive
 
     let a = Replica::start(config.clone(), clock.clone(), &agg).await;
     let b = Replica::start(config.clone(), clock.clone(), &agg).await;
-    let store = pipelines::state::open(&config.redis).await.unwrap();
+    // What the worker sees (on a cluster: its keys in its hash slot).
+    let store = pipelines::state::slot::for_worker(
+        &pipelines::state::open(&config.redis).await.unwrap(),
+        config.redis.is_cluster(),
+        "aggregates",
+    );
     let base = N_TASK + N_ANALYTICS + ooo;
     assert_eq!(
         wait_for_count(store.as_ref(), "1h", midnight(), base).await,

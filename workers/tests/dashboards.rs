@@ -136,7 +136,7 @@ fn may_be_empty(expr: &str) -> bool {
 #[test]
 fn the_prometheus_rule_manifest_has_the_same_rules_as_alerts_yml() {
     let alerts = std::fs::read_to_string(root().join("dashboards/alerts.yml")).unwrap();
-    let manifest = std::fs::read_to_string(root().join("k8s/prometheusrule.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(root().join("k8s/base/prometheusrule.yaml")).unwrap();
     let groups = &alerts[alerts.find("groups:").unwrap()..];
     let indented: String = groups
         .lines()
@@ -151,7 +151,7 @@ fn the_prometheus_rule_manifest_has_the_same_rules_as_alerts_yml() {
     let spec = &manifest[manifest.find("spec:\n").unwrap() + "spec:\n".len()..];
     assert_eq!(
         spec, indented,
-        "copy dashboards/alerts.yml's groups into k8s/prometheusrule.yaml"
+        "copy dashboards/alerts.yml's groups into k8s/base/prometheusrule.yaml"
     );
 }
 
@@ -160,6 +160,23 @@ fn promtool_accepts_the_rule_file() {
     let out = Command::new("promtool")
         .args(["check", "rules"])
         .arg(root().join("dashboards/alerts.yml"))
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `dashboards/alerts_test.yml`: each reminder alert fires on a series
+/// showing its problem and not on a healthy one.
+#[test]
+fn promtool_unit_tests_of_the_alerts_pass() {
+    let out = Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(root().join("dashboards"))
         .output()
         .expect("promtool (apt-get install prometheus)");
     assert!(
@@ -387,7 +404,7 @@ async fn every_panel_query_and_alert_runs_on_prometheus_scraping_the_workers_and
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(rules.len(), 11, "every rule of alerts.yml is loaded");
+    assert_eq!(rules.len(), 15, "every rule of alerts.yml is loaded");
     for r in &rules {
         assert_eq!(
             r["health"], "ok",

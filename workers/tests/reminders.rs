@@ -141,14 +141,32 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 }
 
 fn http_status(port: u16, path: &str) -> Option<u16> {
+    http(port, "GET", path, "").map(|(status, _)| status)
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`: the status and the body. A
+/// `POST` body is sent form-urlencoded, as mail clients send RFC 8058's.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.split_whitespace().nth(1)?.parse().ok()
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let head = if method == "POST" {
+        format!(
+            "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    } else {
+        format!("{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n")
+    };
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body.as_bytes()).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    Some((status, body))
 }
 
 /// Waits until `port` answers `/readyz` with 200 (the worker consumes).
@@ -1038,4 +1056,343 @@ async fn push_requests_go_to_the_webhook_once() {
         "no email for a push"
     );
     w.stop().await;
+}
+
+/// The `List-Unsubscribe` URL of a received reminder (`<URL>`).
+fn unsubscribe_link(mail: &ReceivedMail) -> url::Url {
+    let header = mail.header("List-Unsubscribe").expect("List-Unsubscribe");
+    let link = header
+        .trim()
+        .strip_prefix('<')
+        .and_then(|l| l.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("List-Unsubscribe is one <URL>: {header}"));
+    url::Url::parse(link).unwrap()
+}
+
+#[test]
+fn one_click_unsubscribe_stops_reminder_email_and_a_tampered_link_or_a_get_changes_nothing() {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}/reminders/unsubscribe");
+    let p = env.run(
+        "1",
+        &env.smtp.url(),
+        port,
+        &[("TASKSTREAM_REMINDERS__UNSUBSCRIBE_URL", &endpoint)],
+    );
+    wait_ready(&env, port);
+    env.user("u-ada", "ada@example.com", "UTC");
+    env.user("u-bob", "bob@example.com", "UTC");
+    env.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    env.request("t-first", "u-ada", "First reminder", 1000);
+    env.flush();
+    let mail = settle(&env, 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
+
+    // The link in the message is the configured endpoint on this process.
+    let link = unsubscribe_link(&mail[0]);
+    assert!(link.as_str().starts_with(&endpoint), "{link}");
+    let path = format!("{}?{}", link.path(), link.query().unwrap());
+    let one_click = "List-Unsubscribe=One-Click";
+
+    // A GET (a mail scanner, a link preview) only shows a form that POSTs.
+    let (status, page) = http(port, "GET", &path, "").unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("method=\"post\""), "{page}");
+    assert!(
+        page.contains("name=\"List-Unsubscribe\" value=\"One-Click\""),
+        "{page}"
+    );
+    // Tampered: another user under Ada's signature, a flipped signature,
+    // no signature. 403, and the reason names nothing secret.
+    let sig = link
+        .query_pairs()
+        .find(|(k, _)| k == "sig")
+        .unwrap()
+        .1
+        .into_owned();
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('0') { "1" } else { "0" },
+        &sig[1..]
+    );
+    for bad in [
+        path.replace("user=u-ada", "user=u-bob"),
+        path.replace(&sig, &flipped),
+        format!("{}?user=u-ada&channel=email", link.path()),
+    ] {
+        let (status, body) = http(port, "POST", &bad, one_click).unwrap();
+        assert_eq!(status, 403, "{bad}: {body}");
+        assert!(!body.contains(SECRET) && !body.contains(&sig), "{body}");
+    }
+    // The right link without RFC 8058's body is not a one-click request.
+    assert_eq!(http(port, "POST", &path, "").unwrap().0, 400);
+
+    // None of that unsubscribed anyone: both still get their reminders.
+    env.request("t-second", "u-ada", "Second reminder", 1000);
+    env.request("t-bob-1", "u-bob", "Bob first", 1000);
+    env.flush();
+    let mail = settle(&env, 3, Duration::from_secs(20));
+    let subjects = by_subject(&mail);
+    assert!(
+        subjects.keys().any(|s| s.contains("Second reminder")),
+        "{subjects:?}; logs:\n{}",
+        env.logs_text()
+    );
+    assert!(
+        subjects.keys().any(|s| s.contains("Bob first")),
+        "{subjects:?}"
+    );
+
+    // The one-click POST unsubscribes Ada.
+    let (status, body) = http(port, "POST", &path, one_click).unwrap();
+    assert_eq!(status, 200, "{body}; logs:\n{}", env.logs_text());
+    assert!(body.contains("unsubscribed"), "{body}");
+    assert_eq!(
+        scrape(port, "taskstream_reminders_unsubscribed_total", ""),
+        1.0
+    );
+    // A later profile update that does not mention the preference leaves it.
+    env.send(
+        "user-events",
+        "u-ada",
+        json!({"event_id": unique("user"), "event_type": "user.updated",
+               "timestamp": rfc3339(Utc::now()),
+               "data": {"user_id": "u-ada", "name": "Ada King"}}),
+    );
+    env.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    env.request("t-third", "u-ada", "Third reminder", 1000);
+    env.request("t-bob-2", "u-bob", "Bob second", 1000);
+    env.flush();
+    let mail = settle(&env, 4, Duration::from_secs(20));
+    let subjects = by_subject(&mail);
+    assert!(
+        subjects.keys().any(|s| s.contains("Bob second")),
+        "{subjects:?}"
+    );
+    assert!(
+        !subjects.keys().any(|s| s.contains("Third reminder")),
+        "no email after the unsubscribe: {subjects:?}"
+    );
+    assert_eq!(mail.len(), 4, "{subjects:?}");
+    let events = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        5,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let third: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
+        .filter(|v| v["task_id"] == "t-third")
+        .collect();
+    assert_eq!(third.len(), 1, "{third:?}");
+    assert_eq!(third[0]["type"], "notification.failed");
+    assert_eq!(third[0]["attributes"]["reason"], "unsubscribed");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
+
+/// A webhook endpoint on a fixed port that answers `200` and keeps the
+/// bodies; `stop` closes the port (connections refused), `start` opens it
+/// again.
+struct StoppableHook {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl StoppableHook {
+    fn new() -> StoppableHook {
+        let mut h = StoppableHook {
+            port: free_port().unwrap(),
+            bodies: Default::default(),
+            stop: None,
+        };
+        h.start();
+        h
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook?token=t0ps3cret", self.port)
+    }
+
+    fn start(&mut self) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, bodies) = (stop.clone(), self.bodies.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let request = loop {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        break Some(text);
+                    }
+                };
+                let Some(text) = request else { continue };
+                if text.starts_with("POST") {
+                    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+                    bodies.lock().unwrap().push(body.to_owned());
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        self.stop = Some(stop);
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            s.store(true, std::sync::atomic::Ordering::SeqCst);
+            // The thread drops the listener within its 10 ms poll.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for StoppableHook {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_it_is_back() {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let mut hook = StoppableHook::new();
+    // Long retry waits: an email held up by the webhook's retries would be
+    // seconds late.
+    let p = env.run(
+        "1",
+        &env.smtp.url(),
+        port,
+        &[
+            ("TASKSTREAM_REMINDERS__WEBHOOK_URL", &hook.url()),
+            ("TASKSTREAM_RETRY__INITIAL_BACKOFF", "6s"),
+            ("TASKSTREAM_RETRY__MAX_BACKOFF", "8s"),
+        ],
+    );
+    wait_ready(&env, port);
+    env.user("u-mail", "mail@example.com", "UTC");
+    env.flush();
+    hook.stop();
+    let now = Utc::now();
+    env.send(
+        "reminders",
+        "t-hook",
+        json!({"task_id": "t-hook", "user_id": "u-hook", "title": "Hooked reminder",
+               "remind_at": rfc3339(now + chrono::Duration::milliseconds(800)),
+               "notification_method": "push", "created_at": rfc3339(now)}),
+    );
+    // An email due in the same shard (same key, so same partition) a little
+    // later: it must go out on time while the webhook is retried, not wait
+    // for the webhook's retry (3 to 6 s here).
+    env.send(
+        "reminders",
+        "t-hook",
+        json!({"task_id": "t-mail", "user_id": "u-mail", "title": "Mail meanwhile",
+               "remind_at": rfc3339(now + chrono::Duration::milliseconds(2000)),
+               "notification_method": "email", "created_at": rfc3339(now)}),
+    );
+    env.flush();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        if let Some((503, body)) = http(port, "GET", "/readyz", "") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ready while the webhook is down; logs:\n{}",
+            env.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("webhook"), "{body}");
+    assert!(
+        !body.contains("t0ps3cret"),
+        "the URL's token is never shown: {body}"
+    );
+    let mail = settle(&env, 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
+    // It stays down (probes fail too), and nothing is recorded as failed.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(http_status(port, "/readyz"), Some(503));
+    assert!(scrape(port, "taskstream_reminders_failed_total", "") <= 0.0);
+    assert!(hook.bodies.lock().unwrap().is_empty());
+
+    hook.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hook.bodies.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not posted after the webhook came back; logs:\n{}",
+            env.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(port, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "ready again once the webhook is back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let bodies = hook.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "posted once: {bodies:?}");
+    assert!(bodies[0].contains("Hooked reminder"), "{}", bodies[0]);
+    let events = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        2,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["type"], "notification.sent", "{v}");
+        let late = v["attributes"]["lateness_ms"].as_i64().unwrap();
+        if v["attributes"]["channel"] == "push" {
+            assert!(late > 4000, "sent after the outage, late: {v}");
+        } else {
+            assert_eq!(v["attributes"]["channel"], "email");
+            assert!(late < 1200, "email on time during the webhook outage: {v}");
+        }
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
 }

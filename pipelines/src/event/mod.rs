@@ -1,6 +1,8 @@
 //! Canonical events and the decoders that produce them from every producer dialect.
 
 mod decode;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fixtures;
 pub mod local_time;
 mod model;
 

@@ -91,11 +91,18 @@ impl Runtime {
         self
     }
 
+    /// The store `worker` uses: on a Redis Cluster every key it names gets the
+    /// worker's hash tag, so its batches, transactions and scripts stay in one
+    /// slot ([`crate::state::slot`]).
+    pub fn state_for(&self, worker: &str) -> Arc<dyn StateStore> {
+        crate::state::slot::for_worker(&self.state, self.config.redis.is_cluster(), worker)
+    }
+
     /// The context a worker's handlers and timers receive.
     pub fn ctx(&self, worker: &'static str) -> Ctx {
         Ctx::new(
             worker,
-            self.state.clone(),
+            self.state_for(worker),
             Some(self.publisher.clone()),
             self.config.clone(),
         )
@@ -160,9 +167,10 @@ impl Runtime {
         let health = WorkerHealth::new(name);
         self.health.register(health.clone());
         let tuning = self.config.tuning_for(name);
+        let state = self.state_for(name);
         let guard = worker.uses_idempotency_guard().then(|| {
             IdempotencyGuard::new(
-                self.state.clone(),
+                state.clone(),
                 name,
                 tuning.idempotency_lease,
                 tuning.idempotency_ttl,
@@ -190,7 +198,7 @@ impl Runtime {
 
         let stop_aux = self.shutdown.child_token();
         let probe = tokio::spawn(probe(
-            self.state.clone(),
+            state.clone(),
             worker.clone(),
             health.clone(),
             stop_aux.clone(),
@@ -205,7 +213,7 @@ impl Runtime {
             TimerScope::Leader => Some(tokio::spawn(run_leader_timer(
                 worker.clone(),
                 ctx.clone(),
-                LeaderLease::new(self.state.clone(), &settings.group_id, tuning.leader_lease),
+                LeaderLease::new(state.clone(), &settings.group_id, tuning.leader_lease),
                 retry.clone(),
                 stop_aux.clone(),
             ))),

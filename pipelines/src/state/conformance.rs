@@ -19,6 +19,7 @@ pub async fn run_all(store: &dyn StateStore) {
     sorted_set_orders_by_score(store).await;
     sorted_set_ranges_have_exclusive_bounds_and_pages(store).await;
     claim_due_hands_each_member_to_one_claimer_until_the_lease(store).await;
+    zmove_if_score_moves_only_an_unchanged_member(store).await;
     delete_if_eq_checks_the_owner(store).await;
     hashes_round_trip(store).await;
     apply_writes_every_op(store).await;
@@ -134,6 +135,48 @@ async fn claim_due_hands_each_member_to_one_claimer_until_the_lease(s: &dyn Stat
         .unwrap();
     assert_eq!(limited.len(), 1, "limit is honoured");
     s.delete(&["conf:due".into()]).await.unwrap();
+}
+
+async fn zmove_if_score_moves_only_an_unchanged_member(s: &dyn StateStore) {
+    s.zadd("conf:mv", "held", 1000.0).await.unwrap();
+    let claimed = s
+        .zclaim_due("conf:mv", 1000.0, 1_700_000_000_123.0, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        s.zmove_if_score("conf:mv", "held", 1_700_000_000_123.0, 1_700_000_500_456.0)
+            .await
+            .unwrap(),
+        "the claimer moves its own claim (millisecond scores round-trip exactly)"
+    );
+    assert_eq!(
+        s.zscore("conf:mv", "held").await.unwrap(),
+        Some(1_700_000_500_456.0)
+    );
+    assert!(
+        !s.zmove_if_score("conf:mv", "held", 1_700_000_000_123.0, 5.0)
+            .await
+            .unwrap(),
+        "a member whose score changed since the claim is not moved"
+    );
+    assert_eq!(
+        s.zscore("conf:mv", "held").await.unwrap(),
+        Some(1_700_000_500_456.0)
+    );
+    assert!(
+        !s.zmove_if_score("conf:mv", "gone", 1000.0, 5.0)
+            .await
+            .unwrap(),
+        "an absent member is not re-added"
+    );
+    assert_eq!(s.zscore("conf:mv", "gone").await.unwrap(), None);
+    assert!(!s
+        .zmove_if_score("conf:absent", "x", 1.0, 2.0)
+        .await
+        .unwrap());
+    assert_eq!(s.zcard("conf:absent").await.unwrap(), 0);
+    s.delete(&["conf:mv".into()]).await.unwrap();
 }
 
 async fn delete_if_eq_checks_the_owner(s: &dyn StateStore) {

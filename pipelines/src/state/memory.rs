@@ -326,6 +326,33 @@ impl StateStore for MemoryStore {
         })
     }
 
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError> {
+        let k = self.key(key);
+        self.with(|m, now| {
+            let current = match live(m, &k, now) {
+                None => return Ok(false),
+                Some(Entry {
+                    value: Value::ZSet(z),
+                    ..
+                }) => z.get(member).copied(),
+                Some(_) => return Err(wrong_type(key)),
+            };
+            if current != Some(expected) {
+                return Ok(false);
+            }
+            zset_mut(m, &k, key, now).map(|z| {
+                z.insert(member.to_string(), score);
+                true
+            })
+        })
+    }
+
     async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError> {
         let k = self.key(key);
         Ok(self.with(|m, now| match live(m, &k, now) {

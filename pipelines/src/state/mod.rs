@@ -6,6 +6,8 @@
 //! tested against memory behaves the same against Redis.
 //!
 //! Keys given to a store are logical; the store prepends its configured prefix.
+//! On a Redis Cluster each worker's store also puts the worker's hash tag in
+//! front ([`slot`]: the one place that decides the key layout).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ pub mod conformance;
 mod memory;
 mod ops;
 mod redis;
+pub mod slot;
 
 pub use self::memory::MemoryStore;
 pub use self::ops::{ScoreBound, ScoreRange, StateOp};
@@ -133,6 +136,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes `member` only while its score is still `score` (a claim this
     /// caller made, not since rescheduled); true when removed. Atomic.
     async fn zrem_if_score(&self, key: &str, member: &str, score: f64) -> Result<bool, StateError>;
+    /// Moves `member` to `score` only while its score is still `expected`
+    /// (a claim this caller made and wants to put back or postpone, not
+    /// since rescheduled, acked or removed); true when moved. Atomic.
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError>;
     /// Deletes `key` only while it holds `expected` (an owner-checked
     /// release); true when deleted. Atomic.
     async fn delete_if_eq(&self, key: &str, expected: &[u8]) -> Result<bool, StateError>;
@@ -155,7 +168,8 @@ pub trait StateStore: Send + Sync + 'static {
     async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError>;
 }
 
-/// Opens the store a config names: `memory:` or a Redis URL.
+/// Opens the store a config names: `memory:`, a Redis URL or a Redis Cluster
+/// (`redis+cluster://`; give each worker [`slot::for_worker`] of it).
 pub async fn open(cfg: &RedisConfig) -> Result<Arc<dyn StateStore>, StateError> {
     if cfg.url == "memory:" {
         Ok(Arc::new(MemoryStore::new(&cfg.key_prefix)))

@@ -1,17 +1,28 @@
-//! The production [`StateStore`], on Redis.
+//! The production [`StateStore`], on Redis or a Redis Cluster.
 //!
 //! One multiplexed connection, managed: a dropped connection is re-established in
 //! the background while the failing call returns [`StateError::Unavailable`], and
 //! the pipeline's caller waits and retries. Batch operations are sent as one
 //! pipeline. `set_nx_get_many` uses `SET .. NX PX .. GET`, which needs Redis 7.0
 //! or later.
+//!
+//! A `redis+cluster://` URL selects the redis crate's cluster client (one
+//! connection per master, slots refreshed on `MOVED`, `ASK` followed). Every
+//! multi-key command, pipeline, transaction and script must then name keys of
+//! one slot: the runtime gives each worker a store whose keys carry the
+//! worker's hash tag ([`super::slot`]). A redirect or failover the client could
+//! not ride out (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, an aborted
+//! transaction) is [`StateError::Unavailable`]: the batch waits, it is never
+//! dead-lettered.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use super::{ScoreRange, Scored, StateError, StateOp, StateStore};
 use crate::config::{mask_url, RedisConfig};
@@ -48,6 +59,18 @@ static ZREM_IF_SCORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::
         r"local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if s and tonumber(s) == tonumber(ARGV[2]) then
   return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0",
+    )
+});
+
+/// `zmove_if_score`: re-score a member only while its score is unchanged.
+static ZMOVE_IF_SCORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
 end
 return 0",
     )
@@ -108,7 +131,9 @@ struct ScriptArgs {
 }
 
 /// Server replies that mean "not now" (a failover, a replica still loading,
-/// a cluster resharding): the store is unavailable, the message is fine.
+/// a cluster resharding: a slot that moved or is moving, a transaction the
+/// server aborted because a key of it was redirected): the store is
+/// unavailable, the message is fine.
 const NOT_NOW: &[&str] = &[
     "READONLY",
     "LOADING",
@@ -117,12 +142,50 @@ const NOT_NOW: &[&str] = &[
     "CLUSTERDOWN",
     "BUSY",
     "NOREPLICAS",
+    "MOVED",
+    "ASK",
+    "EXECABORT",
 ];
+
+/// One node behind a managed connection, or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// A Redis-backed store. Cheap to clone (the connection is shared).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
 }
 
@@ -174,6 +237,12 @@ impl RedisStore {
     /// Prepares a managed connection. It connects lazily, so a worker can start
     /// while Redis is down and report not-ready until it is back.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, StateError> {
+        let nodes = cfg
+            .cluster_nodes()
+            .map_err(|e| StateError::Unavailable(e.to_string()))?;
+        if let Some(nodes) = nodes {
+            return Self::connect_cluster(cfg, nodes);
+        }
         let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
             StateError::Unavailable(format!("redis.url {}: {e}", mask_url(&cfg.url)))
         })?;
@@ -184,7 +253,31 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(RedisStore {
-            conn,
+            conn: Conn::Node(conn),
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    /// The cluster client on `nodes` (seed nodes; the rest is discovered). It
+    /// connects in the background, like the single-node one.
+    fn connect_cluster(cfg: &RedisConfig, nodes: Vec<String>) -> Result<Self, StateError> {
+        let client = ClusterClientBuilder::new(nodes)
+            .connection_timeout(cfg.connect_timeout)
+            .response_timeout(cfg.response_timeout)
+            // Redirects and a refresh of the slot map are retried within the
+            // call, briefly; a longer outage is the caller's wait.
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(1000)
+            .build()
+            .map_err(|e| {
+                StateError::Unavailable(format!("redis.url {}: {e}", mask_url(&cfg.url)))
+            })?;
+        let config = ClusterConfig::new()
+            .set_connection_timeout(cfg.connect_timeout)
+            .set_response_timeout(cfg.response_timeout);
+        Ok(RedisStore {
+            conn: Conn::Cluster(client.get_pending_async_connection_with_config(config)),
             prefix: cfg.key_prefix.clone(),
         })
     }
@@ -614,6 +707,25 @@ impl StateStore for RedisStore {
         ZREM_IF_SCORE
             .key(self.key(key))
             .arg(member)
+            .arg(score_arg(score))
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| classify(key, e))
+    }
+
+    async fn zmove_if_score(
+        &self,
+        key: &str,
+        member: &str,
+        expected: f64,
+        score: f64,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        ZMOVE_IF_SCORE
+            .key(self.key(key))
+            .arg(member)
+            .arg(score_arg(expected))
             .arg(score_arg(score))
             .invoke_async::<i64>(&mut c)
             .await

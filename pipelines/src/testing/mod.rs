@@ -2,6 +2,7 @@
 //! `redis-server` on a free port (killable and restartable), and small Kafka
 //! producer/reader helpers for the mock cluster, so tests never import rdkafka.
 
+pub mod cluster;
 pub mod smtp;
 
 use std::net::TcpListener;
@@ -20,6 +21,8 @@ pub struct RedisServer {
     port: u16,
     /// With [`RedisServer::start_tls`]: the TLS port (the plain one stays open).
     tls_port: Option<u16>,
+    /// A Redis Cluster node ([`cluster::RedisCluster`]): its cluster bus port.
+    cluster_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -66,20 +69,34 @@ impl RedisServer {
     }
 
     fn launch(tls: bool) -> Result<Self, HarnessError> {
-        let dir = std::env::temp_dir().join(unique("taskstream-redis"));
-        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
-        let mut server = RedisServer {
-            port: free_port()?,
-            tls_port: None,
-            dir,
-            child: None,
-        };
+        let mut server = Self::unstarted()?;
         if tls {
             server.make_certificate()?;
             server.tls_port = Some(free_port()?);
         }
         server.spawn()?;
         Ok(server)
+    }
+
+    /// A server with cluster mode on (`cluster-enabled yes`, its bus on a free
+    /// port of its own), not yet part of a cluster.
+    fn start_cluster_node() -> Result<Self, HarnessError> {
+        let mut server = Self::unstarted()?;
+        server.cluster_port = Some(free_port()?);
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn unstarted() -> Result<Self, HarnessError> {
+        let dir = std::env::temp_dir().join(unique("taskstream-redis"));
+        std::fs::create_dir_all(&dir).map_err(|e| HarnessError(e.to_string()))?;
+        Ok(RedisServer {
+            port: free_port()?,
+            tls_port: None,
+            cluster_port: None,
+            dir,
+            child: None,
+        })
     }
 
     /// A self-signed `cert.pem`/`key.pem` in the server's directory.
@@ -140,6 +157,17 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
         let mut command = Command::new("redis-server");
+        if let Some(bus) = self.cluster_port {
+            command
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000"]);
+        }
         if let Some(tls_port) = self.tls_port {
             command
                 .args(["--tls-port", &tls_port.to_string()])

@@ -2,10 +2,16 @@
 //! how late they fire while many are pending, how fast a burst is sent, and
 //! that none is sent twice or lost.
 //!
-//! Everything runs here: a mock Kafka cluster, a throwaway `redis-server`
-//! (or `--redis-url`), the worker on the full pipeline, and an SMTP sink (a
-//! minimal SMTP server in this process that accepts everything). Three
-//! phases, one after another:
+//! The worker runs as it does in production, in its own process: this
+//! process starts `taskstream run reminders` (the same binary) as a child,
+//! so `peak_rss_bytes` is that process's peak resident set (`VmHWM`, read
+//! just before it is stopped) and not the harness's. The harness stays
+//! here: a mock Kafka cluster, the producers, a throwaway `redis-server` (or
+//! `--redis-url`), and an SMTP sink (a minimal SMTP server that accepts
+//! everything). The child reads the same config (`--config` /
+//! `TASKSTREAM_CONFIG`) with the broker, Redis, relay, consumer group and
+//! key prefix pointed at the harness; its log goes to a file named on
+//! failure. Three phases, one after another:
 //! 1. *pending*: `--events` requests due in 30 days are produced and
 //!    scheduled; `schedule_per_second` is that count over the time from the
 //!    first produce to the last one in Redis;
@@ -29,15 +35,10 @@ use chrono::{SecondsFormat, Utc};
 use pipelines::kafka::mock::MockKafka;
 use pipelines::state::{RedisStore, StateStore};
 use pipelines::testing::{unique, RedisServer, TestProducer};
-use pipelines::{Runtime, Worker};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_util::sync::CancellationToken;
 
-use super::config::Secret;
-use super::mailer::Mailer;
 use super::schedule::ReminderSchedule;
-use super::RemindersWorker;
 use crate::config::Config;
 
 /// The JSON line the benchmark prints.
@@ -154,11 +155,100 @@ fn request(n: u64, remind_ms: i64) -> (String, String) {
     (task, payload)
 }
 
-fn peak_rss() -> u64 {
-    // SAFETY: getrusage writes into the struct we own.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    (u.ru_maxrss as u64) * 1024
+/// A process's peak resident set so far (`VmHWM` in `/proc/<pid>/status`).
+fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// The worker process: `taskstream run reminders` against the harness.
+struct WorkerProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    fn spawn(
+        config_path: Option<&std::path::Path>,
+        bootstrap: &str,
+        redis_url: &str,
+        key_prefix: &str,
+        smtp_url: &str,
+        pool: u32,
+    ) -> anyhow::Result<WorkerProcess> {
+        let exe = std::env::current_exe().context("locating the taskstream binary")?;
+        let log = std::env::temp_dir().join(format!("{}.log", unique("reminders-bench-worker")));
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut c = std::process::Command::new(exe);
+        if let Some(p) = config_path {
+            c.arg("--config").arg(p);
+        }
+        c.args(["run", "reminders"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("REDIS_URL", redis_url)
+            .env("TASKSTREAM_REDIS__KEY_PREFIX", key_prefix)
+            .env("SMTP_URL", smtp_url)
+            .env("TASKSTREAM_METRICS_ADDR", "")
+            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", unique("bench"))
+            .env("TASKSTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "10")
+            .env(
+                "TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET",
+                "bench-unsubscribe-secret",
+            )
+            .env("TASKSTREAM_REMINDERS__SMTP_POOL_SIZE", pool.to_string())
+            .env("TASKSTREAM_LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let child = c.spawn().context("starting `taskstream run reminders`")?;
+        Ok(WorkerProcess { child, log })
+    }
+
+    /// Fails when the worker exited early, naming its log.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the worker process exited early ({status}); its log: {}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Its peak RSS, then SIGTERM and wait (SIGKILL after 30 s).
+    fn stop(mut self) -> anyhow::Result<u64> {
+        let rss = peak_rss_of(self.child.id());
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&self.log);
+        rss
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
@@ -211,7 +301,9 @@ fn produce(
 }
 
 /// Waits until `target` reminders are pending, feeding `progress`.
+#[allow(clippy::too_many_arguments)]
 async fn wait_pending(
+    worker: &mut WorkerProcess,
     store: &RedisStore,
     topic: &str,
     partitions: i32,
@@ -232,13 +324,15 @@ async fn wait_pending(
         if Instant::now() > deadline {
             bail!("only {n} of {target} reminders scheduled in time");
         }
+        worker.check_alive()?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark (`config_path`: the file the worker process reads too).
 pub async fn run(
     config: &Config,
+    config_path: Option<&std::path::Path>,
     events: u64,
     partitions: i32,
     redis_url: Option<String>,
@@ -269,26 +363,19 @@ pub async fn run(
     let smtp_url = format!("smtp://{}", listener.local_addr()?);
     tokio::spawn(serve_sink(listener, sink.clone()));
 
-    let mut pc = config.pipeline.clone();
-    pc.kafka.bootstrap_servers = bootstrap.clone();
-    pc.kafka.properties.clear();
-    pc.kafka
-        .properties
-        .insert("fetch.wait.max.ms".into(), "10".into());
-    pc.kafka.group_prefix = unique("bench");
-    pc.redis.url = url;
-    pc.redis.key_prefix = format!("{}:", unique("bench"));
-    pc.metrics.addr = String::new();
-    pc.smtp.url = smtp_url.clone();
-    let mut rc = config.reminders.clone();
-    rc.unsubscribe_secret = Secret::new("bench-unsubscribe-secret");
-    rc.smtp_pool_size = rc.smtp_pool_size.max(8);
-    let store = RedisStore::connect(&pc.redis).await?;
-    let mailer = Mailer::from_config(&rc, &smtp_url)?;
-    let worker: Arc<dyn Worker> = Arc::new(RemindersWorker::new(mailer, None, rc));
-    let shutdown = CancellationToken::new();
-    let rt = Runtime::new(pc, shutdown.clone()).await?;
-    let run = tokio::spawn(async move { rt.run(vec![worker]).await });
+    let key_prefix = format!("{}:", unique("bench"));
+    let mut redis_config = config.pipeline.redis.clone();
+    redis_config.url = url.clone();
+    redis_config.key_prefix = key_prefix.clone();
+    let store = RedisStore::connect(&redis_config).await?;
+    let mut worker = WorkerProcess::spawn(
+        config_path,
+        &bootstrap,
+        &url,
+        &key_prefix,
+        &smtp_url,
+        config.reminders.smtp_pool_size.max(8),
+    )?;
 
     // The user every reminder is for.
     let p = TestProducer::new(&bootstrap)?;
@@ -316,6 +403,7 @@ pub async fn run(
             window,
         );
         wait_pending(
+            &mut worker,
             &store,
             &topic,
             partitions,
@@ -376,12 +464,13 @@ pub async fn run(
         }
         // Anything sent twice would arrive now.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        worker.check_alive()?;
         anyhow::Ok((fired, pending_during, schedule_per_second, burst_at))
     }
     .await;
-    shutdown.cancel();
-    let _ = run.await;
+    let peak_rss_bytes = worker.stop();
     let (fired, pending_during, schedule_per_second, burst_at) = result?;
+    let peak_rss_bytes = peak_rss_bytes?;
 
     let accepted = sink.accepted.lock().unwrap_or_else(|p| p.into_inner());
     let mut lateness = Vec::new();
@@ -410,6 +499,6 @@ pub async fn run(
         lateness_max_ms: lateness.last().copied().unwrap_or(0) as f64,
         duplicates,
         missed: (2 * fired).saturating_sub(received),
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes,
     })
 }

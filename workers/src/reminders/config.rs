@@ -21,9 +21,15 @@ pub struct RemindersConfig {
     /// `reminder.html`; empty = the templates shipped in the binary (the same
     /// files as `config/templates/`).
     pub templates_dir: String,
-    /// Base of the links in reminders: the task is `<link_base_url>/tasks/<id>`,
-    /// the one-click unsubscribe endpoint `<link_base_url>/unsubscribe`.
+    /// Base of the task links in reminders: `<link_base_url>/tasks/<id>`
+    /// (the application users open).
     pub link_base_url: String,
+    /// Public URL of the one-click unsubscribe endpoint, as mail clients
+    /// reach it: the `taskstream` process serves it on its metrics port
+    /// (`metrics.addr`) at this URL's path, so point it at that port through
+    /// your ingress (`https://reminders.example.com/unsubscribe`). Empty =
+    /// `<link_base_url>/unsubscribe` (then route that path to this process).
+    pub unsubscribe_url: String,
     /// Key that signs unsubscribe links (HMAC-SHA256). Required, at least 16
     /// bytes, when `smtp.url` is set; masked wherever the config is printed.
     /// Set it from the environment: `TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET`.
@@ -59,6 +65,7 @@ impl Default for RemindersConfig {
             from: "taskstream <reminders@taskstream.localhost>".into(),
             templates_dir: String::new(),
             link_base_url: "http://localhost:8080".into(),
+            unsubscribe_url: String::new(),
             unsubscribe_secret: Secret::default(),
             mail_dir: "mail-out".into(),
             webhook_url: String::new(),
@@ -81,6 +88,7 @@ impl RemindersConfig {
         self.sender()?;
         check_http_url("reminders.link_base_url", &self.link_base_url, false)?;
         check_http_url("reminders.webhook_url", &self.webhook_url, true)?;
+        check_http_url("reminders.unsubscribe_url", &self.unsubscribe_url, true)?;
         if !smtp_url.is_empty() && self.unsubscribe_secret.expose().len() < MIN_SECRET_BYTES {
             return Err(ConfigError::invalid(
                 "reminders.unsubscribe_secret",
@@ -125,6 +133,34 @@ impl RemindersConfig {
             })?;
         }
         Ok(())
+    }
+
+    /// Where unsubscribe links point: `unsubscribe_url`, else
+    /// `<link_base_url>/unsubscribe` (query and fragment dropped).
+    pub fn unsubscribe_endpoint(&self) -> Result<url::Url, ConfigError> {
+        let (key, value) = if self.unsubscribe_url.trim().is_empty() {
+            ("reminders.link_base_url", &self.link_base_url)
+        } else {
+            ("reminders.unsubscribe_url", &self.unsubscribe_url)
+        };
+        let mut url = url::Url::parse(value)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    key,
+                    pipelines::config::mask_url(value),
+                    "an http:// or https:// URL",
+                )
+            })?;
+        if self.unsubscribe_url.trim().is_empty() {
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push("unsubscribe");
+            }
+        }
+        url.set_query(None);
+        url.set_fragment(None);
+        Ok(url)
     }
 
     /// The parsed `from` mailbox.
@@ -278,6 +314,13 @@ mod tests {
                 },
             ),
             (
+                "reminders.unsubscribe_url",
+                RemindersConfig {
+                    unsubscribe_url: "mailto:x@example.com".into(),
+                    ..Default::default()
+                },
+            ),
+            (
                 "reminders.smtp_pool_size",
                 RemindersConfig {
                     smtp_pool_size: 0,
@@ -303,6 +346,26 @@ mod tests {
             let err = c.validate("").unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn the_unsubscribe_endpoint_is_its_own_url_or_under_the_link_base() {
+        let c = RemindersConfig {
+            link_base_url: "https://app.example.com/base/".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.unsubscribe_endpoint().unwrap().as_str(),
+            "https://app.example.com/base/unsubscribe"
+        );
+        let c = RemindersConfig {
+            unsubscribe_url: "https://reminders.example.com/u/one-click?x=1".into(),
+            ..c
+        };
+        assert_eq!(
+            c.unsubscribe_endpoint().unwrap().as_str(),
+            "https://reminders.example.com/u/one-click"
+        );
     }
 
     #[test]

@@ -13,8 +13,18 @@
 //!   used for the user's tasks without reminder settings (`["-1d", "-30m"]`);
 //! - `quiet_hours`: `{"start": "22:00", "end": "07:00"}` in the user's zone;
 //!   a reminder due inside them is held until they end.
+//!
+//! A one-click unsubscribe (the endpoint in [`super::unsubscribe`]) is kept
+//! apart from the profile, under its own key
+//! (`reminders:unsubscribed:{channel}:{user_id}`, the time of the click), so
+//! the endpoint never races the `user-events` handler over one value. It
+//! wins over the profile's `email_notifications`: a later user event that
+//! does not mention the preference leaves it in force, and so does one that
+//! says `true` but happened before the click (a replayed or late event).
+//! Only `email_notifications: true` in an event that happened after the
+//! click (the user turned email back on in the application) lifts it.
 
-use chrono::NaiveTime;
+use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 use pipelines::state::{StateError, StateOp, StateStore};
 use pipelines::TaskEvent;
@@ -22,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::config::parse_offset;
+use super::notification::Channel;
 
 /// A user event said something the directory cannot keep.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +76,11 @@ pub struct UserRecord {
     pub default_offsets: Vec<String>,
     #[serde(default)]
     pub quiet_hours: Option<QuietHours>,
+    /// When the user unsubscribed from reminder email with a one-click
+    /// link; `None` = not unsubscribed. Stored under its own key (see the
+    /// module doc), never in the profile.
+    #[serde(skip)]
+    pub unsubscribed_at: Option<DateTime<Utc>>,
 }
 
 fn yes() -> bool {
@@ -82,6 +98,7 @@ impl UserRecord {
             email_enabled: true,
             default_offsets: Vec::new(),
             quiet_hours: None,
+            unsubscribed_at: None,
         }
     }
 
@@ -113,13 +130,8 @@ impl UserRecord {
             }
         }
         let prefs = preferences(&event.attributes);
-        if let Some(v) = pref(&prefs, &["email_notifications", "email_enabled"]) {
-            self.email_enabled = v.as_bool().ok_or_else(|| DirectoryError::Preference {
-                user_id: user_id.clone(),
-                field: "email_notifications",
-                value: v.to_string(),
-                expected: "true or false".into(),
-            })?;
+        if let Some(on) = email_preference(&user_id, &prefs)? {
+            self.email_enabled = on;
         }
         if let Some(v) = pref(&prefs, &["reminder_offsets", "default_offsets"]) {
             let bad = |value: String, expected: String| DirectoryError::Preference {
@@ -170,6 +182,23 @@ fn preferences(attributes: &Map<String, Value>) -> Map<String, Value> {
     out
 }
 
+/// The event's `email_notifications`, when it says it.
+fn email_preference(
+    user_id: &str,
+    prefs: &Map<String, Value>,
+) -> Result<Option<bool>, DirectoryError> {
+    pref(prefs, &["email_notifications", "email_enabled"])
+        .map(|v| {
+            v.as_bool().ok_or_else(|| DirectoryError::Preference {
+                user_id: user_id.to_owned(),
+                field: "email_notifications",
+                value: v.to_string(),
+                expected: "true or false".into(),
+            })
+        })
+        .transpose()
+}
+
 fn pref<'a>(prefs: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
     names.iter().find_map(|n| prefs.get(*n))
 }
@@ -202,28 +231,63 @@ impl UserDirectory {
         format!("reminders:user:{user_id}")
     }
 
-    /// The stored record, or [`UserRecord::unknown`].
+    /// Where a one-click unsubscribe from `channel` is kept.
+    pub fn unsubscribed_key(user_id: &str, channel: Channel) -> String {
+        format!("reminders:unsubscribed:{channel}:{user_id}")
+    }
+
+    /// The op that records a one-click unsubscribe at `at`.
+    pub fn unsubscribe_op(user_id: &str, channel: Channel, at: DateTime<Utc>) -> StateOp {
+        StateOp::Set {
+            key: Self::unsubscribed_key(user_id, channel),
+            value: at.to_rfc3339().into_bytes(),
+            ttl: None,
+        }
+    }
+
+    /// The stored record (with its unsubscribe, one round trip), or
+    /// [`UserRecord::unknown`].
     pub async fn get(
         &self,
         store: &dyn StateStore,
         user_id: &str,
     ) -> Result<Result<UserRecord, DirectoryError>, StateError> {
-        let raw = store.get(&Self::key(user_id)).await?;
-        Ok(match raw {
-            None => Ok(UserRecord::unknown(user_id)),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DirectoryError::Stored {
-                user_id: user_id.to_owned(),
-                reason: e.to_string(),
-            }),
-        })
+        let keys = [
+            Self::key(user_id),
+            Self::unsubscribed_key(user_id, Channel::Email),
+        ];
+        let mut raw = store.get_many(&keys).await?.into_iter();
+        let (profile, unsubscribed) = (raw.next().flatten(), raw.next().flatten());
+        let mut record = match profile {
+            None => UserRecord::unknown(user_id),
+            Some(bytes) => match serde_json::from_slice::<UserRecord>(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Err(DirectoryError::Stored {
+                        user_id: user_id.to_owned(),
+                        reason: e.to_string(),
+                    }))
+                }
+            },
+        };
+        record.unsubscribed_at = unsubscribed.map(|b| {
+            // Unreadable counts as unsubscribed now: never mail by mistake.
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map_or(DateTime::<Utc>::MAX_UTC, |t| t.with_timezone(&Utc))
+        });
+        Ok(Ok(record))
     }
 
-    /// The stored record merged with `event`, and the op that stores it.
+    /// The stored record merged with `event`, and the ops that store it
+    /// (with the lifting of an unsubscribe, when the event turns email back
+    /// on after it: see the module doc).
     pub async fn updated(
         &self,
         store: &dyn StateStore,
         event: &TaskEvent,
-    ) -> Result<Result<(UserRecord, StateOp), DirectoryError>, StateError> {
+    ) -> Result<Result<(UserRecord, Vec<StateOp>), DirectoryError>, StateError> {
         let Some(user_id) = event.user_id.as_deref() else {
             return Ok(Err(DirectoryError::NoUserId));
         };
@@ -236,12 +300,26 @@ impl UserDirectory {
             return Ok(Err(e));
         }
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        let op = StateOp::Set {
+        let mut ops = vec![StateOp::Set {
             key: Self::key(user_id),
             value,
             ttl: None,
-        };
-        Ok(Ok((record, op)))
+        }];
+        let turned_on = matches!(
+            email_preference(user_id, &preferences(&event.attributes)),
+            Ok(Some(true))
+        );
+        if turned_on
+            && record
+                .unsubscribed_at
+                .is_some_and(|at| event.occurred_at > at)
+        {
+            record.unsubscribed_at = None;
+            ops.push(StateOp::Delete {
+                key: Self::unsubscribed_key(user_id, Channel::Email),
+            });
+        }
+        Ok(Ok((record, ops)))
     }
 }
 
@@ -283,6 +361,51 @@ mod tests {
         assert!(!r.email_enabled);
         assert_eq!(r.email.as_deref(), Some("ada@example.com"));
         assert_eq!(r.default_offsets, vec!["-1d", "-30m"]);
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribe_outlives_updates_until_email_is_turned_on_after_it() {
+        use pipelines::state::MemoryStore;
+        let store = MemoryStore::new("t:");
+        let d = UserDirectory;
+        let apply = |ops: Vec<StateOp>| {
+            let store = &store;
+            async move { store.apply(&ops).await.unwrap() }
+        };
+        let created = event(
+            r#"{"event_id":"e1","event_type":"user.created","timestamp":"2026-01-01T00:00:00Z","data":{"user_id":"u1","email":"ada@example.com","email_notifications":true}}"#,
+        );
+        apply(d.updated(&store, &created).await.unwrap().unwrap().1).await;
+        let clicked: DateTime<Utc> = "2026-01-05T00:00:00Z".parse().unwrap();
+        apply(vec![UserDirectory::unsubscribe_op(
+            "u1",
+            Channel::Email,
+            clicked,
+        )])
+        .await;
+        let r = d.get(&store, "u1").await.unwrap().unwrap();
+        assert_eq!(r.unsubscribed_at, Some(clicked));
+        // Silent about the preference, or `true` from before the click
+        // (a late or replayed event): still unsubscribed.
+        for json in [
+            r#"{"event_id":"e2","event_type":"user.updated","timestamp":"2026-01-06T00:00:00Z","data":{"user_id":"u1","name":"Ada King"}}"#,
+            r#"{"event_id":"e3","event_type":"user.updated","timestamp":"2026-01-04T00:00:00Z","data":{"user_id":"u1","email_notifications":true}}"#,
+        ] {
+            let (record, ops) = d.updated(&store, &event(json)).await.unwrap().unwrap();
+            assert_eq!(record.unsubscribed_at, Some(clicked), "{json}");
+            apply(ops).await;
+            let r = d.get(&store, "u1").await.unwrap().unwrap();
+            assert_eq!(r.unsubscribed_at, Some(clicked), "{json}");
+        }
+        // Turned on in the application after the click: lifted.
+        let on = event(
+            r#"{"event_id":"e4","event_type":"user.updated","timestamp":"2026-01-07T00:00:00Z","data":{"user_id":"u1","preferences":{"email_notifications":true}}}"#,
+        );
+        apply(d.updated(&store, &on).await.unwrap().unwrap().1).await;
+        let r = d.get(&store, "u1").await.unwrap().unwrap();
+        assert_eq!(r.unsubscribed_at, None);
+        assert!(r.email_enabled);
+        assert_eq!(r.email.as_deref(), Some("ada@example.com"));
     }
 
     #[test]

@@ -120,9 +120,9 @@ impl Mailer {
         config.validate(smtp_url)?;
         let from = config.sender()?;
         let templates = ReminderTemplates::load(&config.templates_dir, &config.link_base_url)?;
-        let unsubscribe = UnsubscribeLinks::new(
+        let unsubscribe = UnsubscribeLinks::at(
             config.unsubscribe_secret.expose().as_bytes(),
-            templates.link_base(),
+            &config.unsubscribe_endpoint()?,
         )?;
         let transport = if smtp_url.is_empty() {
             let dir = PathBuf::from(&config.mail_dir);

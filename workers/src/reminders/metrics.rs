@@ -10,6 +10,9 @@ pub const SENT: &str = "taskstream_reminders_sent_total";
 pub const FAILED: &str = "taskstream_reminders_failed_total";
 pub const MISSED: &str = "taskstream_reminders_missed_total";
 pub const HELD: &str = "taskstream_reminders_held_total";
+pub const UNSUBSCRIBED: &str = "taskstream_reminders_unsubscribed_total";
+/// One-click unsubscribe requests refused (bad or tampered signature).
+pub const UNSUBSCRIBE_REFUSED: &str = "taskstream_reminders_unsubscribe_refused_total";
 pub const PENDING: &str = "taskstream_reminders_pending";
 /// Relay acceptance time minus the scheduled fire time.
 pub const LATENESS: &str = "taskstream_reminders_fire_lateness_seconds";
@@ -33,6 +36,14 @@ pub fn failed(channel: &'static str, reason: &'static str) {
 
 pub fn missed(channel: &'static str) {
     counter!(MISSED, "channel" => channel).increment(1);
+}
+
+pub fn unsubscribed(channel: &'static str) {
+    counter!(UNSUBSCRIBED, "channel" => channel).increment(1);
+}
+
+pub fn unsubscribe_refused() {
+    counter!(UNSUBSCRIBE_REFUSED).increment(1);
 }
 
 pub fn held() {

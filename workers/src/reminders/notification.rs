@@ -149,6 +149,8 @@ pub enum PermanentCause {
     HttpStatus,
     /// The user turned this channel off.
     OptedOut,
+    /// The user unsubscribed with the one-click link in a reminder email.
+    Unsubscribed,
     /// No sender for this channel is configured (`push`/`sms` without a webhook).
     Unsupported,
 }
@@ -174,6 +176,7 @@ impl PermanentCause {
             PermanentCause::Message => "bad_message",
             PermanentCause::HttpStatus => "http_status",
             PermanentCause::OptedOut => "opted_out",
+            PermanentCause::Unsubscribed => "unsubscribed",
             PermanentCause::Unsupported => "unsupported",
         }
     }

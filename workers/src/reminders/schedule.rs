@@ -99,6 +99,18 @@ pub struct StoredReminder {
     pub origin: Origin,
     /// The shard (sorted-set key) it lives in.
     pub shard: String,
+    /// Transient failures of its webhook delivery so far: each retry waits
+    /// longer (the pipeline's outage backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// When it first came due, once a transient webhook failure postponed
+    /// it: lateness and `max_lateness` count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_due: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StoredReminder {
@@ -153,6 +165,12 @@ pub fn from_ms(score: f64) -> DateTime<Utc> {
 impl ReminderSchedule {
     pub fn shard_key(topic: &str, partition: i32) -> String {
         format!("reminders:due:{topic}:{partition}")
+    }
+
+    /// The (topic, partition) a shard key names: its timer's.
+    pub fn shard_partition(shard: &str) -> Option<(&str, i32)> {
+        let (topic, p) = shard.strip_prefix("reminders:due:")?.rsplit_once(':')?;
+        Some((topic, p.parse().ok()?))
     }
 
     pub fn payload_key(reminder_id: &str) -> String {
@@ -373,7 +391,8 @@ impl ReminderSchedule {
 
     /// Moves a claimed member to `at` (a quiet-hours hold, or back to its
     /// time after a failed delivery), unless it was rescheduled or cancelled
-    /// since the claim.
+    /// since the claim: one atomic compare-and-move, so a cancel or a
+    /// reschedule landing between the check and the move cannot be undone.
     pub async fn requeue(
         &self,
         store: &dyn StateStore,
@@ -381,11 +400,10 @@ impl ReminderSchedule {
         reminder_id: &str,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<(), StateError> {
-        if store.zscore(shard, reminder_id).await? == Some(ms(lease_until)) {
-            store.zadd(shard, reminder_id, ms(at)).await?;
-        }
-        Ok(())
+    ) -> Result<bool, StateError> {
+        store
+            .zmove_if_score(shard, reminder_id, ms(lease_until), ms(at))
+            .await
     }
 
     /// The earliest fire time in `shard` (a leased member counts at its lease).
@@ -424,6 +442,8 @@ mod tests {
             channel: Channel::Email,
             origin: Origin::Request,
             shard: shard.into(),
+            attempts: 0,
+            first_due: None,
         }
     }
 

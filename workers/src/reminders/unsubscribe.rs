@@ -10,12 +10,36 @@
 //!
 //! Signed message: `taskstream-unsubscribe:v1:<len(user_id)>:<user_id>:<channel>`
 //! (the length makes user id and channel unambiguous whatever they contain);
-//! the signature is lowercase hex in the `sig` parameter.
+//! the signature is lowercase hex in the `sig` parameter. Links do not
+//! expire (a reminder may sit in an inbox for months); a new secret makes
+//! every older link invalid.
+//!
+//! The endpoint ([`routes`], served by the worker on the metrics server at
+//! the path of `reminders.unsubscribe_url`):
+//! - `POST` with the body `List-Unsubscribe=One-Click` (form-urlencoded or
+//!   multipart, as mail clients send it) checks the signature and records the
+//!   unsubscribe in the user directory ([`UserDirectory::unsubscribe_op`]):
+//!   `200` and one line of text. Reminder email to that user then ends as
+//!   `notification.failed` with reason `unsubscribed`.
+//! - `GET` changes nothing (mail scanners and link previews fetch every
+//!   link): a small page with a button that POSTs the same request.
+//! - A missing, tampered or foreign signature: `403` with a fixed text (the
+//!   reason is logged, never the secret); another body: `400`; the state
+//!   store down: `503` (the mail client may retry).
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
 use hmac::{Hmac, Mac};
+use pipelines::Ctx;
 use sha2::Sha256;
 use url::Url;
 
+use super::directory::UserDirectory;
+use super::metrics;
 use super::notification::Channel;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -66,13 +90,20 @@ impl std::fmt::Debug for UnsubscribeLinks {
 impl UnsubscribeLinks {
     /// Links to `<link_base>/unsubscribe`, signed with `secret`.
     pub fn new(secret: &[u8], link_base: &Url) -> Result<Self, UnsubscribeError> {
-        let keyed = HmacSha256::new_from_slice(secret).map_err(|e| UnsubscribeError::Key {
-            reason: e.to_string(),
-        })?;
         let mut endpoint = link_base.clone();
         if let Ok(mut segments) = endpoint.path_segments_mut() {
             segments.pop_if_empty().push("unsubscribe");
         }
+        Self::at(secret, &endpoint)
+    }
+
+    /// Links to exactly `endpoint` (`reminders.unsubscribe_url`), signed
+    /// with `secret`.
+    pub fn at(secret: &[u8], endpoint: &Url) -> Result<Self, UnsubscribeError> {
+        let keyed = HmacSha256::new_from_slice(secret).map_err(|e| UnsubscribeError::Key {
+            reason: e.to_string(),
+        })?;
+        let mut endpoint = endpoint.clone();
         endpoint.set_query(None);
         endpoint.set_fragment(None);
         Ok(UnsubscribeLinks { keyed, endpoint })
@@ -118,8 +149,14 @@ impl UnsubscribeLinks {
                 url: bare.to_string(),
             });
         }
+        self.verify_query(url.query().unwrap_or_default())
+    }
+
+    /// Checks the query of a request the endpoint received (what follows
+    /// `?`; the endpoint's public host and path are the router's business).
+    pub fn verify_query(&self, query: &str) -> Result<UnsubscribeRequest, UnsubscribeError> {
         let param = |name: &'static str| {
-            url.query_pairs()
+            url::form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.into_owned())
                 .ok_or(UnsubscribeError::Missing { param: name })
@@ -166,9 +203,121 @@ impl UnsubscribeLinks {
     }
 }
 
+/// The endpoint's routes at the path of `links`' endpoint (see the module
+/// doc), writing through `ctx`'s state store.
+pub fn routes(links: &UnsubscribeLinks, ctx: &Ctx) -> axum::Router {
+    let path = links.endpoint().path().to_owned();
+    let endpoint = Arc::new(Endpoint {
+        links: links.clone(),
+        ctx: ctx.clone(),
+    });
+    axum::Router::new()
+        .route(&path, axum::routing::get(confirm_page).post(one_click))
+        .with_state(endpoint)
+}
+
+struct Endpoint {
+    links: UnsubscribeLinks,
+    ctx: Ctx,
+}
+
+impl Endpoint {
+    /// The verified request, or `None` (logged and counted) when refused.
+    fn verify(&self, query: Option<&str>) -> Option<UnsubscribeRequest> {
+        self.links
+            .verify_query(query.unwrap_or_default())
+            .map_err(|e| {
+                tracing::warn!(error = %e, "unsubscribe request refused");
+                metrics::unsubscribe_refused();
+            })
+            .ok()
+    }
+}
+
+/// `403` naming nothing secret.
+fn refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "This unsubscribe link is not valid: it was changed or has been replaced.\n",
+    )
+        .into_response()
+}
+
+/// `GET`: never unsubscribes; offers a button that does.
+async fn confirm_page(State(e): State<Arc<Endpoint>>, RawQuery(query): RawQuery) -> Response {
+    if e.verify(query.as_deref()).is_none() {
+        return refused();
+    }
+    let action = format!(
+        "?{}",
+        minijinja::HtmlEscape(query.as_deref().unwrap_or_default())
+    );
+    Html(format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head>\n\
+         <body><p>Stop receiving reminder email?</p>\n\
+         <form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+         <button type=\"submit\">Unsubscribe</button></form></body></html>\n"
+    ))
+    .into_response()
+}
+
+/// `POST` (RFC 8058): records the unsubscribe.
+async fn one_click(
+    State(e): State<Arc<Endpoint>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let Some(request) = e.verify(query.as_deref()) else {
+        return refused();
+    };
+    if !is_one_click(&body) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Expected the body List-Unsubscribe=One-Click (RFC 8058).\n",
+        )
+            .into_response();
+    }
+    let op = UserDirectory::unsubscribe_op(&request.user_id, request.channel, e.ctx.now());
+    if let Err(err) = e.ctx.state().apply(&[op]).await {
+        tracing::warn!(error = %err, "cannot record an unsubscribe now");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unsubscribing is not possible right now; please try again later.\n",
+        )
+            .into_response();
+    }
+    tracing::info!(user = %request.user_id, channel = %request.channel, "unsubscribed by one-click link");
+    metrics::unsubscribed(request.channel.as_str());
+    (
+        StatusCode::OK,
+        "You are unsubscribed: no more reminder email will be sent to you.\n",
+    )
+        .into_response()
+}
+
+/// The RFC 8058 body, form-urlencoded or as a multipart form field.
+fn is_one_click(body: &[u8]) -> bool {
+    if url::form_urlencoded::parse(body).any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click") {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body);
+    text.contains("name=\"List-Unsubscribe\"") && text.contains("One-Click")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_one_click_body_is_recognised_in_both_encodings() {
+        assert!(is_one_click(b"List-Unsubscribe=One-Click"));
+        assert!(is_one_click(
+            b"--b\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--b--\r\n"
+        ));
+        assert!(!is_one_click(b""));
+        assert!(!is_one_click(b"List-Unsubscribe=Maybe"));
+    }
 
     fn links() -> UnsubscribeLinks {
         UnsubscribeLinks::new(

@@ -14,7 +14,23 @@
 //!
 //! The URL may carry a token (in its query or user part): it is never shown;
 //! messages name the scheme, host and path only.
+//!
+//! ## Readiness (`webhook` in `/readyz`)
+//!
+//! There is no standard way to ask an HTTP endpoint whether it would take a
+//! POST, so readiness follows the posts themselves: a transient failure
+//! (connection refused or reset, timeout, `5xx`, `408`, `429`) marks the
+//! webhook down with that reason; any post the endpoint answers otherwise
+//! (`2xx`, or a permanent `4xx`: it is up, the reminder is at fault) marks it
+//! up. While it is down, each readiness check (every 2 s) also sends a
+//! `HEAD` to the URL, bounded by [`PROBE_TIMEOUT`]: after a connection
+//! failure any answer but `5xx`/`408`/`429` means up (something answers
+//! again); after an HTTP status failure only a `2xx` does (an endpoint that
+//! answers `HEAD` with `405` but still fails POSTs stays down, rather than
+//! flapping). The failed reminders are kept and retried meanwhile (see
+//! [`super::worker`]), and a successful retry marks it up at once.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -60,6 +76,18 @@ pub struct WebhookPayload<'a> {
     pub link: String,
 }
 
+/// Longest a readiness probe (`HEAD`) waits: well inside the pipeline's
+/// 5 s bound on a dependency check.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the webhook counts as down.
+#[derive(Debug, Clone)]
+struct Down {
+    reason: String,
+    /// The endpoint did not answer at all (rather than answering 5xx).
+    unreachable: bool,
+}
+
 /// Posts reminders to one URL.
 pub struct Webhook {
     client: reqwest::Client,
@@ -67,6 +95,8 @@ pub struct Webhook {
     /// Scheme, host, port and path: what messages show.
     shown: String,
     link_base: Url,
+    /// `None` while up (see the module doc).
+    down: Mutex<Option<Down>>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -112,7 +142,38 @@ impl Webhook {
             url: parsed,
             shown,
             link_base: link_base.clone(),
+            down: Mutex::new(None),
         })
+    }
+
+    fn set_down(&self, down: Option<Down>) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = down;
+    }
+
+    /// Readiness: `Err(reason)` while the endpoint is down (see the module
+    /// doc); probes it with `HEAD` then.
+    pub async fn ready(&self) -> Result<(), String> {
+        let Some(down) = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let probe = self
+            .client
+            .head(self.url.clone())
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await;
+        let up = match probe {
+            Ok(r) if down.unreachable => !is_transient(r.status()),
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        };
+        if up {
+            tracing::info!(url = %self.shown, "webhook answers again");
+            self.set_down(None);
+            Ok(())
+        } else {
+            Err(down.reason)
+        }
     }
 
     /// The URL as messages show it (no query, no credentials).
@@ -140,8 +201,25 @@ impl Webhook {
         }
     }
 
-    /// Posts one reminder. `Ok` means the endpoint answered `2xx`.
+    /// Posts one reminder. `Ok` means the endpoint answered `2xx`. Keeps
+    /// the readiness state (see the module doc).
     pub async fn send(&self, n: &ReminderNotification) -> Result<Delivered, DeliveryError> {
+        let result = self.post(n).await;
+        match &result {
+            Ok(_) => self.set_down(None),
+            Err(e @ DeliveryError::Transient { cause, .. }) => self.set_down(Some(Down {
+                reason: e.to_string(),
+                unreachable: matches!(cause, TransientCause::Connection | TransientCause::Timeout),
+            })),
+            Err(DeliveryError::Permanent { cause, .. }) if *cause == PermanentCause::HttpStatus => {
+                self.set_down(None)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn post(&self, n: &ReminderNotification) -> Result<Delivered, DeliveryError> {
         let channel = n.channel;
         let payload = self.payload(n);
         let body = serde_json::to_vec(&payload).map_err(|e| {
@@ -164,10 +242,7 @@ impl Webhook {
                 receipt: status.to_string(),
             });
         }
-        let transient = status.is_server_error()
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-        if transient {
+        if is_transient(status) {
             Err(DeliveryError::transient(
                 channel,
                 TransientCause::HttpStatus,
@@ -194,6 +269,13 @@ impl Webhook {
             DeliveryError::transient(channel, TransientCause::Connection, detail)
         }
     }
+}
+
+/// `5xx`, `408` and `429`: the endpoint cannot take it now.
+fn is_transient(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
 /// `scheme://host[:port]/path`: no credentials, no query, no fragment.

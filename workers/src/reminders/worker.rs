@@ -27,7 +27,7 @@ use pipelines::{
     WorkerError,
 };
 
-use super::config::RemindersConfig;
+use super::config::{RemindersConfig, MIN_SECRET_BYTES};
 use super::directory::{is_user_event, UserDirectory, UserRecord};
 use super::mailer::Mailer;
 use super::metrics;
@@ -100,12 +100,11 @@ impl RemindersWorker {
             Some(u) => Some(self.user(ctx, u).await?.tz()),
             None => None,
         };
-        let (record, op) = self
+        let (record, mut ops) = self
             .directory
             .updated(ctx.state(), &event.event)
             .await?
             .map_err(WorkerError::permanent)?;
-        let mut ops = vec![op];
         let mut wakes = Vec::new();
         if old_tz.is_some_and(|t| t != record.tz()) {
             for (id, task_id) in self
@@ -134,7 +133,7 @@ impl RemindersWorker {
         }
         ctx.apply_for(event, ops).await?;
         for (shard, at) in wakes {
-            ctx.wake_timer_at_shard(&shard, at);
+            wake_shard(ctx, &shard, at);
         }
         Ok(Outcome::Done)
     }
@@ -217,6 +216,8 @@ impl RemindersWorker {
             channel,
             origin: Origin::Request,
             shard: ReminderSchedule::shard_key(&event.source.topic, event.source.partition),
+            attempts: 0,
+            first_due: None,
         };
         Ok((ReminderSchedule::schedule_ops(&r, fire_at), fire_at))
     }
@@ -322,6 +323,8 @@ impl RemindersWorker {
             channel,
             origin,
             shard: shard.to_owned(),
+            attempts: 0,
+            first_due: None,
         };
         let mut keep: Vec<StoredReminder> = plan_task(
             task_id,
@@ -468,6 +471,9 @@ impl RemindersWorker {
         };
         let user = self.user(ctx, &r.user_id).await?;
         let now = ctx.now();
+        // Lateness counts from when it first came due (a postponed webhook
+        // retry keeps that time).
+        let due_at = r.first_due.unwrap_or(claimed.scheduled_at);
         let record = |outcome: &str, at, reason: Option<String>, message_id| FiredRecord {
             reminder_id: r.reminder_id.clone(),
             task_id: r.task_id.clone(),
@@ -475,17 +481,17 @@ impl RemindersWorker {
             channel: r.channel,
             outcome: outcome.to_owned(),
             at,
-            scheduled_at: claimed.scheduled_at,
+            scheduled_at: due_at,
             reason,
             message_id,
         };
-        let fired = match at_fire_time(now, claimed.scheduled_at, &user, self.max_lateness()) {
+        let fired = match at_fire_time(now, due_at, &user, self.max_lateness()) {
             Firing::Hold { until } => {
                 metrics::held();
                 self.schedule
                     .requeue(store, shard, id, lease_until, until)
                     .await?;
-                ctx.wake_timer_at_shard(shard, until);
+                wake_shard(ctx, shard, until);
                 return Ok(());
             }
             Firing::Missed { lateness } => {
@@ -500,9 +506,12 @@ impl RemindersWorker {
             Firing::Send { .. } => match self.deliver(&r, &user).await {
                 Ok(d) => {
                     let at = ctx.now();
-                    let late = (at - claimed.scheduled_at).num_milliseconds().max(0) as f64 / 1e3;
+                    let late = (at - due_at).num_milliseconds().max(0) as f64 / 1e3;
                     metrics::sent(r.channel.as_str(), late);
                     record("sent", at, None, Some(d.message_id))
+                }
+                Err(e) if e.is_transient() && r.channel != Channel::Email => {
+                    return self.postpone(ctx, shard, &r, due_at, lease_until, &e).await;
                 }
                 Err(e) if e.is_transient() => {
                     self.schedule
@@ -522,6 +531,53 @@ impl RemindersWorker {
             .await?;
         self.publish(ctx, &fired).await?;
         self.schedule.ack(store, shard, id, lease_until).await?;
+        Ok(())
+    }
+
+    /// A transient webhook failure: the reminder is moved to a retry after
+    /// the pipeline's outage backoff for its attempt, keeping the time it
+    /// first came due. The tick itself goes on, so email due in the same
+    /// shard is not held up by the webhook (email failures instead fail the
+    /// tick: every email would fail alike). `/readyz` learns of the outage
+    /// from the webhook's own signal ([`Webhook::ready`]).
+    async fn postpone(
+        &self,
+        ctx: &Ctx,
+        shard: &str,
+        r: &StoredReminder,
+        due_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        error: &DeliveryError,
+    ) -> Result<(), WorkerError> {
+        let store = ctx.state();
+        let attempts = r.attempts.saturating_add(1);
+        let wait = pipelines::retry::outage_backoff(&ctx.config().retry, attempts);
+        let retry_at = ctx.now() + TimeDelta::from_std(wait).unwrap_or(TimeDelta::seconds(1));
+        tracing::warn!(
+            reminder = %r.reminder_id,
+            error = %error,
+            attempts,
+            retry_in_ms = wait.as_millis() as u64,
+            "reminder not delivered for now; retrying"
+        );
+        // Move first: a claim cancelled or rescheduled meanwhile is left
+        // alone, and its payload not rewritten.
+        if self
+            .schedule
+            .requeue(store, shard, &r.reminder_id, lease_until, retry_at)
+            .await?
+        {
+            let mut retried = r.clone();
+            retried.attempts = attempts;
+            retried.first_due = Some(due_at);
+            store
+                .set(
+                    &ReminderSchedule::payload_key(&r.reminder_id),
+                    &serde_json::to_vec(&retried).unwrap_or_default(),
+                    None,
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -545,6 +601,11 @@ impl RemindersWorker {
             link: None,
         };
         match (r.channel, &self.webhook) {
+            (Channel::Email, _) if user.unsubscribed_at.is_some() => Err(DeliveryError::permanent(
+                Channel::Email,
+                PermanentCause::Unsubscribed,
+                "the user unsubscribed from reminder email (one-click link)",
+            )),
             (Channel::Email, _) if !user.email_enabled => Err(DeliveryError::permanent(
                 Channel::Email,
                 PermanentCause::OptedOut,
@@ -617,39 +678,18 @@ fn ends_task(e: &pipelines::TaskEvent) -> bool {
         })
 }
 
+/// Wakes the timer of a shard's partition (a no-op elsewhere).
+fn wake_shard(ctx: &Ctx, shard: &str, at: DateTime<Utc>) {
+    if let Some((topic, partition)) = ReminderSchedule::shard_partition(shard) {
+        ctx.wake_timer_at_partition(topic, partition, at);
+    }
+}
+
 fn text_attribute(e: &pipelines::TaskEvent, key: &str) -> Option<String> {
     e.attributes
         .get(key)
         .and_then(|v| v.as_str())
         .map(str::to_owned)
-}
-
-/// `wake_timer_at` for a shard key: the timers are keyed by (topic,
-/// partition), which the shard key spells.
-trait WakeShard {
-    fn wake_timer_at_shard(&self, shard: &str, at: DateTime<Utc>);
-}
-
-impl WakeShard for Ctx {
-    fn wake_timer_at_shard(&self, shard: &str, at: DateTime<Utc>) {
-        let parsed = shard
-            .strip_prefix("reminders:due:")
-            .and_then(|rest| rest.rsplit_once(':'))
-            .and_then(|(topic, p)| Some((topic, p.parse::<i32>().ok()?)));
-        match parsed {
-            Some((topic, partition)) => self.wake_timer_at(
-                &pipelines::Source {
-                    topic: Arc::from(topic),
-                    partition,
-                    offset: -1,
-                    timestamp_ms: None,
-                    received_at: at,
-                },
-                at,
-            ),
-            None => self.wake_timer(),
-        }
-    }
 }
 
 #[async_trait]
@@ -781,11 +821,31 @@ impl Worker for RemindersWorker {
         Ok(self.schedule.next_due(store, &shard).await?)
     }
 
+    /// The SMTP relay (NOOP) and, when configured, the webhook (its recent
+    /// posts, and a `HEAD` probe while they fail: see [`super::webhook`]).
     async fn check_dependencies(&self) -> Vec<(&'static str, Result<(), String>)> {
-        vec![(
-            "smtp",
-            self.mailer.relay_ready().await.map_err(|e| e.to_string()),
-        )]
+        let smtp = self.mailer.relay_ready().await.map_err(|e| e.to_string());
+        let mut out = vec![("smtp", smtp)];
+        if let Some(w) = &self.webhook {
+            out.push(("webhook", w.ready().await));
+        }
+        out
+    }
+
+    /// The one-click unsubscribe endpoint (see [`super::unsubscribe`]), when
+    /// links are signed with a real secret (a link signed with an empty or
+    /// short one could be forged, so it unsubscribes nobody).
+    fn routes(&self, ctx: &Ctx) -> Option<axum::Router> {
+        if self.config.unsubscribe_secret.expose().len() < MIN_SECRET_BYTES {
+            tracing::info!(
+                "no one-click unsubscribe endpoint: reminders.unsubscribe_secret is not set"
+            );
+            return None;
+        }
+        Some(super::unsubscribe::routes(
+            self.mailer.unsubscribe_links(),
+            ctx,
+        ))
     }
 
     async fn shutdown(&self) {

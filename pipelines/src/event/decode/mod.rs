@@ -1,0 +1,194 @@
+//! Every producer dialect in, one canonical [`TaskEvent`] out.
+//!
+//! Producers belong to other teams and will not converge on one format, so the
+//! decoder recognises a dialect by the message's *shape* ([`detect`]). The
+//! topic is only a hint: one dialect is published to several topics and one
+//! topic carries several dialects.
+//!
+//! The message is read once into borrowed nodes ([`json`]; serde_json reads
+//! what its small scanner does not handle, and every error): keys and strings
+//! point into the message bytes, so reading costs one `Vec` per object and
+//! nothing per field. Each dialect family
+//! ([`event_dialects`], [`reminder`], [`cloudevents`], [`canonical`]) then
+//! *moves* fields out of those objects into the typed event ([`fields`],
+//! [`parts`], [`time`], [`kinds`]); whatever has no canonical home is kept in
+//! `attributes`, so nothing the producer said is dropped silently. Only those
+//! leftovers become `serde_json::Value`s.
+//!
+//! Decoding never panics. A message that cannot be decoded is a
+//! [`DecodeError`] whose text names the field and the offending value, because
+//! that text is what a human reads in the dead-letter record.
+
+mod canonical;
+mod cloudevents;
+mod detect;
+mod error;
+mod event_dialects;
+mod fields;
+mod json;
+mod kinds;
+mod parts;
+mod reminder;
+mod time;
+
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod legacy;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+pub use error::DecodeError;
+pub use kinds::{is_known_type, KNOWN_TYPES};
+
+use super::model::{
+    Dialect, FieldChange, ReminderRequest, RequestContext, TaskEvent, TaskSnapshot, UserProfile,
+};
+use json::{Node, Obj};
+use kinds::Entity;
+
+/// What the decoder knows about a record besides its bytes.
+///
+/// The topic only breaks ties (a `reminders` topic makes a type-less message a
+/// reminder request even when it lacks `remind_at`, so the error says what is
+/// missing); the Kafka timestamp stands in for a message that carries no time
+/// of its own, so such messages are still ordered and auditable.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeContext<'a> {
+    /// The topic the record was read from.
+    pub topic: &'a str,
+    /// The record's Kafka timestamp, in milliseconds since the epoch.
+    pub kafka_timestamp_ms: Option<i64>,
+}
+
+/// Decodes one Kafka record into the canonical event.
+///
+/// Dialects are recognised by shape (see the README's "Event contract"); the
+/// topic in `ctx` is only a hint. A message without an id gets
+/// `h:` + the first 16 bytes of SHA-256 of `payload` (hex), so a re-sent
+/// identical message is recognised as a duplicate. A message without a
+/// timestamp gets the Kafka timestamp.
+pub fn decode(payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    let node = json::parse(payload).map_err(|e| DecodeError::NotJson {
+        error: e.to_string(),
+    })?;
+    let obj = match node {
+        Node::Obj(obj) => obj,
+        other => {
+            return Err(DecodeError::NotAnObject {
+                found: error::json_kind(&other),
+            })
+        }
+    };
+    let draft = detect::dispatch(obj, ctx.topic, 0, None)?;
+    finish(draft, payload, ctx)
+}
+
+/// An event being assembled; [`finish`] fills the id and time fallbacks.
+struct Draft<'a> {
+    event_id: Option<String>,
+    kind: String,
+    occurred_at: Option<DateTime<Utc>>,
+    task_id: Option<String>,
+    user_id: Option<String>,
+    project_id: Option<String>,
+    task: Option<TaskSnapshot>,
+    previous: Option<TaskSnapshot>,
+    changes: BTreeMap<String, FieldChange>,
+    reminder: Option<ReminderRequest>,
+    user: Option<UserProfile>,
+    context: RequestContext,
+    dialect: Dialect,
+    cloudevents: bool,
+    schema_version: Option<String>,
+    /// What is left of the message: becomes `attributes`.
+    attributes: Obj<'a>,
+}
+
+impl Draft<'_> {
+    fn new(kind: String, dialect: Dialect) -> Self {
+        Draft {
+            event_id: None,
+            kind,
+            occurred_at: None,
+            task_id: None,
+            user_id: None,
+            project_id: None,
+            task: None,
+            previous: None,
+            changes: BTreeMap::new(),
+            reminder: None,
+            user: None,
+            context: RequestContext::default(),
+            dialect,
+            cloudevents: false,
+            schema_version: None,
+            attributes: Obj::new(),
+        }
+    }
+}
+
+/// Fills the fallbacks and checks what every event needs.
+fn finish(d: Draft<'_>, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
+    if Entity::of(&d.kind) == Entity::Task && d.task_id.is_none() {
+        return Err(DecodeError::MissingField {
+            field: "task_id".to_owned(),
+        });
+    }
+    let occurred_at = match (d.occurred_at, ctx.kafka_timestamp_ms) {
+        (Some(t), _) => t,
+        (None, Some(ms)) => {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| DecodeError::InvalidField {
+                field: "kafka timestamp".to_owned(),
+                value: ms.to_string(),
+                expected: "milliseconds since the epoch",
+            })?
+        }
+        (None, None) => {
+            return Err(DecodeError::MissingField {
+                field: "timestamp".to_owned(),
+            })
+        }
+    };
+    let event_id = match d.event_id {
+        Some(id) => id,
+        None => content_id(payload),
+    };
+    let context = (d.context != RequestContext::default()).then_some(d.context);
+    Ok(TaskEvent {
+        event_id,
+        kind: d.kind,
+        occurred_at,
+        task_id: d.task_id,
+        user_id: d.user_id,
+        project_id: d.project_id,
+        task: d.task,
+        previous: d.previous,
+        changes: d.changes,
+        reminder: d.reminder,
+        user: d.user,
+        context,
+        dialect: d.dialect,
+        cloudevents: d.cloudevents,
+        schema_version: d.schema_version,
+        attributes: d.attributes.into_map(),
+    })
+}
+
+/// `h:` + hex of the first 16 bytes of SHA-256 of the message: stable for a
+/// re-sent identical message, so it deduplicates like a producer's id.
+fn content_id(payload: &[u8]) -> String {
+    let digest = Sha256::digest(payload);
+    let mut id = String::with_capacity(34);
+    id.push_str("h:");
+    id.push_str(&hex::encode(&digest[..16]));
+    id
+}
