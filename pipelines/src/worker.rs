@@ -241,11 +241,31 @@ impl Ctx {
         events: &[Inbound],
         ops: Vec<StateOp>,
     ) -> Result<(), WorkerError> {
-        let mut ops = ops;
+        let ops = self.with_marks(events, ops);
+        self.state.apply(&ops).await.map_err(WorkerError::from)
+    }
+
+    /// [`Ctx::apply_for_all`] with conditional groups
+    /// ([`StateOp::IfAbsent`]): returns, for each top-level one in `ops`,
+    /// whether its key was absent (its `then` branch ran).
+    pub async fn apply_for_all_checked(
+        &self,
+        events: &[Inbound],
+        ops: Vec<StateOp>,
+    ) -> Result<Vec<bool>, WorkerError> {
+        let ops = self.with_marks(events, ops);
+        self.state
+            .apply_checked(&ops)
+            .await
+            .map_err(WorkerError::from)
+    }
+
+    /// `ops` and the idempotency marks of `events` (when there is a guard).
+    fn with_marks(&self, events: &[Inbound], mut ops: Vec<StateOp>) -> Vec<StateOp> {
         if let Some(g) = &self.guard {
             ops.extend(events.iter().map(|e| g.done_op(&e.event.event_id)));
         }
-        self.state.apply(&ops).await.map_err(WorkerError::from)
+        ops
     }
 
     /// Publishes one output event as JSON, keyed (so one key stays ordered), and

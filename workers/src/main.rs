@@ -123,6 +123,10 @@ enum Command {
         /// The topic the messages came from (a hint for topic-specific shapes).
         #[arg(long, default_value = "task-events")]
         topic: String,
+        /// One line per window and key of `type`, `project` or `priority`
+        /// (default: one line per window over every event).
+        #[arg(long)]
+        dimension: Option<String>,
     },
     /// Recurrence rules: check one with the worker's own engine.
     Recurrence {
@@ -319,22 +323,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             window,
             lateness,
             topic,
+            dimension,
         } => {
+            use taskstream::aggregates::dimension::Dimension;
             if window.as_millis() < 1000 {
                 bail!("--window has value {window:?}: expected at least 1s");
             }
+            let dimension = match dimension.as_deref() {
+                None => None,
+                Some(d) => Some(Dimension::parse(d).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--dimension has value {d:?}: expected type, project or priority"
+                    )
+                })?),
+            };
+            let config = load_config(&cli.config)?;
             let name = humantime::format_duration(window).to_string();
-            let spec = taskstream::aggregates::window::WindowSpec::new(&name, window);
-            let lateness_ms = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+            let opts = taskstream::aggregates::cli::Options {
+                spec: taskstream::aggregates::window::WindowSpec::new(&name, window),
+                lateness_ms: i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX),
+                topic,
+                dimension,
+                max_keys: config.aggregates.max_keys,
+            };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            taskstream::aggregates::cli::aggregate(
-                std::io::stdin().lock(),
-                &mut out,
-                &spec,
-                lateness_ms,
-                &topic,
-            )?;
+            taskstream::aggregates::cli::aggregate(std::io::stdin().lock(), &mut out, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Recurrence {

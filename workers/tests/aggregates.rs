@@ -1,9 +1,13 @@
 //! The aggregates worker in process, on the mock cluster, a throwaway
 //! redis-server and a manual clock: two replicas count every event exactly
-//! once, each window's result is published once, a late event is counted as
-//! late and not added, and a restart that re-reads everything (a new group,
-//! no committed offsets) adds nothing. The same again on a three-master Redis
-//! Cluster (each batch's transaction in the worker's hash slot).
+//! once (out-of-order ones within the lateness in their own window), each
+//! window's results (over every event and per type, project and priority)
+//! are published once and equal `taskstream aggregate`'s over the same
+//! input, a late event is counted as late and not added, and a restart that
+//! re-reads everything (a new group, no committed offsets) adds nothing. The
+//! same again on a three-master Redis Cluster (each batch's atomic update in
+//! the worker's hash slot). A window closed while a resumed partition writes
+//! to it takes nothing more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,9 +19,11 @@ use pipelines::kafka::mock::MockKafka;
 use pipelines::state::StateStore;
 use pipelines::testing::cluster::RedisCluster;
 use pipelines::testing::{read_topic, test_config, unique, RedisServer, TestProducer};
-use pipelines::{Clock, Runtime, Worker};
+use pipelines::{Clock, Ctx, Runtime, Worker};
 use taskstream::aggregates::{AggregatesConfig, AggregatesWorker};
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const TASKS: &str = "task-events";
 const ANALYTICS: &str = "analytics-events";
@@ -36,16 +42,26 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Projects `p0`..`p2`, and none for every fifth task.
+fn project(i: i64) -> String {
+    if i % 5 == 4 {
+        String::new()
+    } else {
+        format!(r#","project_id":"p{}""#, i % 3)
+    }
+}
+
 fn task_event(id: &str, i: i64, at: DateTime<Utc>) -> String {
     let user = format!("u{}", i % USERS);
+    let project = project(i);
     if i % 2 == 0 {
         format!(
-            r#"{{"event_id":"{id}","event_type":"task.created","timestamp":"{}","data":{{"task_id":{i},"user_id":"{user}","title":"t{i}","priority":"high"}}}}"#,
+            r#"{{"event_id":"{id}","event_type":"task.created","timestamp":"{}","data":{{"task_id":{i},"user_id":"{user}","title":"t{i}","priority":"high"{project}}}}}"#,
             ts(at)
         )
     } else {
         format!(
-            r#"{{"event_id":"{id}","event_type":"task.completed","timestamp":"{}","data":{{"task_id":{i},"user_id":"{user}","completed":true,"created_at":"{}","completed_at":"{}"}}}}"#,
+            r#"{{"event_id":"{id}","event_type":"task.completed","timestamp":"{}","data":{{"task_id":{i},"user_id":"{user}","completed":true,"priority":"low","created_at":"{}","completed_at":"{}"{project}}}}}"#,
             ts(at),
             ts(at - chrono::Duration::minutes(10)),
             ts(at)
@@ -116,24 +132,83 @@ async fn wait_for_count(
     n
 }
 
-/// Results on `task-metrics`, by window name and start (each list holds every
-/// copy read, so a window published twice shows two).
-fn results(bootstrap: &str, at_least: usize) -> BTreeMap<(String, String), Vec<serde_json::Value>> {
-    let read = read_topic(bootstrap, METRICS, at_least + 1, Duration::from_secs(6)).unwrap();
-    let mut out: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+/// A result's identity: window, start, dimension and key (both null for
+/// the result over every event).
+type Line = (String, String, Option<String>, Option<String>);
+
+fn line_of(a: &serde_json::Value) -> Line {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    (
+        s(&a["window"]).unwrap(),
+        s(&a["window_start"]).unwrap(),
+        s(&a["dimension"]),
+        s(&a["key"]),
+    )
+}
+
+/// Results on `task-metrics` (each list holds every copy read, so a result
+/// published twice shows two), read until the topic has been quiet.
+fn results(bootstrap: &str) -> BTreeMap<Line, Vec<serde_json::Value>> {
+    let read = read_topic(bootstrap, METRICS, usize::MAX, Duration::from_secs(4)).unwrap();
+    let mut out: BTreeMap<Line, Vec<serde_json::Value>> = BTreeMap::new();
     for m in read {
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        let a = v["attributes"].clone();
         assert_eq!(v["type"], "metrics.window_closed");
         assert_eq!(m.header("event-id"), v["event_id"].as_str());
-        out.entry((
-            a["window"].as_str().unwrap().to_string(),
-            a["window_start"].as_str().unwrap().to_string(),
-        ))
-        .or_default()
-        .push(v);
+        out.entry(line_of(&v["attributes"])).or_default().push(v);
     }
     out
+}
+
+/// The results over every event, by window and start.
+fn totals(
+    r: &BTreeMap<Line, Vec<serde_json::Value>>,
+) -> BTreeMap<(String, String), Vec<serde_json::Value>> {
+    r.iter()
+        .filter(|((_, _, d, _), _)| d.is_none())
+        .map(|((w, s, _, _), c)| ((w.clone(), s.clone()), c.clone()))
+        .collect()
+}
+
+/// Waits for at least `n` windows' results.
+fn wait_for_windows(bootstrap: &str, n: usize) -> BTreeMap<Line, Vec<serde_json::Value>> {
+    let mut r = BTreeMap::new();
+    for _ in 0..60 {
+        r = results(bootstrap);
+        if totals(&r).len() >= n {
+            // A window's per-key results are published with its total.
+            return results(bootstrap);
+        }
+    }
+    r
+}
+
+/// `taskstream aggregate --window 1m [--dimension D]` over `input`.
+fn offline(input: &str, dimension: Option<&str>) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut cmd = common::taskstream();
+    cmd.args(["aggregate", "--window", "1m", "--lateness", "1m"]);
+    if let Some(d) = dimension {
+        cmd.args(["--dimension", d]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "taskstream aggregate failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -170,17 +245,41 @@ async fn two_replicas_on(redis_url: &str) {
     let mut per_minute: HashMap<i64, i64> = HashMap::new();
     // The same input in event-time order, for `taskstream aggregate`.
     let mut in_order: Vec<(i64, String)> = Vec::new();
+    let mut ooo = 0;
     for i in 0..N_TASK {
         let at = midnight() + chrono::Duration::seconds(5 * i);
         *per_minute.entry(5 * i / 60).or_default() += 1;
         in_order.push((5 * i, task_event(&format!("e-{i}"), i, at)));
+        let partition = Some((i % 4) as i32);
         producer
-            .send(
+            .send_to(
                 TASKS,
+                partition,
                 format!("task-{i}").as_bytes(),
                 task_event(&format!("e-{i}"), i, at).as_bytes(),
             )
             .unwrap();
+        if i % 12 == 11 {
+            // Out of order on its partition, 55 s behind its newest event:
+            // within the lateness, it lands in its own (earlier) minute.
+            let t = 5 * i - 55;
+            let e = task_event(
+                &format!("ooo-{i}"),
+                i + 1000,
+                midnight() + chrono::Duration::seconds(t),
+            );
+            *per_minute.entry(t / 60).or_default() += 1;
+            in_order.push((t, e.clone()));
+            producer
+                .send_to(
+                    TASKS,
+                    partition,
+                    format!("ooo-{i}").as_bytes(),
+                    e.as_bytes(),
+                )
+                .unwrap();
+            ooo += 1;
+        }
     }
     for j in 0..N_ANALYTICS {
         let at = midnight() + chrono::Duration::seconds(50 * j);
@@ -204,7 +303,7 @@ async fn two_replicas_on(redis_url: &str) {
         config.redis.is_cluster(),
         "aggregates",
     );
-    let base = N_TASK + N_ANALYTICS;
+    let base = N_TASK + N_ANALYTICS + ooo;
     assert_eq!(
         wait_for_count(store.as_ref(), "1h", midnight(), base).await,
         base,
@@ -215,16 +314,8 @@ async fn two_replicas_on(redis_url: &str) {
     // newest event (00:19:55) minus the lateness, so the minutes up to 00:18
     // close, and nothing else.
     hand.advance(Duration::from_secs(61));
-    let r = {
-        let mut r = BTreeMap::new();
-        for _ in 0..100 {
-            r = results(mock.bootstrap_servers(), 18);
-            if r.len() >= 18 {
-                break;
-            }
-        }
-        r
-    };
+    let all = wait_for_windows(mock.bootstrap_servers(), 18);
+    let r = totals(&all);
     assert_eq!(
         r.len(),
         18,
@@ -243,53 +334,89 @@ async fn two_replicas_on(redis_url: &str) {
             "minute {minute}"
         );
     }
-
-    // `taskstream aggregate` over the same messages gives the same minutes.
-    in_order.sort_by_key(|(t, _)| *t);
-    let input: Vec<String> = in_order.into_iter().map(|(_, l)| l).collect();
-    let mut out = Vec::new();
-    taskstream::aggregates::cli::aggregate(
-        input.join("\n").as_bytes(),
-        &mut out,
-        &taskstream::aggregates::window::WindowSpec::new("1m", Duration::from_secs(60)),
-        60_000,
-        TASKS,
-    )
-    .unwrap();
-    let offline: Vec<serde_json::Value> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mut compared = 0;
-    for line in offline.iter().filter(|l| l["summary"].is_null()) {
-        let key = (
-            "1m".to_string(),
-            line["window_start"].as_str().unwrap().to_string(),
+    // One result per minute, dimension and key, each once; the keys of a
+    // dimension add up to the minute.
+    for ((window, start, dimension, key), copies) in &all {
+        assert_eq!(
+            copies.len(),
+            1,
+            "{window} {start} {dimension:?} {key:?} published once"
         );
-        let Some(copies) = r.get(&key) else {
-            continue;
-        };
-        compared += 1;
-        for field in [
-            "events",
-            "by_type",
-            "tasks_created",
-            "tasks_completed",
-            "distinct_users",
-            "completion_seconds",
-        ] {
+        assert!(r.contains_key(&(window.clone(), start.clone())));
+    }
+    for (window, start) in r.keys() {
+        for d in ["type", "project", "priority"] {
+            let sum: i64 = all
+                .iter()
+                .filter(|((w, s, dd, _), _)| w == window && s == start && dd.as_deref() == Some(d))
+                .map(|(_, c)| c[0]["attributes"]["events"].as_i64().unwrap())
+                .sum();
             assert_eq!(
-                line[field], copies[0]["attributes"][field],
-                "{key:?} {field}"
+                sum,
+                r[&(window.clone(), start.clone())][0]["attributes"]["events"]
+                    .as_i64()
+                    .unwrap(),
+                "{start} {d}"
             );
         }
     }
-    assert_eq!(compared, 18, "every minute the worker closed");
-    assert_eq!(
-        offline.last().unwrap(),
-        &serde_json::json!({"summary": true, "events": base, "late": 0, "windows": 20})
-    );
+    let first = |d: &str, k: &str| {
+        all[&(
+            "1m".to_string(),
+            "2026-03-01T00:00:00Z".to_string(),
+            Some(d.to_string()),
+            Some(k.to_string()),
+        )][0]["attributes"]
+            .clone()
+    };
+    // Minute 0: tasks 0..11 (p0: 0, 3, 6; p1: 1, 7, 10; p2: 2, 5, 8, 11;
+    // none: 4, 9), the out-of-order completion of task 1011 (p0, low) and
+    // the analytics events at 00:00:00 and 00:00:50 (no project).
+    assert_eq!(first("project", "p0")["events"], 4);
+    assert_eq!(first("project", "p2")["events"], 4);
+    assert_eq!(first("project", "(none)")["events"], 4);
+    assert_eq!(first("priority", "high")["events"], 6);
+    assert_eq!(first("priority", "none")["events"], 2);
+    assert_eq!(first("priority", "low")["events"], 7);
+    assert_eq!(first("type", "task.completed")["tasks_completed"], 7);
+    assert_eq!(first("type", "analytics.dashboard_viewed")["events"], 2);
+
+    // `taskstream aggregate` over the same messages gives the same results.
+    in_order.sort_by_key(|(t, _)| *t);
+    let input: Vec<String> = in_order.into_iter().map(|(_, l)| l).collect();
+    let input = input.join("\n");
+    let mut compared = 0;
+    for dimension in [None, Some("type"), Some("project"), Some("priority")] {
+        let lines = offline(&input, dimension);
+        let (summary, lines) = lines.split_last().unwrap();
+        assert_eq!(
+            summary,
+            &serde_json::json!({"summary": true, "events": base, "late": 0, "windows": 20})
+        );
+        for line in lines {
+            let Some(copies) = all.get(&line_of(line)) else {
+                continue;
+            };
+            compared += 1;
+            for field in [
+                "events",
+                "by_type",
+                "by_priority",
+                "tasks_created",
+                "tasks_completed",
+                "distinct_users",
+                "completion_seconds",
+            ] {
+                assert_eq!(
+                    line[field],
+                    copies[0]["attributes"][field],
+                    "{:?} {field}",
+                    line_of(line)
+                );
+            }
+        }
+    }
+    assert_eq!(compared, all.len(), "every result the worker published");
 
     // A late event (00:00:30, its minute closed) is counted as late, not
     // added to the minute; the hour is still open and takes it.
@@ -364,18 +491,13 @@ async fn two_replicas_on(redis_url: &str) {
         )
         .unwrap();
     producer.flush().unwrap();
-    let mut r = BTreeMap::new();
-    for _ in 0..100 {
-        r = results(mock.bootstrap_servers(), 21);
-        if r.len() >= 21 {
-            break;
-        }
-    }
+    let all = wait_for_windows(mock.bootstrap_servers(), 21);
+    let r = totals(&all);
     c.stop().await;
     assert_eq!(r.len(), 21, "the 20 minutes and the hour: {:?}", r.keys());
     assert!(
-        r.values().all(|copies| copies.len() == 1),
-        "each window published once"
+        all.values().all(|copies| copies.len() == 1),
+        "each result published once"
     );
     let hour = &r[&("1h".to_string(), "2026-03-01T00:00:00Z".to_string())][0]["attributes"];
     assert_eq!(hour["events"].as_i64(), Some(expected));
@@ -383,7 +505,7 @@ async fn two_replicas_on(redis_url: &str) {
         hour["tasks_created"].as_i64(),
         Some(N_TASK / 2 + 1 + markers)
     );
-    assert_eq!(hour["tasks_completed"].as_i64(), Some(N_TASK / 2));
+    assert_eq!(hour["tasks_completed"].as_i64(), Some(N_TASK / 2 + ooo));
     assert_eq!(
         hour["by_type"]["analytics.dashboard_viewed"].as_i64(),
         Some(N_ANALYTICS)
@@ -391,7 +513,7 @@ async fn two_replicas_on(redis_url: &str) {
     assert_eq!(hour["distinct_users"].as_i64(), Some(USERS));
     assert_eq!(
         hour["completion_seconds"]["count"].as_i64(),
-        Some(N_TASK / 2)
+        Some(N_TASK / 2 + ooo)
     );
     assert_eq!(hour["completion_seconds"]["p50"].as_f64(), Some(900.0));
     let minutes: i64 = r
@@ -404,4 +526,132 @@ async fn two_replicas_on(redis_url: &str) {
         base + markers,
         "the minutes hold every event but the late one"
     );
+}
+
+fn inbound(line: &str, partition: i32, offset: i64) -> pipelines::Inbound {
+    let ctx = pipelines::event::DecodeContext {
+        topic: TASKS,
+        kafka_timestamp_ms: None,
+    };
+    pipelines::Inbound {
+        event: pipelines::event::decode(line.as_bytes(), &ctx).unwrap(),
+        source: pipelines::Source {
+            topic: Arc::from(TASKS),
+            partition,
+            offset,
+            timestamp_ms: None,
+            received_at: Utc::now(),
+        },
+    }
+}
+
+/// The race of a partition resuming after being idle: the windows it writes
+/// to may be being closed (their close claimed by a replica whose watermark
+/// left the idle partition out). The write is conditional on the window's
+/// close mark, in the same atomic step: a claimed window takes nothing
+/// more, and the events count as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_claimed_for_closing_takes_no_more_events_they_count_as_late() {
+    let redis = RedisServer::start().unwrap();
+    let config = test_config("127.0.0.1:9", &redis.url());
+    let store = pipelines::state::open(&config.redis).await.unwrap();
+    let (clock, _hand) = Clock::manual(midnight() + chrono::Duration::hours(12));
+    let ctx = Ctx::new("aggregates", store.clone(), None, Arc::new(config)).with_clock(clock);
+    let agg = AggregatesConfig {
+        windows: vec!["1m".into(), "1h".into()],
+        ..AggregatesConfig::default()
+    };
+    let worker = AggregatesWorker::new(&agg).unwrap();
+    let at = |s: i64| midnight() + chrono::Duration::seconds(s);
+    let ok = |o: pipelines::BatchOutcome| assert!(o.failure.is_none(), "{:?}", o.failure);
+
+    // Partition 0 counts an event of minute 0.
+    ok(worker
+        .handle_batch(&[inbound(&task_event("r-1", 0, at(10)), 0, 0)], &ctx)
+        .await);
+    assert_eq!(counter(store.as_ref(), "1m", midnight(), "events").await, 1);
+    // A replica claims minute 0's close (its watermark passed the minute)...
+    assert!(store
+        .set_nx(
+            &format!("agg:closed:1m:{}", midnight().timestamp_millis()),
+            b"0",
+            None
+        )
+        .await
+        .unwrap());
+    // ...while partition 1, idle so far, resumes with events of minute 0
+    // and minute 1: this replica has not seen the close.
+    ok(worker
+        .handle_batch(
+            &[
+                inbound(&task_event("r-2", 2, at(20)), 1, 0),
+                inbound(&task_event("r-3", 4, at(70)), 1, 1),
+            ],
+            &ctx,
+        )
+        .await);
+    assert_eq!(
+        counter(store.as_ref(), "1m", midnight(), "events").await,
+        1,
+        "the claimed minute took nothing more"
+    );
+    let dims = store
+        .hget_all(&format!("agg:d:1m:{}:type", midnight().timestamp_millis()))
+        .await
+        .unwrap();
+    assert_eq!(
+        dims.get("events|task.created").map(Vec::as_slice),
+        Some(&b"1"[..]),
+        "nor did its per-key counters"
+    );
+    let late = || async {
+        store
+            .get("agg:late:1m")
+            .await
+            .unwrap()
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok())
+    };
+    assert_eq!(late().await, Some(1), "the event counts as late");
+    assert_eq!(counter(store.as_ref(), "1m", at(60), "events").await, 1);
+    assert_eq!(
+        counter(store.as_ref(), "1h", midnight(), "events").await,
+        3,
+        "the open hour took every event"
+    );
+    // The replica now knows the minute is closed: the next event for it is
+    // refused before it is written.
+    ok(worker
+        .handle_batch(&[inbound(&task_event("r-4", 6, at(30)), 1, 2)], &ctx)
+        .await);
+    assert_eq!(late().await, Some(2));
+    assert_eq!(counter(store.as_ref(), "1m", midnight(), "events").await, 1);
+    assert_eq!(counter(store.as_ref(), "1h", midnight(), "events").await, 4);
+}
+
+/// Distinct users are a Redis HyperLogLog: 0.81 % standard error
+/// (documented in the README); exact for small windows. Three standard
+/// errors bound a large window's count.
+#[tokio::test]
+async fn distinct_users_stay_within_the_documented_error() {
+    let redis = RedisServer::start().unwrap();
+    let config = test_config("127.0.0.1:9", &redis.url());
+    let store = pipelines::state::open(&config.redis).await.unwrap();
+    for (n, tolerance) in [(7u64, 0.0), (300, 0.0), (50_000, 3.0 * 0.0081)] {
+        let key = format!("hll:{n}");
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            store
+                .apply(&[pipelines::state::StateOp::DistinctAdd {
+                    key: key.clone(),
+                    members: chunk.iter().map(|i| format!("user-{i}")).collect(),
+                }])
+                .await
+                .unwrap();
+        }
+        let counted = store.distinct_count(&[key]).await.unwrap();
+        let error = (counted as f64 - n as f64).abs() / n as f64;
+        assert!(
+            error <= tolerance,
+            "{n} users counted as {counted}: error {error}"
+        );
+    }
 }

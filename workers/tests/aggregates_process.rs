@@ -1,10 +1,12 @@
 //! The aggregates worker as real `taskstream run aggregates` processes: one
 //! is SIGKILLed before committing its offsets, a second re-reads those
 //! messages while Redis stops answering for a few seconds; every window's
-//! counts still equal the input exactly and each window has one result.
+//! counts still equal the input exactly and each window has one result. The
+//! second serves `GET /api/stats` and every metric of the issue, with
+//! project labels only for the allow-listed project (p0).
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -14,7 +16,7 @@ use pipelines::state::StateStore;
 use pipelines::testing::{free_port, read_topic, unique, RedisServer, TestProducer};
 
 mod common;
-use common::taskstream;
+use common::{http_get, scrape, taskstream, Process};
 
 const N: i64 = 600;
 
@@ -22,35 +24,29 @@ fn midnight() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
 }
 
+/// Event `i`, every 2 s from midnight: a third completions (created five
+/// minutes earlier), in projects `p0`..`p2` by `i % 3`.
 fn event(i: i64) -> String {
-    let at = (midnight() + chrono::Duration::seconds(2 * i))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let t = midnight() + chrono::Duration::seconds(2 * i);
+    let at = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let created =
+        (t - chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let kind = if i % 3 == 0 {
         "task.completed"
     } else {
         "task.created"
     };
     format!(
-        r#"{{"event_id":"p-{i}","event_type":"{kind}","timestamp":"{at}","data":{{"task_id":{i},"user_id":"u{}","title":"t"}}}}"#,
-        i % 11
+        r#"{{"event_id":"p-{i}","event_type":"{kind}","timestamp":"{at}","data":{{"task_id":{i},"user_id":"u{}","title":"t","project_id":"p{}","created_at":"{created}"}}}}"#,
+        i % 11,
+        i % 3
     )
 }
 
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(bootstrap: &str, redis: &str, prefix: &str, dir: &std::path::Path) -> Process {
+fn start(bootstrap: &str, redis: &str, prefix: &str, dir: &std::path::Path) -> (Process, u16) {
     let port = free_port().unwrap();
-    let log = std::fs::File::create(dir.join(format!("aggregates-{port}.log"))).unwrap();
+    let log_path = dir.join(format!("aggregates-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     let child = taskstream()
         .args(["run", "aggregates"])
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
@@ -72,24 +68,14 @@ fn start(bootstrap: &str, redis: &str, prefix: &str, dir: &std::path::Path) -> P
         .env("TASKSTREAM_AGGREGATES__IDLE_TIMEOUT", "20s")
         .env("TASKSTREAM_AGGREGATES__CLOSE_LEASE", "2s")
         .env("TASKSTREAM_AGGREGATES__CHECK_INTERVAL", "500ms")
+        .env("TASKSTREAM_AGGREGATES__PROJECTS", "[\"p0\"]")
         .env("TASKSTREAM_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    Process { child, port }
-}
-
-fn scrape(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
+    (Process::logged(child, log_path), port)
 }
 
 async fn hour_count(store: &dyn StateStore) -> i64 {
@@ -151,21 +137,21 @@ async fn sigkill_restart_and_a_redis_outage_count_every_event_once() {
     // The first half, handled by a process that is then SIGKILLed before
     // any offset commit.
     send(0..N / 2);
-    let first = start(mock.bootstrap_servers(), &redis.url(), &prefix, &dir);
+    let (first, _) = start(mock.bootstrap_servers(), &redis.url(), &prefix, &dir);
     assert_eq!(
         wait_for_hour(store.as_ref(), N / 2, Duration::from_secs(60)).await,
         N / 2,
         "the first process counted the first half"
     );
-    drop(first); // SIGKILL
-                 // Let the mock coordinator expire the dead member's session first (it
-                 // stops answering the newcomer's heartbeats while both are in the group).
+    first.kill();
+    // Let the mock coordinator expire the dead member's session first (it
+    // stops answering the newcomer's heartbeats while both are in the group).
     tokio::time::sleep(Duration::from_secs(7)).await;
 
     // The second half; a new process re-reads everything while Redis stops
     // answering for four seconds.
     send(N / 2..N);
-    let second = start(mock.bootstrap_servers(), &redis.url(), &prefix, &dir);
+    let (second, port) = start(mock.bootstrap_servers(), &redis.url(), &prefix, &dir);
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.command(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
     assert_eq!(
@@ -177,51 +163,165 @@ async fn sigkill_restart_and_a_redis_outage_count_every_event_once() {
     assert_eq!(hour_count(store.as_ref()).await, N, "and none twice");
 
     // Idle after twenty seconds: the watermark is 00:19:58 minus a minute, so
-    // the minutes 00:00 to 00:17 close, 30 events each, one result each.
+    // the minutes 00:00 to 00:17 close, 30 events each, one result each,
+    // and one per type (2), project (3) and priority (1) each.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut by_window: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    // (start, dimension, key) -> every copy's (id, events).
+    type Copies = BTreeMap<(String, Option<String>, Option<String>), Vec<(String, i64)>>;
+    let mut results: Copies = BTreeMap::new();
+    let totals = |r: &Copies| r.keys().filter(|(_, d, _)| d.is_none()).count();
     while Instant::now() < deadline {
         let read = read_topic(
             mock.bootstrap_servers(),
             "task-metrics",
-            100,
+            usize::MAX,
             Duration::from_secs(2),
         )
         .unwrap();
-        by_window.clear();
+        results.clear();
         for m in read {
             let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            by_window
-                .entry(
-                    v["attributes"]["window_start"]
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
-                )
+            let a = &v["attributes"];
+            let s = |f: &str| a[f].as_str().map(str::to_string);
+            results
+                .entry((s("window_start").unwrap(), s("dimension"), s("key")))
                 .or_default()
                 .push((
                     v["event_id"].as_str().unwrap().to_string(),
-                    v["attributes"]["events"].as_i64().unwrap(),
+                    a["events"].as_i64().unwrap(),
                 ));
         }
-        if by_window.len() >= 18 {
+        if totals(&results) >= 18 && results.len() >= 18 * 7 {
             break;
         }
     }
-    assert_eq!(by_window.len(), 18, "{:?}", by_window.keys());
-    for (start, copies) in &by_window {
+    assert_eq!(totals(&results), 18, "{:?}", results.keys());
+    assert_eq!(results.len(), 18 * 7, "{:?}", results.keys());
+    for ((start, dimension, key), copies) in &results {
         // A crash between publishing and forgetting the window may republish
         // it: with the same id and the same counts.
         assert!(
             copies.iter().all(|c| *c == copies[0]),
-            "{start}: one result, whatever the copies: {copies:?}"
+            "{start} {dimension:?} {key:?}: one result, whatever the copies: {copies:?}"
         );
-        assert_eq!(copies[0].1, 30, "{start}");
+        let expected = match (dimension.as_deref(), key.as_deref()) {
+            (None, _) => 30,
+            (Some("type"), Some("task.completed")) => 10,
+            (Some("type"), _) => 20,
+            (Some("project"), _) => 10,
+            _ => 30,
+        };
+        assert_eq!(copies[0].1, expected, "{start} {dimension:?} {key:?}");
     }
-    let metrics = scrape(second.port).unwrap_or_default();
+
+    // The stats API: the last closed minute (00:17) and the open ones
+    // (00:18, 00:19), per project; 30 events a minute, 10 per project.
+    // (The last close records itself just after publishing: poll briefly.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let (status, body) = http_get(port, "/api/stats?window=1m&dimension=project").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if stats["last_closed"][0]["window_start"] == "2026-03-01T00:17:00Z"
+            || Instant::now() > deadline
+        {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stats["window"], "1m");
+    let lines = |field: &str| -> Vec<(String, String, i64)> {
+        stats[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                assert_eq!(l["dimension"], "project");
+                (
+                    l["window_start"].as_str().unwrap().to_string(),
+                    l["key"].as_str().unwrap().to_string(),
+                    l["events"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let project_lines = |minute: &str| {
+        ["p0", "p1", "p2"]
+            .iter()
+            .map(|p| (format!("2026-03-01T00:{minute}:00Z"), p.to_string(), 10))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines("last_closed"), project_lines("17"));
+    assert_eq!(
+        lines("open"),
+        [project_lines("18"), project_lines("19")].concat()
+    );
+    let (status, body) = http_get(port, "/api/stats?window=1h").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let hour: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hour["open"][0]["events"], N, "{hour}");
+    assert_eq!(hour["open"][0]["dimension"], serde_json::Value::Null);
+    assert_eq!(hour["last_closed"], serde_json::json!([]));
+    for (query, named) in [
+        ("window=5m", "window has value \"5m\""),
+        ("dimension=colour", "dimension has value \"colour\""),
+    ] {
+        let (status, body) = http_get(port, &format!("/api/stats?{query}")).unwrap();
+        assert_eq!(status, 400, "{query}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().starts_with(named),
+            "{query}: {body}"
+        );
+    }
+
+    // A late event (minute 00:00 closed long ago): counted late, not added.
+    producer
+        .send(
+            "task-events",
+            b"late",
+            event(15).replace("p-15", "late-1").as_bytes(),
+        )
+        .unwrap();
+    producer.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(
+        port,
+        "taskstream_aggregates_late_events_total",
+        "window=\"1m\"",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "the late event is counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every metric of the issue is served; project labels only for the
+    // allow-listed p0, the others are "other".
+    for (metric, filter) in [
+        ("taskstream_aggregates_events_total", "project=\"p0\""),
+        ("taskstream_aggregates_events_total", "project=\"other\""),
+        (
+            "taskstream_aggregates_tasks_completed_total",
+            "project=\"p0\"",
+        ),
+        (
+            "taskstream_aggregates_completion_duration_seconds_count",
+            "",
+        ),
+        ("taskstream_aggregates_active_users", "window=\"1m\""),
+        ("taskstream_aggregates_window_events", "window=\"1m\""),
+        ("taskstream_aggregates_late_events_total", "window=\"1m\""),
+        (
+            "taskstream_aggregates_windows_closed_total",
+            "window=\"1m\"",
+        ),
+    ] {
+        assert!(scrape(port, metric, filter) > 0.0, "{metric} {filter}");
+    }
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(
-        metrics.contains("taskstream_aggregates_windows_closed_total{"),
-        "the dashboard's series is served"
+        !metrics.contains("project=\"p1\"") && !metrics.contains("project=\"p2\""),
+        "projects off the allow-list have no label of their own"
     );
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);

@@ -27,6 +27,7 @@ pub async fn run_all(store: &dyn StateStore) {
     apply_writes_every_op(store).await;
     merged_sorted_set_adds_leave_the_same_set(store).await;
     hget_all_many_reads_each_hash(store).await;
+    apply_if_absent_takes_one_branch_atomically(store).await;
     distinct_counts_merge(store).await;
     get_many_reads_in_order(store).await;
 }
@@ -279,6 +280,72 @@ async fn apply_writes_every_op(s: &dyn StateStore) {
     assert_eq!(s.get("conf:ap:s").await.unwrap(), None, "Expire sets a ttl");
     s.apply(&[]).await.expect("an empty update is a no-op");
     s.delete(&["conf:ap:n".into()]).await.unwrap();
+}
+
+async fn apply_if_absent_takes_one_branch_atomically(s: &dyn StateStore) {
+    let guarded = |tag: &str| StateOp::IfAbsent {
+        key: "conf:if:mark".into(),
+        then: vec![
+            StateOp::HashIncrBy {
+                key: "conf:if:h".into(),
+                field: format!("then-{tag}"),
+                by: 1,
+            },
+            StateOp::IncrBy {
+                key: "conf:if:n".into(),
+                by: 2,
+                ttl: Some(Duration::from_secs(60)),
+            },
+        ],
+        otherwise: vec![StateOp::HashIncrBy {
+            key: "conf:if:h".into(),
+            field: format!("else-{tag}"),
+            by: 1,
+        }],
+    };
+    let plain = StateOp::Set {
+        key: "conf:if:plain".into(),
+        value: b"p".to_vec(),
+        ttl: None,
+    };
+    let absent = s
+        .apply_checked(&[plain.clone(), guarded("a")])
+        .await
+        .unwrap();
+    assert_eq!(absent, vec![true], "no mark: the first branch runs");
+    // The mark is set inside the same unit, before the second guard.
+    let absent = s
+        .apply_checked(&[
+            guarded("b"),
+            StateOp::Set {
+                key: "conf:if:mark".into(),
+                value: b"closed".to_vec(),
+                ttl: None,
+            },
+            guarded("c"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        absent,
+        vec![true, false],
+        "guards see earlier ops of the unit"
+    );
+    s.apply(&[guarded("d")]).await.unwrap();
+    let h = s.hget_all("conf:if:h").await.unwrap();
+    let fields: Vec<&str> = h.keys().map(String::as_str).collect();
+    assert_eq!(fields, vec!["else-c", "else-d", "then-a", "then-b"]);
+    assert_eq!(s.get("conf:if:n").await.unwrap(), Some(b"4".to_vec()));
+    assert_eq!(s.get("conf:if:plain").await.unwrap(), Some(b"p".to_vec()));
+    assert!(s.apply_checked(&[]).await.unwrap().is_empty());
+    s.delete(&[
+        "conf:if:mark".into(),
+        "conf:if:h".into(),
+        "conf:if:n".into(),
+        "conf:if:plain".into(),
+    ])
+    .await
+    .unwrap();
 }
 
 async fn distinct_counts_merge(s: &dyn StateStore) {

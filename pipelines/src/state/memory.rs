@@ -373,6 +373,19 @@ impl StateStore for MemoryStore {
         })
     }
 
+    async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError> {
+        self.with(|m, now| {
+            let mut absent = Vec::new();
+            for op in ops {
+                if let StateOp::IfAbsent { key, .. } = op {
+                    absent.push(live(m, &self.key(key), now).is_none());
+                }
+                self.apply_one(m, op, now)?;
+            }
+            Ok(absent)
+        })
+    }
+
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
         let k = self.key(key);
         self.with(|m, now| match live(m, &k, now) {
@@ -520,6 +533,18 @@ impl MemoryStore {
             StateOp::Expire { ttl, .. } => {
                 if let Some(e) = live(m, &k, now) {
                     e.expires_at = Some(now + *ttl);
+                }
+            }
+            StateOp::IfAbsent {
+                then, otherwise, ..
+            } => {
+                let branch = if live(m, &k, now).is_none() {
+                    then
+                } else {
+                    otherwise
+                };
+                for op in branch {
+                    self.apply_one(m, op, now)?;
                 }
             }
         }

@@ -152,6 +152,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Applies `ops` in order as one atomic unit (`MULTI`/`EXEC` on Redis): a
     /// crash or a concurrent reader sees all of them or none.
     async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError>;
+    /// [`StateStore::apply`], returning for each top-level
+    /// [`StateOp::IfAbsent`] of `ops`, in order, whether its key was absent
+    /// (its `then` branch ran).
+    async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError>;
     /// One field of a hash.
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError>;
     /// Every field of a hash (empty when absent).

@@ -51,6 +51,15 @@ pub enum StateOp {
     DistinctAdd { key: String, members: Vec<String> },
     /// `PEXPIRE key ttl`.
     Expire { key: String, ttl: Duration },
+    /// A conditional group, decided inside the same atomic unit: when `key`
+    /// does not exist, `then` is applied, else `otherwise` (a write that must
+    /// not land once a close mark or a claim exists). A Lua script on Redis.
+    /// [`super::StateStore::apply_checked`] reports which branch ran.
+    IfAbsent {
+        key: String,
+        then: Vec<StateOp>,
+        otherwise: Vec<StateOp>,
+    },
 }
 
 impl StateOp {
@@ -67,7 +76,8 @@ impl StateOp {
             | StateOp::ZAddMany { key, .. }
             | StateOp::ZRem { key, .. }
             | StateOp::DistinctAdd { key, .. }
-            | StateOp::Expire { key, .. } => key,
+            | StateOp::Expire { key, .. }
+            | StateOp::IfAbsent { key, .. } => key,
         }
     }
 }

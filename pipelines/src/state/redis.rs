@@ -100,6 +100,50 @@ return 0",
     )
 });
 
+/// `apply_checked`: [`StateOp`]s as commands (see
+/// `RedisStore::encode_for_script`), run in order as one atomic step;
+/// `?IFABSENT` runs the commands up to its `?ELSE` when its key does not
+/// exist, else those from `?ELSE` to `?END`, and reports which (1: absent)
+/// for the top-level ones. (A command may have at most a few thousand
+/// arguments: Lua's `unpack` limit.)
+static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local pos, key, absent = 1, 0, {}
+local function block(live, top)
+  while pos <= #ARGV do
+    local name = ARGV[pos]
+    if name == '?ELSE' or name == '?END' then
+      pos = pos + 1
+      return name
+    end
+    key = key + 1
+    if name == '?IFABSENT' then
+      pos = pos + 1
+      local yes = redis.call('EXISTS', KEYS[key]) == 0
+      if top then absent[#absent + 1] = yes and 1 or 0 end
+      if block(live and yes, false) == '?ELSE' then
+        block(live and not yes, false)
+      end
+    else
+      local n = tonumber(ARGV[pos + 1])
+      if live then redis.call(name, KEYS[key], unpack(ARGV, pos + 2, pos + 1 + n)) end
+      pos = pos + 2 + n
+    end
+  end
+end
+block(true, true)
+return absent",
+    )
+});
+
+/// The `KEYS` and `ARGV` of one call of [`APPLY`], each one flat buffer
+/// (no allocation per argument).
+struct ScriptArgs {
+    keys: redis::Cmd,
+    argv: redis::Cmd,
+    key_count: usize,
+}
+
 /// Server replies that mean "not now" (a failover, a replica still loading,
 /// a cluster resharding: a slot that moved or is moving, a transaction the
 /// server aborted because a key of it was redirected): the store is
@@ -261,6 +305,130 @@ impl RedisStore {
 
     fn ms(d: Duration) -> u64 {
         (d.as_millis() as u64).max(1)
+    }
+
+    /// The commands of one op of [`StateStore::apply`], in order (an
+    /// [`StateOp::IfAbsent`] has none: [`RedisStore::encode_for_script`]
+    /// turns it into the script's branch).
+    fn each_command(&self, op: &StateOp, f: &mut dyn FnMut(redis::Cmd)) {
+        let k = self.key(op.key());
+        let cmd = |name: &str| {
+            let mut c = redis::cmd(name);
+            c.arg(&k);
+            c
+        };
+        match op {
+            StateOp::Set { value, ttl, .. } => {
+                let mut c = cmd("SET");
+                c.arg(value.as_slice());
+                if let Some(ttl) = ttl {
+                    c.arg("PX").arg(Self::ms(*ttl));
+                }
+                f(c);
+            }
+            StateOp::Delete { .. } => f(cmd("DEL")),
+            StateOp::IncrBy { by, ttl, .. } => {
+                let mut c = cmd("INCRBY");
+                c.arg(*by);
+                f(c);
+                if let Some(ttl) = ttl {
+                    let mut c = cmd("PEXPIRE");
+                    c.arg(Self::ms(*ttl)).arg("NX");
+                    f(c);
+                }
+            }
+            StateOp::HashSet { fields, .. } => {
+                if !fields.is_empty() {
+                    let mut c = cmd("HSET");
+                    for (field, v) in fields {
+                        c.arg(field).arg(v.as_slice());
+                    }
+                    f(c);
+                }
+            }
+            StateOp::HashIncrBy { field, by, .. } => {
+                let mut c = cmd("HINCRBY");
+                c.arg(field).arg(*by);
+                f(c);
+            }
+            StateOp::HashDelete { fields, .. } => {
+                if !fields.is_empty() {
+                    let mut c = cmd("HDEL");
+                    c.arg(fields);
+                    f(c);
+                }
+            }
+            StateOp::ZAdd { member, score, .. } => {
+                let mut c = cmd("ZADD");
+                c.arg(score_arg(*score)).arg(member);
+                f(c);
+            }
+            StateOp::ZAddMany { members, .. } => {
+                if !members.is_empty() {
+                    let mut c = cmd("ZADD");
+                    for (member, score) in members {
+                        c.arg(score_arg(*score)).arg(member);
+                    }
+                    f(c);
+                }
+            }
+            StateOp::ZRem { member, .. } => {
+                let mut c = cmd("ZREM");
+                c.arg(member);
+                f(c);
+            }
+            StateOp::DistinctAdd { members, .. } => {
+                let mut c = cmd("PFADD");
+                c.arg(members);
+                f(c);
+            }
+            StateOp::Expire { ttl, .. } => {
+                let mut c = cmd("PEXPIRE");
+                c.arg(Self::ms(*ttl));
+                f(c);
+            }
+            StateOp::IfAbsent { .. } => {}
+        }
+    }
+
+    /// Appends `op` to the arguments of [`APPLY`]: each command as its key
+    /// (in `KEYS`) and `name, n, arg1..argn` (in `ARGV`); an
+    /// [`StateOp::IfAbsent`] as its key and `?IFABSENT`, the commands of
+    /// `then`, `?ELSE`, those of `otherwise`, `?END`.
+    fn encode_for_script(&self, op: &StateOp, out: &mut ScriptArgs) {
+        if let StateOp::IfAbsent {
+            then, otherwise, ..
+        } = op
+        {
+            out.keys.arg(self.key(op.key()));
+            out.key_count += 1;
+            out.argv.arg("?IFABSENT");
+            for op in then {
+                self.encode_for_script(op, out);
+            }
+            out.argv.arg("?ELSE");
+            for op in otherwise {
+                self.encode_for_script(op, out);
+            }
+            out.argv.arg("?END");
+            return;
+        }
+        self.each_command(op, &mut |cmd| {
+            let n = cmd.args_iter().len().saturating_sub(2);
+            let mut args = cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(a) => Some(a),
+                _ => None,
+            });
+            let (Some(name), Some(key)) = (args.next(), args.next()) else {
+                return;
+            };
+            out.keys.arg(key);
+            out.key_count += 1;
+            out.argv.arg(name).arg(n);
+            for a in args {
+                out.argv.arg(a);
+            }
+        });
     }
 }
 
@@ -603,82 +771,55 @@ impl StateStore for RedisStore {
         let Some(first) = ops.first() else {
             return Ok(());
         };
+        if ops.iter().any(|op| matches!(op, StateOp::IfAbsent { .. })) {
+            return self.apply_checked(ops).await.map(|_| ());
+        }
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
         for op in ops {
-            let k = self.key(op.key());
-            match op {
-                StateOp::Set { value, ttl, .. } => {
-                    let cmd = pipe.cmd("SET").arg(&k).arg(value.as_slice());
-                    if let Some(ttl) = ttl {
-                        cmd.arg("PX").arg(Self::ms(*ttl));
-                    }
-                    cmd.ignore();
-                }
-                StateOp::Delete { .. } => {
-                    pipe.cmd("DEL").arg(&k).ignore();
-                }
-                StateOp::IncrBy { by, ttl, .. } => {
-                    pipe.cmd("INCRBY").arg(&k).arg(*by).ignore();
-                    if let Some(ttl) = ttl {
-                        pipe.cmd("PEXPIRE")
-                            .arg(&k)
-                            .arg(Self::ms(*ttl))
-                            .arg("NX")
-                            .ignore();
-                    }
-                }
-                StateOp::HashSet { fields, .. } => {
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    let cmd = pipe.cmd("HSET").arg(&k);
-                    for (f, v) in fields {
-                        cmd.arg(f).arg(v.as_slice());
-                    }
-                    cmd.ignore();
-                }
-                StateOp::HashIncrBy { field, by, .. } => {
-                    pipe.cmd("HINCRBY").arg(&k).arg(field).arg(*by).ignore();
-                }
-                StateOp::HashDelete { fields, .. } => {
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    pipe.cmd("HDEL").arg(&k).arg(fields).ignore();
-                }
-                StateOp::ZAdd { member, score, .. } => {
-                    pipe.cmd("ZADD")
-                        .arg(&k)
-                        .arg(score_arg(*score))
-                        .arg(member)
-                        .ignore();
-                }
-                StateOp::ZAddMany { members, .. } => {
-                    if members.is_empty() {
-                        continue;
-                    }
-                    let cmd = pipe.cmd("ZADD").arg(&k);
-                    for (member, score) in members {
-                        cmd.arg(score_arg(*score)).arg(member);
-                    }
-                    cmd.ignore();
-                }
-                StateOp::ZRem { member, .. } => {
-                    pipe.cmd("ZREM").arg(&k).arg(member).ignore();
-                }
-                StateOp::DistinctAdd { members, .. } => {
-                    pipe.cmd("PFADD").arg(&k).arg(members).ignore();
-                }
-                StateOp::Expire { ttl, .. } => {
-                    pipe.cmd("PEXPIRE").arg(&k).arg(Self::ms(*ttl)).ignore();
-                }
-            }
+            self.each_command(op, &mut |cmd| {
+                pipe.add_command(cmd).ignore();
+            });
         }
         pipe.query_async::<()>(&mut c)
             .await
             .map_err(|e| classify(first.key(), e))
+    }
+
+    async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError> {
+        let Some(first) = ops.first() else {
+            return Ok(Vec::new());
+        };
+        let mut args = ScriptArgs {
+            keys: redis::Cmd::new(),
+            argv: redis::Cmd::new(),
+            key_count: 0,
+        };
+        for op in ops {
+            self.encode_for_script(op, &mut args);
+        }
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(APPLY.get_hash()).arg(args.key_count);
+        for a in args.keys.args_iter().chain(args.argv.args_iter()) {
+            if let redis::Arg::Simple(a) = a {
+                cmd.arg(a);
+            }
+        }
+        let mut c = self.conn.clone();
+        let absent: Vec<i64> = match cmd.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                APPLY
+                    .prepare_invoke()
+                    .load_async(&mut c)
+                    .await
+                    .map_err(|e| classify(first.key(), e))?;
+                cmd.query_async(&mut c).await
+            }
+            other => other,
+        }
+        .map_err(|e| classify(first.key(), e))?;
+        Ok(absent.into_iter().map(|a| a == 1).collect())
     }
 
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {

@@ -65,6 +65,18 @@ impl Scoped {
     }
 
     fn op(&self, op: &StateOp) -> StateOp {
+        if let StateOp::IfAbsent {
+            key,
+            then,
+            otherwise,
+        } = op
+        {
+            return StateOp::IfAbsent {
+                key: slot_key(&self.tag, key),
+                then: then.iter().map(|op| self.op(op)).collect(),
+                otherwise: otherwise.iter().map(|op| self.op(op)).collect(),
+            };
+        }
         let mut op = op.clone();
         let key = match &mut op {
             StateOp::Set { key, .. }
@@ -77,7 +89,8 @@ impl Scoped {
             | StateOp::ZAddMany { key, .. }
             | StateOp::ZRem { key, .. }
             | StateOp::DistinctAdd { key, .. }
-            | StateOp::Expire { key, .. } => key,
+            | StateOp::Expire { key, .. }
+            | StateOp::IfAbsent { key, .. } => key,
         };
         *key = slot_key(&self.tag, key);
         op
@@ -256,6 +269,13 @@ impl StateStore for Scoped {
     async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError> {
         let ops: Vec<StateOp> = ops.iter().map(|op| self.op(op)).collect();
         self.inner.apply(&ops).await.map_err(|e| self.unscoped(e))
+    }
+    async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError> {
+        let ops: Vec<StateOp> = ops.iter().map(|op| self.op(op)).collect();
+        self.inner
+            .apply_checked(&ops)
+            .await
+            .map_err(|e| self.unscoped(e))
     }
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.inner

@@ -2,8 +2,12 @@
 //!
 //! Every partition timer of every replica may find the same window due; the
 //! close is claimed with `SET NX` on the window's close mark (value: the
-//! claim time). The claimer reads the counts, publishes the result (id
-//! derived from the window) and removes the window from the open set. A
+//! claim time). From then on no batch adds to the window (its writes are
+//! conditional on the mark's absence, in the same atomic step: a partition
+//! that resumes after being idle counts its events for the window as
+//! late). The claimer reads the counts, publishes the results (the window's
+//! and one per dimension and key, ids derived from them), removes the
+//! window from the open set and records it as its size's last closed. A
 //! claimer that crashed in between leaves the window open with an old mark:
 //! after `close_lease` another replica takes the claim over
 //! (compare-and-set) and, if the window is still open, publishes the same
@@ -15,16 +19,17 @@ use std::time::Duration;
 
 use pipelines::{Ctx, WorkerError};
 
+use super::dimension::Dimension;
 use super::metrics;
-use super::result::WindowResult;
+use super::result::{self, WindowResult};
 use super::store;
 use super::window::WindowId;
 
 /// Whether this call closed the window.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Closed {
-    /// Published by this call.
-    Published(Box<WindowResult>),
+    /// Published by this call: the result over every event first.
+    Published(Vec<WindowResult>),
     /// Another replica holds (or finished) the close.
     NotOurs,
 }
@@ -86,15 +91,48 @@ pub async fn close_window(
     topic: &str,
     lease: Duration,
     state_ttl: Duration,
+    max_keys: usize,
 ) -> Result<Closed, WorkerError> {
-    let ttl = Duration::from_millis((w.end_ms - w.start_ms).max(0) as u64) + state_ttl;
+    let ttl = store::window_ttl(w, state_ttl);
     if !claim(ctx, w, lease, ttl).await? {
         return Ok(Closed::NotOurs);
     }
-    let counts = store::read_window(ctx.state(), w).await?;
-    let result = WindowResult::new(w, &counts);
-    ctx.publish_event(&result.output(w, topic)).await?;
-    ctx.state().zrem(store::OPEN, &w.member()).await?;
-    metrics::window_closed(&w.name, &result);
-    Ok(Closed::Published(Box::new(result)))
+    let state = ctx.state();
+    let mut lines = result::read(state, w, None, max_keys).await?;
+    for d in Dimension::ALL {
+        lines.extend(result::read(state, w, Some(d), max_keys).await?);
+    }
+    let outputs: Vec<_> = lines.iter().map(|r| r.output(w, topic)).collect();
+    ctx.publish_events(&outputs).await?;
+    state.zrem(store::OPEN, &w.member()).await?;
+    record_last_closed(ctx, w).await?;
+    metrics::window_closed(&w.name, &lines[0]);
+    Ok(Closed::Published(lines))
+}
+
+/// Records `w` as the last closed window of its size unless a later one is
+/// recorded (timers of several partitions close windows concurrently).
+async fn record_last_closed(ctx: &Ctx, w: &WindowId) -> Result<(), WorkerError> {
+    let state = ctx.state();
+    let key = store::last_closed_key(&w.name);
+    let start = w.start_ms.to_string();
+    loop {
+        let swapped = match state.get(&key).await? {
+            None => state.set_nx(&key, start.as_bytes(), None).await?,
+            Some(old) => {
+                let recorded = std::str::from_utf8(&old)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                if recorded.is_some_and(|r| r >= w.start_ms) {
+                    return Ok(());
+                }
+                state
+                    .compare_and_set(&key, &old, start.as_bytes(), None)
+                    .await?
+            }
+        };
+        if swapped {
+            return Ok(());
+        }
+    }
 }

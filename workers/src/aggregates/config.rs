@@ -36,6 +36,12 @@ pub struct AggregatesConfig {
     /// window's own length (late events are recognised for this long).
     #[serde(with = "humantime_serde")]
     pub state_ttl: Duration,
+    /// Per window and dimension, how many keys (projects, in practice) get
+    /// their own result; the others are folded into one with key `(other)`.
+    pub max_keys: usize,
+    /// Projects that get their own `project` label on the Prometheus
+    /// metrics; every other project is `other` (labels stay bounded).
+    pub projects: Vec<String>,
 }
 
 impl Default for AggregatesConfig {
@@ -47,6 +53,8 @@ impl Default for AggregatesConfig {
             check_interval: Duration::from_secs(10),
             close_lease: Duration::from_secs(30),
             state_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_keys: 100,
+            projects: Vec::new(),
         }
     }
 }
@@ -89,6 +97,13 @@ impl AggregatesConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.window_specs()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::invalid(
+                "aggregates.max_keys",
+                "0",
+                "a whole number above zero",
+            ));
+        }
         for (key, d) in [
             ("aggregates.idle_timeout", self.idle_timeout),
             ("aggregates.check_interval", self.check_interval),

@@ -54,8 +54,8 @@ pub fn messages(task_topic: &str, analytics_topic: &str) -> Vec<(String, String,
     out
 }
 
-/// The window results on `topic` for the demo's day (waits up to `wait`
-/// for at least `expected`).
+/// The window results over every event (not per key) on `topic` for the
+/// demo's day (waits up to `wait` for at least `expected`).
 pub fn published(
     bootstrap: &str,
     topic: &str,
@@ -70,7 +70,7 @@ pub fn published(
             .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
             .filter(|v| v["type"] == KIND)
             .filter_map(|v| serde_json::from_value(v["attributes"].clone()).ok())
-            .filter(|r: &WindowResult| r.window_start >= start())
+            .filter(|r: &WindowResult| r.window_start >= start() && r.dimension.is_none())
             .collect();
         if ours.len() >= expected || std::time::Instant::now() > deadline {
             ours.sort_by_key(|r| (r.window_end, r.window_start));

@@ -21,11 +21,15 @@ pub const BOUNDS_SECONDS: &[f64] = &[
     2_592_000.0,
 ];
 
+/// How many buckets: one per bound and the open last one.
+pub const BUCKETS: usize = 13;
+const _: () = assert!(BUCKETS == BOUNDS_SECONDS.len() + 1);
+
 /// Bucket counts of one window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CompletionHistogram {
-    /// `BOUNDS_SECONDS.len() + 1` counts; the last has no upper bound.
-    pub buckets: Vec<u64>,
+    /// One count per bound; the last has no upper bound.
+    pub buckets: [u64; BUCKETS],
     pub sum_seconds: f64,
 }
 
@@ -39,10 +43,7 @@ pub fn bucket_of(seconds: f64) -> usize {
 
 impl CompletionHistogram {
     pub fn new() -> Self {
-        CompletionHistogram {
-            buckets: vec![0; BOUNDS_SECONDS.len() + 1],
-            sum_seconds: 0.0,
-        }
+        CompletionHistogram::default()
     }
 
     pub fn record(&mut self, seconds: f64) {
@@ -51,9 +52,6 @@ impl CompletionHistogram {
     }
 
     pub fn add_to_bucket(&mut self, bucket: usize, n: u64) {
-        if self.buckets.len() <= BOUNDS_SECONDS.len() {
-            self.buckets.resize(BOUNDS_SECONDS.len() + 1, 0);
-        }
         if let Some(b) = self.buckets.get_mut(bucket) {
             *b += n;
         }

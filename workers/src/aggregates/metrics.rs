@@ -1,9 +1,14 @@
 //! The aggregates worker's own metrics (the pipeline's are in
 //! `pipelines::metrics`). Labels are bounded: `window` is a configured size,
-//! `type` a known event type, `priority` one of a fixed few.
+//! `type` a known event type, `priority` one of a fixed few
+//! ([`super::dimension::priority_label`]), `project` a name from the
+//! configured allow-list, `none` or `other`.
+
+use std::collections::{HashMap, HashSet};
 
 use metrics::{counter, gauge, histogram};
 
+use super::plan::EventFacts;
 use super::result::WindowResult;
 
 pub const WINDOWS_CLOSED: &str = "taskstream_aggregates_windows_closed_total";
@@ -15,26 +20,38 @@ pub const ACTIVE_USERS: &str = "taskstream_aggregates_active_users";
 pub const WINDOW_EVENTS: &str = "taskstream_aggregates_window_events";
 pub const WATERMARK: &str = "taskstream_aggregates_watermark_seconds";
 
-/// A priority as a label: one of a fixed set, so producers cannot grow it.
-pub fn priority_label(p: Option<&str>) -> &'static str {
-    match p {
+/// A project as a label: its name when the allow-list
+/// (`aggregates.projects`) names it, `none` without a project, else `other`.
+pub fn project_label<'a>(allow: &HashSet<String>, project: Option<&'a str>) -> &'a str {
+    match project {
         None => "none",
-        Some("low") => "low",
-        Some("medium") | Some("normal") => "medium",
-        Some("high") => "high",
-        Some("urgent") | Some("critical") => "urgent",
+        Some(p) if allow.contains(p) => p,
         Some(_) => "other",
     }
 }
 
-/// One event counted (in at least its smallest window, or as late).
-pub fn event(kind: &str, priority: Option<&str>, completion_seconds: Option<f64>) {
-    counter!(EVENTS, "type" => kind.to_string()).increment(1);
-    if kind == "task.completed" {
-        counter!(TASKS_COMPLETED, "priority" => priority_label(priority)).increment(1);
+/// A batch's events counted (each in at least its smallest window, or as
+/// late): one increment per label set, not per event.
+pub fn events(facts: &[EventFacts<'_>], allow: &HashSet<String>) {
+    let mut by_type: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut completed: HashMap<(&str, &str), u64> = HashMap::new();
+    let durations = histogram!(COMPLETION_DURATION);
+    for f in facts {
+        let project = project_label(allow, f.project);
+        *by_type.entry((f.kind, project)).or_default() += 1;
+        if f.kind == "task.completed" {
+            *completed.entry((f.priority, project)).or_default() += 1;
+        }
+        if let Some(s) = f.completion_seconds {
+            durations.record(s);
+        }
     }
-    if let Some(s) = completion_seconds {
-        histogram!(COMPLETION_DURATION).record(s);
+    for ((kind, project), n) in by_type {
+        counter!(EVENTS, "type" => kind.to_string(), "project" => project.to_string()).increment(n);
+    }
+    for ((priority, project), n) in completed {
+        counter!(TASKS_COMPLETED, "priority" => priority.to_string(), "project" => project.to_string())
+            .increment(n);
     }
 }
 

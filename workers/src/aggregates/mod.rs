@@ -4,26 +4,31 @@
 //! active users and completion times, per tumbling window (1 minute, 1 hour,
 //! 1 day by default), from `task-events` and `analytics-events`. State is in
 //! Redis, so a restart or a rebalance loses nothing; each batch's update and
-//! its events' idempotency marks are one transaction, so nothing is counted
+//! its events' idempotency marks are one atomic step, so nothing is counted
 //! twice. A window closes once the worker's watermark (the slowest active
 //! partition's newest event time minus the allowed lateness) passes its end;
-//! its result is published once to `task-metrics`. Events for a closed
+//! its results (over every event, and per event type, project and
+//! priority) are published once to `task-metrics`. Events for a closed
 //! window are late: counted as such, never added.
 //!
 //! - [`window`]: window assignment; [`watermark`]: partition and worker
-//!   watermarks; [`plan`]: folding a batch (the pure core);
+//!   watermarks; [`plan`]: folding a batch (the pure core); [`dimension`]:
+//!   the per-key breakdowns and their bounds;
 //! - [`histogram`]: completion durations; [`store`]: the Redis layout;
 //! - [`close`]: closing a window once across replicas; [`result`]: what is
-//!   published; [`worker`]: the `Worker`; [`metrics`]; [`config`].
+//!   published; [`worker`]: the `Worker`; [`stats`]: `GET /api/stats`;
+//!   [`cli`]: `taskstream aggregate`; [`metrics`]; [`config`].
 
 pub mod cli;
 pub mod close;
 pub mod config;
 pub mod demo;
+pub mod dimension;
 pub mod histogram;
 pub mod metrics;
 pub mod plan;
 pub mod result;
+pub mod stats;
 pub mod store;
 pub mod watermark;
 pub mod window;

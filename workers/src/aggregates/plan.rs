@@ -10,31 +10,47 @@
 //! partition's owner, knowing its own watermark, refuses to add to it from
 //! then on. A late event is counted as late (per window size), never added.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use pipelines::event::KNOWN_TYPES;
 use pipelines::TaskEvent;
 
+use super::dimension::{self, priority_label, Dimension};
 use super::histogram::CompletionHistogram;
 use super::window::{WindowId, WindowSpec};
 
-/// What the windows need to know of one event.
+/// What the windows need to know of one event (borrowed from it: folding a
+/// batch copies no strings).
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventFacts {
+pub struct EventFacts<'a> {
     pub t_ms: i64,
-    pub kind: String,
-    pub user: Option<String>,
-    pub priority: Option<String>,
+    /// A known event type (`other` for any other: the pipeline hands
+    /// workers known types only).
+    pub kind: &'static str,
+    pub user: Option<&'a str>,
+    /// The task's priority as one of a fixed few ([`priority_label`]).
+    pub priority: &'static str,
+    /// The event's project, else its task's.
+    pub project: Option<&'a str>,
     /// Created-to-completed seconds, for a completion whose creation time is known.
     pub completion_seconds: Option<f64>,
-    pub task_id: Option<String>,
+    pub task_id: Option<&'a str>,
     /// For a completion: when it was completed (the snapshot's
     /// `completed_at`, else the event time), ms since the epoch.
     pub completed_ms: Option<i64>,
 }
 
-impl EventFacts {
-    pub fn of(e: &TaskEvent) -> EventFacts {
+/// `kind` as the static name of a known type, or `other`.
+pub fn known_kind(kind: &str) -> &'static str {
+    KNOWN_TYPES
+        .binary_search(&kind)
+        .map_or("other", |i| KNOWN_TYPES[i])
+}
+
+impl<'a> EventFacts<'a> {
+    pub fn of(e: &'a TaskEvent) -> EventFacts<'a> {
         let task = e.task.as_ref();
         let completed_ms = (e.kind == "task.completed").then(|| {
             task.and_then(|t| t.completed_at)
@@ -48,15 +64,26 @@ impl EventFacts {
         let completion_seconds = completed_ms.zip(created_ms).and_then(completion_seconds);
         EventFacts {
             t_ms: e.occurred_at.timestamp_millis(),
-            kind: e.kind.clone(),
-            user: e.user_id.clone(),
-            priority: task
-                .and_then(|t| t.priority.as_deref())
-                .map(|p| p.trim().to_ascii_lowercase())
+            kind: known_kind(&e.kind),
+            user: e.user_id.as_deref(),
+            priority: priority_label(task.and_then(|t| t.priority.as_deref())),
+            project: e
+                .project_id
+                .as_deref()
+                .or_else(|| task.and_then(|t| t.project_id.as_deref()))
                 .filter(|p| !p.is_empty()),
             completion_seconds,
-            task_id: e.task_id.clone(),
+            task_id: e.task_id.as_deref(),
             completed_ms,
+        }
+    }
+
+    /// Its key in `dimension`.
+    pub fn key(&self, dimension: Dimension) -> &'a str {
+        match dimension {
+            Dimension::Type => self.kind,
+            Dimension::Project => self.project.unwrap_or(dimension::NONE),
+            Dimension::Priority => self.priority,
         }
     }
 }
@@ -68,82 +95,128 @@ pub fn completion_seconds((completed_ms, created_ms): (i64, i64)) -> Option<f64>
     (ms >= 0).then_some(ms as f64 / 1000.0)
 }
 
-/// What a batch adds to one window.
+/// What a batch adds to one window, or to one key of a dimension in it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct WindowDelta {
+pub struct Counts<'a> {
     pub events: u64,
-    pub by_type: BTreeMap<String, u64>,
-    pub by_priority: BTreeMap<String, u64>,
+    pub by_type: BTreeMap<&'static str, u64>,
+    pub by_priority: BTreeMap<&'static str, u64>,
     pub created: u64,
     pub completed: u64,
     pub durations: CompletionHistogram,
-    pub users: BTreeSet<String>,
+    pub users: BTreeSet<&'a str>,
 }
 
-impl WindowDelta {
-    /// Adds another delta of the same window.
-    pub fn merge(&mut self, other: &WindowDelta) {
-        self.events += other.events;
-        for (k, n) in &other.by_type {
-            *self.by_type.entry(k.clone()).or_default() += n;
+impl<'a> Counts<'a> {
+    /// Counts one event.
+    pub fn add(&mut self, e: &EventFacts<'a>) {
+        self.add_for(e, None);
+    }
+
+    /// Counts one event in a key of `dim` (`None`: over every event),
+    /// leaving out what that key's result does not show: its types for a
+    /// type, priorities for any key (see [`super::result::WindowResult::new`]).
+    fn add_for(&mut self, e: &EventFacts<'a>, dim: Option<Dimension>) {
+        self.events += 1;
+        if dim != Some(Dimension::Type) {
+            *self.by_type.entry(e.kind).or_default() += 1;
         }
-        for (k, n) in &other.by_priority {
-            *self.by_priority.entry(k.clone()).or_default() += n;
+        if dim.is_none() {
+            *self.by_priority.entry(e.priority).or_default() += 1;
         }
-        self.created += other.created;
-        self.completed += other.completed;
-        self.durations.merge(&other.durations);
-        self.users.extend(other.users.iter().cloned());
+        match e.kind {
+            "task.created" => self.created += 1,
+            "task.completed" => self.completed += 1,
+            _ => {}
+        }
+        if let Some(s) = e.completion_seconds {
+            self.durations.record(s);
+        }
+        if let Some(u) = e.user {
+            self.users.insert(u);
+        }
     }
 }
 
-/// A batch folded: per-window additions, late events per window size, and
-/// the partition's newest event time afterwards.
+/// What a batch adds to one window: over every event, and per dimension and key.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BatchPlan {
-    pub windows: BTreeMap<WindowId, WindowDelta>,
+pub struct WindowDelta<'a> {
+    pub all: Counts<'a>,
+    pub by: BTreeMap<(Dimension, &'a str), Counts<'a>>,
+}
+
+impl<'a> WindowDelta<'a> {
+    pub fn add(&mut self, e: &EventFacts<'a>) {
+        self.all.add(e);
+        for d in Dimension::ALL {
+            self.by
+                .entry((d, e.key(d)))
+                .or_default()
+                .add_for(e, Some(d));
+        }
+    }
+}
+
+/// A batch folded: per-window additions (in the order the windows were
+/// first met), late events per window size, and the partition's newest
+/// event time afterwards.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchPlan<'a> {
+    pub windows: Vec<(WindowId, WindowDelta<'a>)>,
     pub late: BTreeMap<Arc<str>, u64>,
     pub max_event_ms: Option<i64>,
 }
 
+impl<'a> BatchPlan<'a> {
+    /// The delta of `w`, if the batch adds to it.
+    pub fn window(&self, w: &WindowId) -> Option<&WindowDelta<'a>> {
+        self.windows.iter().find(|(id, _)| id == w).map(|(_, d)| d)
+    }
+}
+
 /// Folds `events` (in partition order) given the partition's newest event
 /// time before them and the windows known to be closed.
-pub fn plan(
+pub fn plan<'a>(
     specs: &[WindowSpec],
     lateness_ms: i64,
     prior_max_ms: Option<i64>,
     closed: &HashSet<WindowId>,
-    events: &[EventFacts],
-) -> BatchPlan {
+    events: &[EventFacts<'a>],
+) -> BatchPlan<'a> {
     let mut out = BatchPlan {
         max_event_ms: prior_max_ms,
         ..BatchPlan::default()
     };
+    // (size, start) -> index in out.windows; consecutive events mostly
+    // share windows, so the last one of each size is looked at first.
+    let mut index: HashMap<(usize, i64), usize> = HashMap::new();
+    let mut last: Vec<Option<(i64, usize)>> = vec![None; specs.len()];
     for e in events {
         let watermark = out.max_event_ms.map(|m| m.saturating_sub(lateness_ms));
-        for spec in specs {
-            let w = spec.window_of(e.t_ms);
-            if closed.contains(&w) || watermark.is_some_and(|wm| w.end_ms <= wm) {
+        for (si, spec) in specs.iter().enumerate() {
+            let start = spec.start_of(e.t_ms);
+            let end = start.saturating_add(spec.size_ms);
+            if watermark.is_some_and(|wm| end <= wm) {
                 *out.late.entry(spec.name.clone()).or_default() += 1;
                 continue;
             }
-            let d = out.windows.entry(w).or_default();
-            d.events += 1;
-            *d.by_type.entry(e.kind.clone()).or_default() += 1;
-            if let Some(p) = &e.priority {
-                *d.by_priority.entry(p.clone()).or_default() += 1;
-            }
-            match e.kind.as_str() {
-                "task.created" => d.created += 1,
-                "task.completed" => d.completed += 1,
-                _ => {}
-            }
-            if let Some(s) = e.completion_seconds {
-                d.durations.record(s);
-            }
-            if let Some(u) = &e.user {
-                d.users.insert(u.clone());
-            }
+            let slot = match last[si] {
+                Some((s, slot)) if s == start => slot,
+                _ => match index.entry((si, start)) {
+                    Entry::Occupied(o) => *o.get(),
+                    Entry::Vacant(v) => {
+                        let w = spec.window_of(e.t_ms);
+                        if closed.contains(&w) {
+                            *out.late.entry(spec.name.clone()).or_default() += 1;
+                            continue;
+                        }
+                        out.windows.push((w, WindowDelta::default()));
+                        *v.insert(out.windows.len() - 1)
+                    }
+                },
+            };
+            last[si] = Some((start, slot));
+            out.windows[slot].1.add(e);
         }
         out.max_event_ms = Some(out.max_event_ms.map_or(e.t_ms, |m| m.max(e.t_ms)));
     }
@@ -162,12 +235,13 @@ mod tests {
         ]
     }
 
-    fn at(t_s: i64, kind: &str, user: &str) -> EventFacts {
+    fn at(t_s: i64, kind: &str, user: &'static str) -> EventFacts<'static> {
         EventFacts {
             t_ms: t_s * 1000,
-            kind: kind.into(),
-            user: Some(user.into()),
-            priority: None,
+            kind: known_kind(kind),
+            user: Some(user),
+            priority: "none",
+            project: None,
             completion_seconds: None,
             task_id: None,
             completed_ms: None,
@@ -191,13 +265,13 @@ mod tests {
                 at(70, "task.created", "u1"),
             ],
         );
-        assert_eq!(p.windows[&minute(0)].events, 2);
-        assert_eq!(p.windows[&minute(0)].created, 1);
-        assert_eq!(p.windows[&minute(0)].completed, 1);
-        assert_eq!(p.windows[&minute(60)].events, 1);
+        assert_eq!(p.window(&minute(0)).unwrap().all.events, 2);
+        assert_eq!(p.window(&minute(0)).unwrap().all.created, 1);
+        assert_eq!(p.window(&minute(0)).unwrap().all.completed, 1);
+        assert_eq!(p.window(&minute(60)).unwrap().all.events, 1);
         let hour = specs()[1].window_of(0);
-        assert_eq!(p.windows[&hour].events, 3);
-        assert_eq!(p.windows[&hour].users.len(), 2);
+        assert_eq!(p.window(&hour).unwrap().all.events, 3);
+        assert_eq!(p.window(&hour).unwrap().all.users.len(), 2);
         assert!(p.late.is_empty());
         assert_eq!(p.max_event_ms, Some(70_000));
     }
@@ -212,7 +286,7 @@ mod tests {
             &HashSet::new(),
             &[at(105, "task.created", "u")],
         );
-        assert_eq!(p.windows[&minute(60)].events, 1);
+        assert_eq!(p.window(&minute(60)).unwrap().all.events, 1);
         assert!(p.late.is_empty());
         assert_eq!(p.max_event_ms, Some(150_000), "the max does not go back");
     }
@@ -228,9 +302,9 @@ mod tests {
             &HashSet::new(),
             &[at(100, "task.created", "u")],
         );
-        assert!(!p.windows.contains_key(&minute(60)));
+        assert!(p.window(&minute(60)).is_none());
         assert_eq!(p.late.get("1m"), Some(&1));
-        assert_eq!(p.windows[&specs()[1].window_of(0)].events, 1);
+        assert_eq!(p.window(&specs()[1].window_of(0)).unwrap().all.events, 1);
     }
 
     #[test]
@@ -244,7 +318,7 @@ mod tests {
             &[at(5, "task.created", "u")],
         );
         assert_eq!(p.late.get("1m"), Some(&1));
-        assert!(!p.windows.contains_key(&minute(0)));
+        assert!(p.window(&minute(0)).is_none());
     }
 
     #[test]
@@ -262,7 +336,7 @@ mod tests {
                 at(30, "task.created", "u"),
             ],
         );
-        assert_eq!(p.windows[&minute(0)].events, 1);
+        assert_eq!(p.window(&minute(0)).unwrap().all.events, 1);
         assert_eq!(p.late.get("1m"), Some(&1));
     }
 
@@ -276,6 +350,36 @@ mod tests {
         .unwrap();
         let f = EventFacts::of(&e);
         assert_eq!(f.completion_seconds, Some(1800.0));
-        assert_eq!(f.priority.as_deref(), Some("high"));
+        assert_eq!(f.priority, "high");
+    }
+
+    #[test]
+    fn each_event_counts_once_per_dimension_under_its_key() {
+        let e: TaskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "e", "type": "task.created",
+            "occurred_at": "2026-03-01T10:30:00Z", "dialect": "canonical",
+            "user_id": "u", "project_id": "apollo", "task": {"priority": "urgent"}
+        }))
+        .unwrap();
+        let mut facts = vec![EventFacts::of(&e), at(10, "task.completed", "v")];
+        facts[1].t_ms = facts[0].t_ms;
+        let p = plan(&specs(), 60_000, None, &HashSet::new(), &facts);
+        let d = &p.windows[0].1;
+        assert_eq!(d.all.events, 2);
+        for dim in Dimension::ALL {
+            let per_key: u64 =
+                d.by.iter()
+                    .filter(|((dd, _), _)| *dd == dim)
+                    .map(|(_, c)| c.events)
+                    .sum();
+            assert_eq!(per_key, 2, "{dim}: the keys add up to the window");
+        }
+        assert_eq!(d.by[&(Dimension::Project, "apollo")].events, 1);
+        assert_eq!(d.by[&(Dimension::Project, dimension::NONE)].events, 1);
+        assert_eq!(d.by[&(Dimension::Priority, "urgent")].created, 1);
+        assert_eq!(
+            d.by[&(Dimension::Type, "task.completed")].users,
+            ["v"].into_iter().collect()
+        );
     }
 }

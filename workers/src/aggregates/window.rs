@@ -24,10 +24,15 @@ impl WindowSpec {
         }
     }
 
+    /// The start of the window holding `t_ms`.
+    pub fn start_of(&self, t_ms: i64) -> i64 {
+        t_ms.div_euclid(self.size_ms) * self.size_ms
+    }
+
     /// The window holding the instant `t_ms` (milliseconds since the epoch;
     /// before 1970 too: the start is rounded down, not towards zero).
     pub fn window_of(&self, t_ms: i64) -> WindowId {
-        let start_ms = t_ms.div_euclid(self.size_ms) * self.size_ms;
+        let start_ms = self.start_of(t_ms);
         WindowId {
             name: self.name.clone(),
             start_ms,

@@ -37,6 +37,8 @@ pub struct AggregatesWorker {
     newest: Mutex<HashMap<(Arc<str>, i32), i64>>,
     /// Windows known closed (a close never reopens).
     closed: Mutex<HashSet<WindowId>>,
+    /// The project allow-list of metric labels.
+    projects: HashSet<String>,
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -53,6 +55,7 @@ impl AggregatesWorker {
             idle_ms: ms(config.idle_timeout),
             newest: Mutex::new(HashMap::new()),
             closed: Mutex::new(HashSet::new()),
+            projects: config.projects.iter().cloned().collect(),
         })
     }
 
@@ -72,33 +75,6 @@ impl AggregatesWorker {
         c.insert(w);
     }
 
-    /// The windows among `windows` that are closed: from memory, else their
-    /// close marks (read concurrently).
-    async fn closed_among(
-        &self,
-        ctx: &Ctx,
-        windows: HashSet<WindowId>,
-    ) -> Result<HashSet<WindowId>, WorkerError> {
-        let (mut known, unknown): (HashSet<WindowId>, Vec<WindowId>) = {
-            let c = self.closed();
-            let (k, u): (Vec<_>, Vec<_>) = windows.into_iter().partition(|w| c.contains(w));
-            (k.into_iter().collect(), u)
-        };
-        let marks = futures::future::try_join_all(
-            unknown
-                .iter()
-                .map(|w| async move { ctx.state().get(&store::closed_key(w)).await }),
-        )
-        .await?;
-        for (w, m) in unknown.into_iter().zip(marks) {
-            if m.is_some() {
-                self.remember_closed(w.clone());
-                known.insert(w);
-            }
-        }
-        Ok(known)
-    }
-
     async fn fold(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
         let Some(first) = events.first() else {
             return Ok(());
@@ -115,12 +91,10 @@ impl AggregatesWorker {
         };
         let mut facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
         let created_ops = completion_times(&mut facts, ctx).await?;
-        let touched: HashSet<WindowId> = facts
-            .iter()
-            .flat_map(|f| self.specs.iter().map(|s| s.window_of(f.t_ms)))
-            .collect();
-        let closed = self.closed_among(ctx, touched).await?;
-        let plan = plan(&self.specs, self.lateness_ms, prior, &closed, &facts);
+        let plan = {
+            let closed = self.closed();
+            plan(&self.specs, self.lateness_ms, prior, &closed, &facts)
+        };
         let now = ctx.now().timestamp_millis();
         let mark = plan.max_event_ms.map(|max_event_ms| PartitionMark {
             max_event_ms,
@@ -133,21 +107,22 @@ impl AggregatesWorker {
             self.config.state_ttl,
         );
         ops.extend(created_ops);
-        ctx.apply_for_all(events, ops).await?;
+        // One flag per window of the plan, in order: false when the window
+        // was closed (by any replica) before this update landed.
+        let open = ctx.apply_for_all_checked(events, ops).await?;
 
         if let Some(max) = plan.max_event_ms {
             self.newest().insert(key, max);
         }
-        for f in &facts {
-            let kind = if pipelines::event::is_known_type(&f.kind) {
-                f.kind.as_str()
-            } else {
-                "other"
-            };
-            metrics::event(kind, f.priority.as_deref(), f.completion_seconds);
-        }
+        metrics::events(&facts, &self.projects);
         for (w, n) in &plan.late {
             metrics::late(w, *n);
+        }
+        for ((w, d), open) in plan.windows.iter().zip(open) {
+            if !open {
+                metrics::late(&w.name, d.all.events);
+                self.remember_closed(w.clone());
+            }
         }
         // Wake this partition's timer when its watermark crossed a boundary
         // of the shortest window: a window may have become closable.
@@ -231,6 +206,15 @@ impl Worker for AggregatesWorker {
         Ok(())
     }
 
+    /// `GET /api/stats` (see [`super::stats`]).
+    fn routes(&self, ctx: &Ctx) -> Option<axum::Router> {
+        Some(super::stats::router(
+            ctx.clone(),
+            self.specs.clone(),
+            self.config.max_keys,
+        ))
+    }
+
     async fn on_revoked(&self, topic: &str, partition: i32, _ctx: &Ctx) {
         self.newest().remove(&(Arc::from(topic), partition));
     }
@@ -270,11 +254,12 @@ impl Worker for AggregatesWorker {
                 &topic,
                 self.config.close_lease,
                 self.config.state_ttl,
+                self.config.max_keys,
             )
             .await?
             {
                 Closed::Published(r) => {
-                    tracing::debug!(window = %w.name, start = %r.window_start, events = r.events, "window closed");
+                    tracing::debug!(window = %w.name, start = w.start_ms, events = r[0].events, results = r.len(), "window closed");
                     self.remember_closed(w.clone());
                 }
                 Closed::NotOurs => {}
@@ -298,46 +283,51 @@ impl Worker for AggregatesWorker {
 
 /// Fills in the completion time of completions whose snapshot has no
 /// creation time, from `task.created` events earlier in the batch or the
-/// creation index (read concurrently); returns the index writes of the
-/// batch's `task.created` events.
+/// creation index (one `MGET` for the batch); returns the index writes of
+/// the batch's `task.created` events.
 async fn completion_times(
-    facts: &mut [EventFacts],
+    facts: &mut [EventFacts<'_>],
     ctx: &Ctx,
 ) -> Result<Vec<StateOp>, WorkerError> {
-    let mut created_here: HashMap<String, i64> = HashMap::new();
+    let mut created_here: HashMap<&str, i64> = HashMap::new();
     let mut ops = Vec::new();
-    let mut wanted: Vec<(usize, String)> = Vec::new();
+    let mut wanted: Vec<usize> = Vec::new();
     for (i, f) in facts.iter().enumerate() {
-        let Some(task) = &f.task_id else { continue };
+        let Some(task) = f.task_id else { continue };
         if f.kind == "task.created" {
-            created_here.entry(task.clone()).or_insert(f.t_ms);
+            created_here.entry(task).or_insert(f.t_ms);
             ops.push(StateOp::Set {
                 key: store::created_key(task),
                 value: f.t_ms.to_string().into_bytes(),
                 ttl: Some(store::CREATED_TTL),
             });
         } else if f.completed_ms.is_some() && f.completion_seconds.is_none() {
-            wanted.push((i, task.clone()));
+            wanted.push(i);
         }
     }
-    let created_here = &created_here;
-    let found = futures::future::try_join_all(wanted.iter().map(|(_, task)| async move {
-        match created_here.get(task) {
-            Some(t) => Ok(Some(*t)),
-            None => ctx
-                .state()
-                .get(&store::created_key(task))
-                .await
-                .map(|v| v.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())),
-        }
-    }))
-    .await?;
-    for ((i, _), created) in wanted.into_iter().zip(found) {
-        if let (Some(f), Some(created)) = (facts.get_mut(i), created) {
-            f.completion_seconds = f
-                .completed_ms
-                .and_then(|c| super::plan::completion_seconds((c, created)));
-        }
+    let to_read: Vec<String> = wanted
+        .iter()
+        .filter_map(|i| facts[*i].task_id)
+        .filter(|t| !created_here.contains_key(t))
+        .map(store::created_key)
+        .collect();
+    let mut read = ctx.state().get_many(&to_read).await?.into_iter();
+    for i in wanted {
+        let Some(task) = facts[i].task_id else {
+            continue;
+        };
+        let created = match created_here.get(task) {
+            Some(t) => Some(*t),
+            None => read
+                .next()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok()),
+        };
+        let f = &mut facts[i];
+        f.completion_seconds = f
+            .completed_ms
+            .zip(created)
+            .and_then(super::plan::completion_seconds);
     }
     Ok(ops)
 }
@@ -355,14 +345,15 @@ mod tests {
     use super::*;
     use pipelines::state::MemoryStore;
 
-    fn fact(kind: &str, task: &str, t_s: i64) -> EventFacts {
+    fn fact(kind: &str, task: &'static str, t_s: i64) -> EventFacts<'static> {
         EventFacts {
             t_ms: t_s * 1000,
-            kind: kind.into(),
+            kind: super::super::plan::known_kind(kind),
             user: None,
-            priority: None,
+            priority: "none",
+            project: None,
             completion_seconds: None,
-            task_id: Some(task.into()),
+            task_id: Some(task),
             completed_ms: (kind == "task.completed").then_some(t_s * 1000),
         }
     }
