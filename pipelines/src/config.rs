@@ -725,11 +725,18 @@ fn describe_figment_error(e: figment::Error, section: Option<&str>) -> ConfigErr
                 format!("has {actual}: expected {expected}")
             }
             figment::error::Kind::UnknownField(field, expected) => {
-                let key = if key.is_empty() {
-                    field.clone()
-                } else {
-                    format!("{key}.{field}")
-                };
+                // figment's path of an unknown field already holds the field
+                // (and, for a section extracted alone, the section after it):
+                // name it as section, parents, field, each once.
+                let mut parts: Vec<&str> = section.into_iter().collect();
+                parts.extend(
+                    err.path
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|p| *p != field.as_str() && Some(*p) != section),
+                );
+                parts.push(field);
+                let key = parts.join(".");
                 messages.push(format!(
                     "config key `{key}` is not a known setting (expected one of: {})",
                     expected.join(", ")
@@ -829,5 +836,35 @@ mod tests {
         assert_eq!(c.group_id("audit"), "compliance");
         assert_eq!(c.tuning_for("audit").max_batch, 2000);
         assert_eq!(c.tuning_for("audit").concurrency, 8);
+    }
+}
+
+#[cfg(test)]
+mod unknown_key_tests {
+    use super::*;
+    use figment::providers::{Format, Toml};
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Probe {
+        pipeline: PipelineTuning,
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_once_with_its_section() {
+        let figment = Figment::from(Serialized::defaults(Probe::default()))
+            .merge(Toml::string("[pipeline]\nbogus_key = 3\n"));
+        let whole = extract::<Probe>(&figment, None).unwrap_err().to_string();
+        assert!(
+            whole.contains("config key `pipeline.bogus_key` is not a known setting"),
+            "{whole}"
+        );
+        let inner = extract::<PipelineTuning>(&figment, Some("pipeline"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            inner.contains("config key `pipeline.bogus_key` is not a known setting"),
+            "{inner}"
+        );
     }
 }
