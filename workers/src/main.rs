@@ -294,6 +294,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let report = bench::run(
                 &config,
+                cli.config.as_deref(),
                 &worker,
                 events,
                 partitions,

@@ -243,3 +243,35 @@ fn dev_kafka_prints_a_bootstrap_address_that_accepts_messages() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+/// `bench --worker audit --store files` runs the worker as a child process:
+/// every event reaches the file store's consumer group and the memory figure
+/// is the child's, not this harness's (which holds the mock cluster).
+#[test]
+fn audit_file_store_bench_measures_the_worker_process() {
+    let out = taskstream()
+        .args([
+            "bench", "--worker", "audit", "--store", "files", "--events", "3000",
+        ])
+        .env_remove("TASKSTREAM_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(line["worker"], "audit");
+    assert_eq!(line["events"], 3000);
+    let rss = line["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 1 << 20, "a child's peak RSS, got {rss}");
+    assert!(line["wall_seconds"].as_f64().unwrap() > 0.0);
+    assert!(line["cpu_seconds_per_event"].as_f64().unwrap() > 0.0);
+    let (p50, p99) = (
+        line["p50_ms"].as_f64().unwrap(),
+        line["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 <= p99, "p50 {p50} above p99 {p99}");
+}

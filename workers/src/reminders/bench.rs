@@ -39,6 +39,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::schedule::ReminderSchedule;
+use crate::bench::child::{produce, Harness, WorkerProcess};
 use crate::config::Config;
 
 /// The JSON line the benchmark prints.
@@ -155,102 +156,6 @@ fn request(n: u64, remind_ms: i64) -> (String, String) {
     (task, payload)
 }
 
-/// A process's peak resident set so far (`VmHWM` in `/proc/<pid>/status`).
-fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
-}
-
-/// The worker process: `taskstream run reminders` against the harness.
-struct WorkerProcess {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl WorkerProcess {
-    fn spawn(
-        config_path: Option<&std::path::Path>,
-        bootstrap: &str,
-        redis_url: &str,
-        key_prefix: &str,
-        smtp_url: &str,
-        pool: u32,
-    ) -> anyhow::Result<WorkerProcess> {
-        let exe = std::env::current_exe().context("locating the taskstream binary")?;
-        let log = std::env::temp_dir().join(format!("{}.log", unique("reminders-bench-worker")));
-        let stderr =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut c = std::process::Command::new(exe);
-        if let Some(p) = config_path {
-            c.arg("--config").arg(p);
-        }
-        c.args(["run", "reminders"])
-            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-            .env("REDIS_URL", redis_url)
-            .env("TASKSTREAM_REDIS__KEY_PREFIX", key_prefix)
-            .env("SMTP_URL", smtp_url)
-            .env("TASKSTREAM_METRICS_ADDR", "")
-            .env("TASKSTREAM_KAFKA__GROUP_PREFIX", unique("bench"))
-            .env("TASKSTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "10")
-            .env(
-                "TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET",
-                "bench-unsubscribe-secret",
-            )
-            .env("TASKSTREAM_REMINDERS__SMTP_POOL_SIZE", pool.to_string())
-            .env("TASKSTREAM_LOG__LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr);
-        let child = c.spawn().context("starting `taskstream run reminders`")?;
-        Ok(WorkerProcess { child, log })
-    }
-
-    /// Fails when the worker exited early, naming its log.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "the worker process exited early ({status}); its log: {}",
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-
-    /// Its peak RSS, then SIGTERM and wait (SIGKILL after 30 s).
-    fn stop(mut self) -> anyhow::Result<u64> {
-        let rss = peak_rss_of(self.child.id());
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = std::fs::remove_file(&self.log);
-        rss
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn percentile(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -269,35 +174,6 @@ async fn pending(store: &RedisStore, topic: &str, partitions: i32) -> anyhow::Re
             .context("counting pending reminders")?;
     }
     Ok(n)
-}
-
-/// Produces `count` requests from `first`, due at `due(i)`, at most
-/// `window` ahead of `scheduled` (the mock keeps only a few MB a partition).
-fn produce(
-    bootstrap: String,
-    topic: String,
-    first: u64,
-    count: u64,
-    due: impl Fn(u64) -> i64 + Send + 'static,
-    scheduled: Arc<AtomicU64>,
-    window: u64,
-) -> std::thread::JoinHandle<anyhow::Result<()>> {
-    std::thread::spawn(move || {
-        let p = TestProducer::new(&bootstrap)?;
-        for i in 0..count {
-            while i.saturating_sub(scheduled.load(Ordering::Relaxed)) > window {
-                p.poll();
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let (key, payload) = request(first + i, due(i));
-            p.send(&topic, key.as_bytes(), payload.as_bytes())?;
-            if i % 1024 == 0 {
-                p.poll();
-            }
-        }
-        p.flush()?;
-        Ok(())
-    })
 }
 
 /// Waits until `target` reminders are pending, feeding `progress`.
@@ -368,13 +244,24 @@ pub async fn run(
     redis_config.url = url.clone();
     redis_config.key_prefix = key_prefix.clone();
     let store = RedisStore::connect(&redis_config).await?;
+    let pool = config.reminders.smtp_pool_size.max(8);
     let mut worker = WorkerProcess::spawn(
-        config_path,
-        &bootstrap,
-        &url,
-        &key_prefix,
-        &smtp_url,
-        config.reminders.smtp_pool_size.max(8),
+        "reminders",
+        &Harness {
+            config_path,
+            bootstrap: &bootstrap,
+            redis_url: &url,
+            key_prefix: &key_prefix,
+            group_prefix: &unique("bench"),
+        },
+        &[
+            ("SMTP_URL", smtp_url),
+            (
+                "TASKSTREAM_REMINDERS__UNSUBSCRIBE_SECRET",
+                "bench-unsubscribe-secret".into(),
+            ),
+            ("TASKSTREAM_REMINDERS__SMTP_POOL_SIZE", pool.to_string()),
+        ],
     )?;
 
     // The user every reminder is for.
@@ -396,9 +283,8 @@ pub async fn run(
         let producer = produce(
             bootstrap.clone(),
             topic.clone(),
-            0,
             events,
-            move |i| far + i as i64,
+            move |i| request(i, far + i as i64),
             progress.clone(),
             window,
         );
@@ -428,9 +314,8 @@ pub async fn run(
         let producer = produce(
             bootstrap.clone(),
             topic.clone(),
-            events,
             fired,
-            move |i| start + i as i64 * spread.max(1),
+            move |i| request(events + i, start + i as i64 * spread.max(1)),
             progress.clone(),
             u64::MAX,
         );
@@ -448,9 +333,8 @@ pub async fn run(
         let producer = produce(
             bootstrap.clone(),
             topic.clone(),
-            events + fired,
             fired,
-            move |_| burst_at,
+            move |i| request(events + fired + i, burst_at),
             Arc::new(AtomicU64::new(0)),
             u64::MAX,
         );
