@@ -22,7 +22,7 @@ pub(super) fn parse_time(v: &Node<'_>, loc: Loc<'_>) -> Result<DateTime<Utc>, De
     }
 }
 
-fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if let Some(t) = offset_time_str(s) {
         return Some(t);
@@ -45,7 +45,7 @@ fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// A timestamp with an offset (`Z`, `+02:00`).
-fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
+pub(super) fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -65,7 +65,7 @@ fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// A wall-clock reading without offset (a bare date is its midnight).
-fn naive_time_str(s: &str) -> Option<NaiveDateTime> {
+pub(super) fn naive_time_str(s: &str) -> Option<NaiveDateTime> {
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S%.f",
@@ -188,7 +188,7 @@ pub(super) fn localise(
 /// Below this an epoch number is seconds (year 5138), above it milliseconds.
 const EPOCH_SECONDS_LIMIT: i64 = 100_000_000_000;
 
-fn epoch(n: &serde_json::Number) -> Option<DateTime<Utc>> {
+pub(super) fn epoch(n: &serde_json::Number) -> Option<DateTime<Utc>> {
     match n.as_i64() {
         Some(i) => epoch_i64(i),
         None => epoch_f64(n.as_f64()?),
