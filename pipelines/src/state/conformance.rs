@@ -26,6 +26,7 @@ pub async fn run_all(store: &dyn StateStore) {
     hashes_round_trip(store).await;
     apply_writes_every_op(store).await;
     merged_sorted_set_adds_leave_the_same_set(store).await;
+    merged_hash_sets_leave_the_same_hashes(store).await;
     hget_all_many_reads_each_hash(store).await;
     apply_if_absent_takes_one_branch_atomically(store).await;
     distinct_counts_merge(store).await;
@@ -569,6 +570,81 @@ async fn merged_sorted_set_adds_leave_the_same_set(s: &dyn StateStore) {
     s.delete(&["conf:mz:a".into(), "conf:mz:b".into(), "conf:mz:c".into()])
         .await
         .unwrap();
+}
+
+/// Fields gathered by [`super::merge_hash_sets`] into one `HashSet` per
+/// hash end where the ops one by one would: last value wins, a later
+/// `HashDelete` cancels, a delete of the hash drops what was set before it,
+/// and a conditional group sees what was set before it.
+async fn merged_hash_sets_leave_the_same_hashes(s: &dyn StateStore) {
+    let set = |key: &str, field: &str, value: &str| StateOp::HashSet {
+        key: key.into(),
+        fields: vec![(field.into(), value.as_bytes().to_vec())],
+    };
+    let del = |key: &str, field: &str| StateOp::HashDelete {
+        key: key.into(),
+        fields: vec![field.into()],
+    };
+    let ops = vec![
+        set("conf:mh:a", "x", "1"),
+        set("conf:mh:b", "x", "5"),
+        set("conf:mh:a", "y", "2"),
+        set("conf:mh:a", "x", "3"),
+        del("conf:mh:a", "y"),
+        set("conf:mh:c", "gone", "1"),
+        StateOp::Delete {
+            key: "conf:mh:c".into(),
+        },
+        set("conf:mh:c", "kept", "4"),
+        del("conf:mh:b", "x"),
+        set("conf:mh:b", "x", "6"),
+        set("conf:mh:d", "seen", "1"),
+        StateOp::IfAbsent {
+            key: "conf:mh:d".into(),
+            then: vec![set("conf:mh:e", "branch", "then")],
+            otherwise: vec![set("conf:mh:e", "branch", "otherwise")],
+        },
+        set("conf:mh:a", "z", "7"),
+    ];
+    let merged = super::merge_hash_sets(ops);
+    let sets = merged
+        .iter()
+        .filter(|o| matches!(o, StateOp::HashSet { .. }))
+        .count();
+    assert_eq!(
+        sets, 6,
+        "a before and after the conditional group, b, c after its delete, d: {merged:?}"
+    );
+    s.apply(&merged).await.unwrap();
+    let all = |key: &'static str| async move {
+        let mut h: Vec<(String, String)> = s
+            .hget_all(key)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect();
+        h.sort();
+        h
+    };
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(all("conf:mh:a").await, pairs(&[("x", "3"), ("z", "7")]));
+    assert_eq!(all("conf:mh:b").await, pairs(&[("x", "6")]));
+    assert_eq!(all("conf:mh:c").await, pairs(&[("kept", "4")]));
+    assert_eq!(
+        all("conf:mh:e").await,
+        pairs(&[("branch", "otherwise")]),
+        "the condition saw the field set before it"
+    );
+    let keys: Vec<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|k| format!("conf:mh:{k}"))
+        .collect();
+    s.delete(&keys).await.unwrap();
 }
 
 async fn hget_all_many_reads_each_hash(s: &dyn StateStore) {

@@ -23,7 +23,9 @@ mod redis;
 pub mod slot;
 
 pub use self::memory::MemoryStore;
-pub use self::ops::{merge_sorted_set_adds, ScoreBound, ScoreRange, StateOp};
+pub use self::ops::{
+    merge_hash_sets, merge_sorted_set_adds, merge_writes, ScoreBound, ScoreRange, StateOp,
+};
 pub use self::redis::RedisStore;
 
 use crate::config::RedisConfig;

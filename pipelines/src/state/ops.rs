@@ -129,6 +129,16 @@ pub fn merge_sorted_set_adds(ops: Vec<StateOp>) -> Vec<StateOp> {
                 }
                 out.push(StateOp::ZRem { key, member });
             }
+            // A conditional group may write any key: everything gathered
+            // so far goes before it.
+            op @ StateOp::IfAbsent { .. } => {
+                for key in order.drain(..) {
+                    if let Some(adds) = pending.remove(&key) {
+                        place(&mut out, key, adds);
+                    }
+                }
+                out.push(op);
+            }
             op => {
                 if let Some(adds) = pending.remove(op.key()) {
                     order.retain(|k| k != op.key());
@@ -144,6 +154,86 @@ pub fn merge_sorted_set_adds(ops: Vec<StateOp>) -> Vec<StateOp> {
         }
     }
     out
+}
+
+/// The same writes with the [`StateOp::HashSet`]s of each hash gathered into
+/// one, by the rules of [`merge_sorted_set_adds`]: a field's last value
+/// wins, a `HashDelete` of a field set before it cancels that value (and
+/// still runs), and any other op on the hash (delete, expiry) or a
+/// conditional group first gets the fields gathered before it.
+pub fn merge_hash_sets(ops: Vec<StateOp>) -> Vec<StateOp> {
+    use std::collections::HashMap;
+    /// A hash's fields not yet placed: field -> slot, and the slots in order.
+    #[derive(Default)]
+    struct Fields {
+        slot: HashMap<String, usize>,
+        values: Vec<Option<(String, Vec<u8>)>>,
+    }
+    fn place(out: &mut Vec<StateOp>, key: String, f: Fields) {
+        let fields: Vec<(String, Vec<u8>)> = f.values.into_iter().flatten().collect();
+        if !fields.is_empty() {
+            out.push(StateOp::HashSet { key, fields });
+        }
+    }
+    let mut pending: HashMap<String, Fields> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            StateOp::HashSet { key, fields } => {
+                let f = pending.entry(key).or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Fields::default()
+                });
+                for (field, value) in fields {
+                    match f.slot.get(&field) {
+                        Some(&i) => f.values[i] = Some((field, value)),
+                        None => {
+                            f.slot.insert(field.clone(), f.values.len());
+                            f.values.push(Some((field, value)));
+                        }
+                    }
+                }
+            }
+            StateOp::HashDelete { key, fields } => {
+                if let Some(f) = pending.get_mut(&key) {
+                    for field in &fields {
+                        if let Some(i) = f.slot.remove(field) {
+                            f.values[i] = None;
+                        }
+                    }
+                }
+                out.push(StateOp::HashDelete { key, fields });
+            }
+            op @ StateOp::IfAbsent { .. } => {
+                for key in order.drain(..) {
+                    if let Some(f) = pending.remove(&key) {
+                        place(&mut out, key, f);
+                    }
+                }
+                out.push(op);
+            }
+            op => {
+                if let Some(f) = pending.remove(op.key()) {
+                    order.retain(|k| k != op.key());
+                    place(&mut out, op.key().to_string(), f);
+                }
+                out.push(op);
+            }
+        }
+    }
+    for key in order {
+        if let Some(f) = pending.remove(&key) {
+            place(&mut out, key, f);
+        }
+    }
+    out
+}
+
+/// [`merge_sorted_set_adds`] then [`merge_hash_sets`]: a batch's writes with
+/// one command per sorted set and per hash.
+pub fn merge_writes(ops: Vec<StateOp>) -> Vec<StateOp> {
+    merge_hash_sets(merge_sorted_set_adds(ops))
 }
 
 /// One end of a score range.

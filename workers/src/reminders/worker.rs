@@ -21,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use pipelines::state::StateOp;
+use pipelines::state::{merge_writes, StateOp};
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerOwner, TimerScope, Worker,
     WorkerError,
@@ -248,7 +248,9 @@ impl RemindersWorker {
             ops.extend(o);
             wakes.push((&e.source, at));
         }
-        ctx.state().apply(&ops).await?;
+        // One command per sorted set and per hash (the shard, the user's
+        // index), not one per reminder.
+        ctx.state().apply(&merge_writes(ops)).await?;
         metrics::scheduled(wakes.len());
         for (source, at) in wakes {
             ctx.wake_timer_at(source, at);
