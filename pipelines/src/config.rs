@@ -494,6 +494,24 @@ impl PipelineConfig {
         t
     }
 
+    /// [`Self::tuning_for`], with the concurrency capped at what the worker
+    /// can use (`max_concurrency`) unless `workers.<name>.concurrency` is set.
+    pub fn tuning_for_worker(
+        &self,
+        worker: &str,
+        max_concurrency: Option<usize>,
+    ) -> PipelineTuning {
+        let mut t = self.tuning_for(worker);
+        let explicit = self
+            .workers
+            .get(worker)
+            .is_some_and(|o| o.concurrency.is_some());
+        if let (Some(max), false) = (max_concurrency, explicit) {
+            t.concurrency = t.concurrency.min(max.max(1));
+        }
+        t
+    }
+
     /// The topics a worker reads: its override, or the worker's own default.
     pub fn topics_for(&self, worker: &str, default: Vec<String>) -> Vec<String> {
         self.workers
@@ -836,6 +854,22 @@ mod tests {
         assert_eq!(c.group_id("audit"), "compliance");
         assert_eq!(c.tuning_for("audit").max_batch, 2000);
         assert_eq!(c.tuning_for("audit").concurrency, 8);
+    }
+
+    #[test]
+    fn a_worker_cap_lowers_concurrency_unless_the_config_sets_it() {
+        let mut c = PipelineConfig::default();
+        assert_eq!(c.tuning_for_worker("audit", Some(2)).concurrency, 2);
+        assert_eq!(c.tuning_for_worker("audit", Some(20)).concurrency, 8);
+        assert_eq!(c.tuning_for_worker("audit", None).concurrency, 8);
+        c.workers.insert(
+            "audit".into(),
+            WorkerOverrides {
+                concurrency: Some(6),
+                ..WorkerOverrides::default()
+            },
+        );
+        assert_eq!(c.tuning_for_worker("audit", Some(2)).concurrency, 6);
     }
 }
 

@@ -426,6 +426,14 @@ pub trait Worker: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The most batches this worker can usefully handle at once, when the
+    /// configuration does not set `workers.<name>.concurrency`: a worker
+    /// whose store has one writer gains nothing from more, and each batch
+    /// waiting for the writer holds its events in memory.
+    fn max_concurrency(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the pipeline's idempotency guard should gate this worker's
     /// events. Workers whose side effect is itself idempotent on event id (a
     /// store with a unique key) may turn it off to save a round trip.
