@@ -7,7 +7,9 @@
 //!   (title, owner, assignee, project, due time UTC and local with zone),
 //!   plus bookkeeping (last event time, crossing set, open, announced);
 //! - `deadlines:crossings:<topic>:<partition>`: sorted set of *pending
-//!   crossings*, member `task|threshold|due_ms`, score the time to announce.
+//!   crossings*, member `task|threshold|due_ms`, score the time to announce:
+//!   one per open task, its next crossing (announcing one adds the next, in
+//!   the same atomic acknowledgement).
 //!   The partition is the one the event that set the due time came from, so
 //!   the replica that owns that partition indexes and announces it, and its
 //!   timer can be woken in-process. A scan is a range query by score: its cost
@@ -174,11 +176,16 @@ impl DeadlineIndex {
                             new.sent.retain(|s| !s.ends_with(&format!(":{d}")));
                         }
                     }
-                    let planned = plan(due_ms, now_ms, &self.thresholds, |t| {
+                    // Only the first crossing is pending; announcing it
+                    // adds the next (`next_crossing`), so a task costs one
+                    // member in the set, not one per threshold.
+                    let first = plan(due_ms, now_ms, &self.thresholds, |t| {
                         new.was_sent(t, due_ms)
-                    });
-                    wake_at_ms = planned.iter().map(|c| c.at_ms).min();
-                    for c in &planned {
+                    })
+                    .into_iter()
+                    .next();
+                    if let Some(c) = first {
+                        wake_at_ms = Some(c.at_ms);
                         ops.push(StateOp::ZAdd {
                             key: crossings.into(),
                             member: c.member(task, due_ms),
@@ -224,6 +231,36 @@ impl DeadlineIndex {
                 member: member(task, label, due_ms),
             })
             .collect()
+    }
+
+    /// The crossing that follows the announcement of `threshold` for
+    /// `record`'s due time `due_ms`, seen at `now_ms`, as the op that makes
+    /// it pending (in the record's crossing set), with its time. By the
+    /// rules of [`plan`]: a later threshold that has passed meanwhile (a
+    /// late scan) is announced at once, never one older than the most
+    /// recent passed.
+    pub fn next_crossing(
+        &self,
+        task: &str,
+        record: &StoredTask,
+        threshold: &str,
+        due_ms: i64,
+        now_ms: i64,
+    ) -> Option<(StateOp, i64)> {
+        let key = record.crossings_key.as_ref()?;
+        let next = plan(due_ms, now_ms, &self.thresholds, |t| {
+            t == threshold || record.was_sent(t, due_ms)
+        })
+        .into_iter()
+        .next()?;
+        Some((
+            StateOp::ZAdd {
+                key: key.clone(),
+                member: next.member(task, due_ms),
+                score: next.at_ms as f64,
+            },
+            next.at_ms,
+        ))
     }
 
     /// Marks a crossing announced (after the broker acknowledged it).
@@ -295,7 +332,7 @@ mod tests {
             now,
             "deadlines:crossings:t:0",
         );
-        assert_eq!(zadds(&first).len(), 3);
+        assert_eq!(zadds(&first).len(), 1, "only the first crossing is pending");
         let stored = applied(&first);
         let retitled = ix.change(
             "t1",
@@ -314,7 +351,7 @@ mod tests {
             now + H,
             "deadlines:crossings:t:1",
         );
-        assert_eq!(zadds(&moved).len(), 3, "moved: armed again");
+        assert_eq!(zadds(&moved).len(), 1, "moved: armed again, from its first crossing");
         let removed: Vec<_> = moved
             .ops
             .iter()
@@ -403,5 +440,45 @@ mod tests {
             "deadlines:crossings:t:0",
         );
         assert_eq!(zadds(&reopened), [member("t1", OVERDUE, due_ms)]);
+    }
+
+    #[test]
+    fn announcing_a_crossing_makes_the_next_one_pending() {
+        let ix = index();
+        let now = 1_000 * H;
+        let due_ms = now + 100 * H;
+        let stored =
+            applied(&ix.change("t1", None, &due(due_ms), 1, now, "deadlines:crossings:t:0"));
+        let next = |threshold: &str, at_ms: i64| {
+            ix.next_crossing("t1", &stored, threshold, due_ms, at_ms)
+                .map(|(op, t)| match op {
+                    StateOp::ZAdd { key, member, score } => {
+                        assert_eq!(key, "deadlines:crossings:t:0");
+                        assert_eq!(score as i64, t);
+                        (member, t)
+                    }
+                    other => panic!("{other:?}"),
+                })
+        };
+        // On time: 3d, then 1h at its time, then overdue at the due time.
+        assert_eq!(
+            next("3d", due_ms - 72 * H),
+            Some((member("t1", "1h", due_ms), due_ms - H))
+        );
+        assert_eq!(
+            next("1h", due_ms - H),
+            Some((member("t1", OVERDUE, due_ms), due_ms))
+        );
+        assert_eq!(next(OVERDUE, due_ms), None);
+        // A late scan (30 minutes before the due time) announces 1h at once.
+        assert_eq!(
+            next("3d", due_ms - H / 2),
+            Some((member("t1", "1h", due_ms), due_ms - H / 2))
+        );
+        // One after the due time: only overdue, never a stale 1h.
+        assert_eq!(
+            next("3d", due_ms + H),
+            Some((member("t1", OVERDUE, due_ms), due_ms + H))
+        );
     }
 }

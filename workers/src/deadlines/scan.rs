@@ -8,9 +8,10 @@
 //! - **Check**: a crossing is announced only while its task is open, still
 //!   due at the crossing's due time, and the crossing not already announced;
 //!   otherwise it is dropped (the completion or move raced the scan).
-//! - **Announce**, then **acknowledge**: the task's `sent` mark and the
-//!   member's removal in one atomic write (one for the whole claimed batch),
-//!   after the broker acknowledged the event. A crash between the two
+//! - **Announce**, then **acknowledge**: the task's `sent` mark, the
+//!   member's removal and the task's next crossing (the next threshold, or
+//!   `overdue`) in one atomic write (one for the whole claimed batch), after
+//!   the broker acknowledged the event. A crash between the two
 //!   announces again after the lease, with the same event id (derived from
 //!   task, threshold and due time), which consumers dedupe.
 //!
@@ -53,7 +54,9 @@ pub struct ScanReport {
 }
 
 enum Verdict {
-    Announce(Box<OutputEvent>, String, i64),
+    /// The event, the threshold, the due time, and the task's record (for
+    /// planning the next crossing).
+    Announce(Box<OutputEvent>, String, i64, Box<StoredTask>),
     Drop(&'static str),
 }
 
@@ -132,22 +135,29 @@ async fn claim_rounds(
             give_back(store, spec.crossings, &claimed).await;
             return Err(e);
         }
-        // Every acknowledgement of the round in one `MULTI`/`EXEC`.
-        let mut acks = Vec::with_capacity(claimed.len() * 2);
+        // Every acknowledgement of the round in one `MULTI`/`EXEC`, each
+        // with the task's next crossing.
+        let now_ms = ctx.now().timestamp_millis();
+        let mut acks = Vec::with_capacity(claimed.len() * 3);
         for ((v, c), m) in verdicts.iter().zip(&claimed).zip(&members) {
-            if let (Verdict::Announce(_, threshold, due_ms), Some(m)) = (v, m) {
-                acks.push(DeadlineIndex::sent_op(m.task, threshold, *due_ms));
-            }
             acks.push(StateOp::ZRem {
                 key: spec.crossings.to_string(),
                 member: c.member.clone(),
             });
+            if let (Verdict::Announce(_, threshold, due_ms, record), Some(m)) = (v, m) {
+                acks.push(DeadlineIndex::sent_op(m.task, threshold, *due_ms));
+                if let Some((op, _)) =
+                    index.next_crossing(m.task, record, threshold, *due_ms, now_ms)
+                {
+                    acks.push(op);
+                }
+            }
         }
-        store.apply(&acks).await?;
+        store.apply(&merge_sorted_set_adds(acks)).await?;
         let acked = ctx.now().timestamp_millis();
         for (v, c) in verdicts.iter().zip(&claimed) {
             match v {
-                Verdict::Announce(_, threshold, _) => {
+                Verdict::Announce(_, threshold, ..) => {
                     let late = (acked - c.score as i64).max(0);
                     report.lateness_ms.push(late);
                     report.emitted += 1;
@@ -195,6 +205,7 @@ fn judge(member: &str, record: Option<StoredTask>, topic: &str) -> Verdict {
         Box::new(OutputEvent::new(topic, m.task, event)),
         m.threshold.to_string(),
         m.due_ms,
+        Box::new(task),
     )
 }
 
