@@ -128,11 +128,19 @@ pub(super) enum Entity {
 }
 
 impl Entity {
+    /// The entity of a dotted type: what comes before its first `.`.
     pub(super) fn of(kind: &str) -> Self {
-        match kind.split_once('.').map_or(kind, |(e, _)| e) {
-            "task" => Entity::Task,
-            "user" => Entity::User,
-            _ => Entity::Other,
+        // `task` or `task.*` (no search for the dot: this runs per message).
+        let is = |entity: &str| {
+            kind.strip_prefix(entity)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if is("task") {
+            Entity::Task
+        } else if is("user") {
+            Entity::User
+        } else {
+            Entity::Other
         }
     }
 }

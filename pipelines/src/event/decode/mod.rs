@@ -186,9 +186,13 @@ fn finish(d: Draft<'_>, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskE
 /// `h:` + hex of the first 16 bytes of SHA-256 of the message: stable for a
 /// re-sent identical message, so it deduplicates like a producer's id.
 fn content_id(payload: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(payload);
     let mut id = String::with_capacity(34);
     id.push_str("h:");
-    id.push_str(&hex::encode(&digest[..16]));
+    for &b in &digest[..16] {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
     id
 }

@@ -107,8 +107,14 @@ pub(super) fn take_recurrence(
     map: &mut Obj<'_>,
     parent: &str,
 ) -> Result<Option<Recurrence>, DecodeError> {
-    let flag_key = ["is_recurring", "isRecurring"]
-        .into_iter()
+    const FLAG_KEYS: &Keys = keys!["is_recurring", "isRecurring"];
+    if !FLAG_KEYS.maybe_in(map) && !RULE_KEYS.maybe_in(map) {
+        return Ok(None);
+    }
+    let flag_key = FLAG_KEYS
+        .names
+        .iter()
+        .copied()
         .find(|k| map.get(k).is_some_and(|v| !v.is_null()));
     if let Some(key) = flag_key {
         if let Some(v) = map.get(key) {

@@ -46,6 +46,9 @@ pub(super) fn parse_time_str(s: &str) -> Option<DateTime<Utc>> {
 
 /// A timestamp with an offset (`Z`, `+02:00`).
 pub(super) fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
+    if let Some(t) = utc_seconds(s) {
+        return Some(t);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -62,6 +65,32 @@ pub(super) fn offset_time_str(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the form most producers write, read without
+/// chrono's general parser (to the same instant). Anything else, including
+/// an impossible date or a leap second, is left to [`offset_time_str`]'s
+/// other readings.
+fn utc_seconds(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    let time = date.and_hms_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?)?;
+    Some(time.and_utc())
 }
 
 /// A wall-clock reading without offset (a bare date is its midnight).
@@ -124,7 +153,8 @@ pub(super) fn peek_naive(map: &Obj<'_>, keys: &Keys) -> Option<NaiveDateTime> {
         .filter_map(|k| map.get(k))
         .find(|v| !is_blank(v))?;
     let s = v.as_str()?.trim();
-    if offset_time_str(s).is_some() {
+    // A reading ending in `Z` is never naive (and is parsed when taken).
+    if s.ends_with(['Z', 'z']) || offset_time_str(s).is_some() {
         return None;
     }
     naive_time_str(s)
@@ -243,6 +273,34 @@ mod tests {
     use crate::event::decode::tests::*;
 
     // ------------------------------------------------------------ times
+
+    #[test]
+    fn the_utc_seconds_shortcut_reads_what_chrono_reads() {
+        for s in [
+            "2026-02-08T10:30:00Z",
+            "1970-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2024-02-29T12:00:00Z",
+            "2026-02-29T12:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T23:60:00Z",
+            "2024-12-31T23:59:60Z",
+            "2026-01-01t00:00:00Z",
+            "2026-01-01T00:00:00z",
+            "+026-01-01T00:00:00Z",
+            "2026-01-01T00:0a:00Z",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc));
+            if let Some(fast) = super::utc_seconds(s) {
+                assert_eq!(Some(fast), chrono, "{s}");
+            }
+        }
+        assert!(super::utc_seconds("2026-02-08T10:30:00Z").is_some());
+    }
 
     #[test]
     fn naive_iso_timestamps_are_read_as_utc() {
