@@ -351,7 +351,11 @@ mod tests {
             now + H,
             "deadlines:crossings:t:1",
         );
-        assert_eq!(zadds(&moved).len(), 1, "moved: armed again, from its first crossing");
+        assert_eq!(
+            zadds(&moved).len(),
+            1,
+            "moved: armed again, from its first crossing"
+        );
         let removed: Vec<_> = moved
             .ops
             .iter()
