@@ -147,7 +147,10 @@ impl IdempotencyGuard {
         let (today, days) = self.days();
         StateOp::MarkOnce {
             into: self.day_key(today),
-            seen: days.filter(|d| *d != today).map(|d| self.day_key(d)).collect(),
+            seen: days
+                .filter(|d| *d != today)
+                .map(|d| self.day_key(d))
+                .collect(),
             fields: ids.clone().into_iter().map(str::to_string).collect(),
             keys: self.keys(ids),
             ttl: self.ttl + DAY,

@@ -509,3 +509,90 @@ pub trait Worker: Send + Sync + 'static {
     /// Called once on shutdown, after consumption stopped (flush files, close pools).
     async fn shutdown(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MemoryStore;
+    use std::time::Duration;
+
+    fn inbound(id: &str) -> Inbound {
+        let event: TaskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": id, "type": "task.created",
+            "occurred_at": "2026-03-01T10:30:00Z", "dialect": "canonical"
+        }))
+        .unwrap();
+        Inbound {
+            event,
+            source: Source {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                received_at: Utc::now(),
+            },
+        }
+    }
+
+    fn count(n: i64) -> Vec<StateOp> {
+        vec![StateOp::IncrBy {
+            key: "n".into(),
+            by: n,
+            ttl: None,
+        }]
+    }
+
+    #[tokio::test]
+    async fn marks_in_the_update_land_each_event_once_and_name_the_duplicates() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let guard = IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        );
+        let ctx = Ctx::new(
+            "w",
+            store.clone(),
+            None,
+            Arc::new(PipelineConfig::default()),
+        )
+        .with_guard(Some(guard.clone()));
+        let (a, b, c) = (inbound("a"), inbound("b"), inbound("c"));
+        assert_eq!(
+            ctx.apply_once_for_all(&[a.clone(), b.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Done(vec![])
+        );
+        // A redelivery overlapping the first: nothing lands, `b` is named.
+        assert_eq!(
+            ctx.apply_once_for_all(&[b.clone(), c.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![true, false])
+        );
+        // An id repeated within one update: the repeat is a duplicate.
+        assert_eq!(
+            ctx.apply_once_for_all(&[c.clone(), c.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![false, true])
+        );
+        // A mark of the guard's own (a version that claimed) counts too.
+        store.apply(&[guard.done_op("d")]).await.unwrap();
+        assert_eq!(
+            ctx.apply_once_for_all(&[c.clone(), inbound("d")], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![false, true])
+        );
+        assert_eq!(
+            ctx.apply_once_for_all(std::slice::from_ref(&c), count(1))
+                .await
+                .unwrap(),
+            Applied::Done(vec![])
+        );
+        assert_eq!(store.get("n").await.unwrap(), Some(b"3".to_vec()));
+    }
+}

@@ -596,13 +596,7 @@ async fn a_window_claimed_for_closing_takes_no_more_events_they_count_as_late() 
         "the claimed minute took nothing more"
     );
     assert_eq!(
-        counter(
-            store.as_ref(),
-            "1m",
-            midnight(),
-            "type|events|task.created"
-        )
-        .await,
+        counter(store.as_ref(), "1m", midnight(), "type|events|task.created").await,
         1,
         "nor did its per-key counters"
     );

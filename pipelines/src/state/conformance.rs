@@ -389,7 +389,10 @@ async fn mark_once_marks_or_stops_the_rest_of_the_unit(s: &dyn StateStore) {
         into: "conf:once:today".into(),
         seen: vec!["conf:once:yesterday".into(), "conf:once:today".into()],
         fields: fields.iter().map(|f| f.to_string()).collect(),
-        keys: fields.iter().map(|f| format!("conf:once:key:{f}")).collect(),
+        keys: fields
+            .iter()
+            .map(|f| format!("conf:once:key:{f}"))
+            .collect(),
         ttl: Duration::from_secs(60),
     };
     let unit = |fields: &[&str], n: i64| {

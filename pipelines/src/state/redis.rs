@@ -937,9 +937,16 @@ impl StateStore for RedisStore {
         for op in ops {
             self.encode_for_script(op, &mut args);
         }
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY.get_hash()).arg(args.key_count);
-        for a in args.keys.args_iter().chain(args.argv.args_iter()) {
+        let all = || args.keys.args_iter().chain(args.argv.args_iter());
+        let bytes: usize = all()
+            .map(|a| match a {
+                redis::Arg::Simple(a) => a.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut cmd = redis::Cmd::with_capacity(3 + all().count(), 64 + bytes);
+        cmd.arg("EVALSHA").arg(APPLY.get_hash()).arg(args.key_count);
+        for a in all() {
             if let redis::Arg::Simple(a) = a {
                 cmd.arg(a);
             }

@@ -102,11 +102,7 @@ pub fn window_ttl(w: &WindowId, state_ttl: Duration) -> Duration {
 
 /// The counters of `c` as fields of the window's hash: over every event
 /// (`dim` None), or for `key` of `dim` (see the layout).
-fn counter_fields(
-    out: &mut Vec<(String, i64)>,
-    dim: Option<(Dimension, &str)>,
-    c: &Counts<'_>,
-) {
+fn counter_fields(out: &mut Vec<(String, i64)>, dim: Option<(Dimension, &str)>, c: &Counts<'_>) {
     let mut incr = |field: std::fmt::Arguments<'_>, by: u64| {
         if by > 0 {
             let name = match dim {
@@ -434,7 +430,9 @@ async fn read_counters(
             None => all.add_field(&field, n),
             Some((d, rest)) => {
                 if let (Some(d), Some((name, key))) = (Dimension::parse(d), rest.split_once('|')) {
-                    by.entry((d, key.to_string())).or_default().add_field(name, n);
+                    by.entry((d, key.to_string()))
+                        .or_default()
+                        .add_field(name, n);
                 }
             }
         }
