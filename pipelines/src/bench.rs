@@ -171,6 +171,9 @@ impl Worker for Measured {
     fn uses_idempotency_guard(&self) -> bool {
         self.inner.uses_idempotency_guard()
     }
+    fn marks_in_update(&self) -> bool {
+        self.inner.marks_in_update()
+    }
     fn needs_state_store(&self) -> bool {
         self.inner.needs_state_store()
     }

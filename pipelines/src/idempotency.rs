@@ -39,6 +39,7 @@ use crate::clock::Clock;
 use crate::state::{StateError, StateOp, StateStore};
 
 const DONE: &[u8] = b"done";
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// What a claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,17 @@ pub enum Claim {
     Duplicate,
     /// Someone else is handling it right now: try again later.
     InProgress,
+}
+
+/// A mark as read by [`IdempotencyGuard::read_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// The event was handled.
+    Handled,
+    /// Claimed by a consumer that may still handle it: wait.
+    Held,
+    /// Claimed, then given up: the event is free again (remove the claim).
+    Abandoned,
 }
 
 /// The result of one claim call.
@@ -107,9 +119,97 @@ impl IdempotencyGuard {
     /// crash can never leave the effect applied but the event unmarked.
     pub fn done_op(&self, id: &str) -> StateOp {
         StateOp::Set {
-            key: format!("{}{id}", self.namespace),
+            key: self.mark_key(id),
             value: DONE.to_vec(),
             ttl: Some(self.ttl),
+        }
+    }
+
+    /// The key of `id`'s mark (what [`IdempotencyGuard::done_op`] writes).
+    fn mark_key(&self, id: &str) -> String {
+        format!("{}{id}", self.namespace)
+    }
+
+    /// The hash of the marks of processing day `day` (days since the epoch),
+    /// for a worker that commits its own marks.
+    fn day_key(&self, day: u64) -> String {
+        format!("idem-days:{}{day}", &self.namespace["idem:".len()..])
+    }
+
+    /// For a worker that commits its own marks
+    /// ([`crate::Worker::marks_in_update`]): the op that marks `ids`
+    /// handled, in the hash of today's marks (kept the guard's ttl and a day
+    /// more after its last write), unless one of them is marked already: in
+    /// a hash of the last ttl's days, or as a key of its own (the guard's
+    /// claims and marks, of a version before). One write per update instead
+    /// of a key per event.
+    pub fn mark_once_op<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> StateOp {
+        let (today, days) = self.days();
+        StateOp::MarkOnce {
+            into: self.day_key(today),
+            seen: days
+                .filter(|d| *d != today)
+                .map(|d| self.day_key(d))
+                .collect(),
+            fields: ids.clone().into_iter().map(str::to_string).collect(),
+            keys: self.keys(ids),
+            ttl: self.ttl + DAY,
+        }
+    }
+
+    /// Today and the days whose marks are still kept.
+    fn days(&self) -> (u64, std::ops::RangeInclusive<u64>) {
+        let today = self.now_ms() / DAY.as_millis() as u64;
+        let back = self.ttl.as_millis().div_ceil(DAY.as_millis()) as u64;
+        (today, today.saturating_sub(back)..=today)
+    }
+
+    /// For a worker that commits its own marks: whether each of `ids` was
+    /// handled (after a [`StateOp::MarkOnce`] stopped), giving up abandoned
+    /// claims of a version before; an error while one is held.
+    pub async fn handled(&self, ids: &[&str]) -> Result<Vec<bool>, StateError> {
+        let keys = self.keys(ids.iter().copied());
+        let mut handled = vec![false; ids.len()];
+        for (i, value) in self.store.get_many(&keys).await?.into_iter().enumerate() {
+            let Some(v) = value else { continue };
+            match self.read_mark(&v) {
+                Mark::Handled => handled[i] = true,
+                Mark::Held => {
+                    return Err(StateError::Unavailable(format!(
+                        "{} is claimed by another consumer",
+                        keys[i]
+                    )))
+                }
+                Mark::Abandoned => {
+                    self.store.delete_if_eq(&keys[i], &v).await?;
+                }
+            }
+        }
+        let fields: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        for day in self.days().1 {
+            let found = self.store.hget_many(&self.day_key(day), &fields).await?;
+            for (h, f) in handled.iter_mut().zip(found) {
+                *h |= f.is_some();
+            }
+        }
+        Ok(handled)
+    }
+
+    /// What a mark says to a worker that commits its own marks
+    /// ([`crate::Worker::marks_in_update`]): `done` was written with the
+    /// effect; a pending claim can only be an older version's (a rolling
+    /// upgrade), which writes `done` with its effect too, so its event has
+    /// not been handled: it is held while the claim is younger than the
+    /// lease, abandoned after.
+    fn read_mark(&self, value: &[u8]) -> Mark {
+        if value == DONE {
+            return Mark::Handled;
+        }
+        match parse_pending(value) {
+            Some((ms, _)) if self.now_ms().saturating_sub(ms) < self.lease.as_millis() as u64 => {
+                Mark::Held
+            }
+            _ => Mark::Abandoned,
         }
     }
 

@@ -34,4 +34,4 @@ pub use event::TaskEvent;
 pub use output::{derive_event_id, OutputEvent};
 pub use runtime::Runtime;
 pub use timer::{Timer, TimerOwner, TimerScope};
-pub use worker::{BatchOutcome, Ctx, Inbound, Outcome, Source, Worker, WorkerError};
+pub use worker::{Applied, BatchOutcome, Ctx, Inbound, Outcome, Source, Worker, WorkerError};

@@ -54,6 +54,15 @@ pub enum Outcome {
     Skipped,
 }
 
+/// What [`Ctx::apply_once_for_all`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Everything landed; the flags of the update's conditional groups.
+    Done(Vec<bool>),
+    /// Nothing landed: per event, whether it was handled already.
+    Duplicates(Vec<bool>),
+}
+
 /// Why handling failed; the class decides what the pipeline does next.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WorkerError {
@@ -260,6 +269,44 @@ impl Ctx {
             .map_err(WorkerError::from)
     }
 
+    /// For a worker that commits its own marks ([`Worker::marks_in_update`]):
+    /// applies `ops` and the marks of `events` as one atomic unit
+    /// ([`StateOp::MarkOnce`] first), unless one of `events` is marked
+    /// already or repeats an earlier one's id, in which case nothing lands
+    /// and the answer says which (the worker folds again without them).
+    /// Either way no event's effect lands twice, whichever replica or
+    /// redelivery gets there first. On success, the flags of `ops`'
+    /// top-level [`StateOp::IfAbsent`]s, as [`Ctx::apply_for_all_checked`].
+    pub async fn apply_once_for_all(
+        &self,
+        events: &[Inbound],
+        ops: Vec<StateOp>,
+    ) -> Result<Applied, WorkerError> {
+        let Some(g) = &self.guard else {
+            let flags = self.state.apply_checked(&ops).await?;
+            return Ok(Applied::Done(flags));
+        };
+        let ids = events.iter().map(|e| e.event.event_id.as_str());
+        let mut distinct = std::collections::HashSet::with_capacity(events.len());
+        let repeats: Vec<bool> = ids.clone().map(|id| !distinct.insert(id)).collect();
+        if repeats.contains(&true) {
+            return Ok(Applied::Duplicates(repeats));
+        }
+        let mut all = Vec::with_capacity(ops.len() + 1);
+        all.push(g.mark_once_op(ids.clone()));
+        all.extend(ops);
+        let mut flags = self.state.apply_checked(&all).await?;
+        if flags.first().copied().unwrap_or(true) {
+            if !flags.is_empty() {
+                flags.remove(0);
+            }
+            return Ok(Applied::Done(flags));
+        }
+        // Rare: a redelivery or another replica handled some of them first.
+        let ids: Vec<&str> = ids.collect();
+        Ok(Applied::Duplicates(g.handled(&ids).await?))
+    }
+
     /// `ops` and the idempotency marks of `events` (when there is a guard).
     fn with_marks(&self, events: &[Inbound], mut ops: Vec<StateOp>) -> Vec<StateOp> {
         if let Some(g) = &self.guard {
@@ -441,6 +488,18 @@ pub trait Worker: Send + Sync + 'static {
         true
     }
 
+    /// Whether this worker commits its events' idempotency marks itself, in
+    /// the atomic update that carries their effect, skipping the events
+    /// already marked ([`Ctx::apply_once_for_all`]). The pipeline then makes
+    /// no claim and no completion round trip of its own: the update is the
+    /// only step, so it decides alone what is a duplicate. Only for a worker
+    /// whose whole effect is that one update (a replica racing it on the same
+    /// events finds their marks and adds nothing). Needs the guard
+    /// ([`Worker::uses_idempotency_guard`]).
+    fn marks_in_update(&self) -> bool {
+        false
+    }
+
     /// Whether the state store must be reachable for this worker to be ready
     /// and to consume (true for every worker that uses the guard or state).
     fn needs_state_store(&self) -> bool {
@@ -457,4 +516,91 @@ pub trait Worker: Send + Sync + 'static {
 
     /// Called once on shutdown, after consumption stopped (flush files, close pools).
     async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MemoryStore;
+    use std::time::Duration;
+
+    fn inbound(id: &str) -> Inbound {
+        let event: TaskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": id, "type": "task.created",
+            "occurred_at": "2026-03-01T10:30:00Z", "dialect": "canonical"
+        }))
+        .unwrap();
+        Inbound {
+            event,
+            source: Source {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                received_at: Utc::now(),
+            },
+        }
+    }
+
+    fn count(n: i64) -> Vec<StateOp> {
+        vec![StateOp::IncrBy {
+            key: "n".into(),
+            by: n,
+            ttl: None,
+        }]
+    }
+
+    #[tokio::test]
+    async fn marks_in_the_update_land_each_event_once_and_name_the_duplicates() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let guard = IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        );
+        let ctx = Ctx::new(
+            "w",
+            store.clone(),
+            None,
+            Arc::new(PipelineConfig::default()),
+        )
+        .with_guard(Some(guard.clone()));
+        let (a, b, c) = (inbound("a"), inbound("b"), inbound("c"));
+        assert_eq!(
+            ctx.apply_once_for_all(&[a.clone(), b.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Done(vec![])
+        );
+        // A redelivery overlapping the first: nothing lands, `b` is named.
+        assert_eq!(
+            ctx.apply_once_for_all(&[b.clone(), c.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![true, false])
+        );
+        // An id repeated within one update: the repeat is a duplicate.
+        assert_eq!(
+            ctx.apply_once_for_all(&[c.clone(), c.clone()], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![false, true])
+        );
+        // A mark of the guard's own (a version that claimed) counts too.
+        store.apply(&[guard.done_op("d")]).await.unwrap();
+        assert_eq!(
+            ctx.apply_once_for_all(&[c.clone(), inbound("d")], count(2))
+                .await
+                .unwrap(),
+            Applied::Duplicates(vec![false, true])
+        );
+        assert_eq!(
+            ctx.apply_once_for_all(std::slice::from_ref(&c), count(1))
+                .await
+                .unwrap(),
+            Applied::Done(vec![])
+        );
+        assert_eq!(store.get("n").await.unwrap(), Some(b"3".to_vec()));
+    }
 }

@@ -181,10 +181,12 @@ impl Runtime {
         });
         let ctx = self.ctx(name).with_guard(guard.clone());
         let retry = self.config.retry_for(name);
+        // A worker that commits its own marks gets no claims from the pipeline.
+        let claims = guard.filter(|_| !worker.marks_in_update());
         let pipeline = Arc::new(Pipeline::new(
             worker.clone(),
             ctx.clone(),
-            guard,
+            claims,
             self.publisher.clone(),
             retry.clone(),
             tuning.dlq_suffix.clone(),

@@ -29,6 +29,8 @@ pub async fn run_all(store: &dyn StateStore) {
     merged_hash_sets_leave_the_same_hashes(store).await;
     hget_all_many_reads_each_hash(store).await;
     apply_if_absent_takes_one_branch_atomically(store).await;
+    hash_incr_by_many_adds_to_each_field(store).await;
+    mark_once_marks_or_stops_the_rest_of_the_unit(store).await;
     distinct_counts_merge(store).await;
     get_many_reads_in_order(store).await;
 }
@@ -344,6 +346,119 @@ async fn apply_if_absent_takes_one_branch_atomically(s: &dyn StateStore) {
         "conf:if:h".into(),
         "conf:if:n".into(),
         "conf:if:plain".into(),
+    ])
+    .await
+    .unwrap();
+}
+
+async fn hash_incr_by_many_adds_to_each_field(s: &dyn StateStore) {
+    let many = |fields: &[(&str, i64)]| StateOp::HashIncrByMany {
+        key: "conf:hm".into(),
+        fields: fields.iter().map(|(f, n)| (f.to_string(), *n)).collect(),
+    };
+    s.apply(&[many(&[("a", 2), ("b", 5_000_000_000)])])
+        .await
+        .unwrap();
+    // Inside a conditional unit (the script on Redis), and past one chunk.
+    let wide: Vec<(String, i64)> = (0..1200).map(|i| (format!("w{i}"), i)).collect();
+    let absent = s
+        .apply_checked(&[
+            many(&[("a", 3), ("c", -1)]),
+            StateOp::IfAbsent {
+                key: "conf:hm:mark".into(),
+                then: vec![StateOp::HashIncrByMany {
+                    key: "conf:hm".into(),
+                    fields: wide,
+                }],
+                otherwise: vec![],
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(absent, vec![true]);
+    let h = s.hget_all("conf:hm").await.unwrap();
+    assert_eq!(h.len(), 3 + 1200);
+    assert_eq!(h["a"], b"5");
+    assert_eq!(h["b"], b"5000000000");
+    assert_eq!(h["c"], b"-1");
+    assert_eq!(h["w1199"], b"1199");
+    s.delete(&["conf:hm".into()]).await.unwrap();
+}
+
+async fn mark_once_marks_or_stops_the_rest_of_the_unit(s: &dyn StateStore) {
+    let mark = |fields: &[&str]| StateOp::MarkOnce {
+        into: "conf:once:today".into(),
+        seen: vec!["conf:once:yesterday".into(), "conf:once:today".into()],
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+        keys: fields
+            .iter()
+            .map(|f| format!("conf:once:key:{f}"))
+            .collect(),
+        ttl: Duration::from_secs(60),
+    };
+    let unit = |fields: &[&str], n: i64| {
+        vec![
+            StateOp::IncrBy {
+                key: "conf:once:before".into(),
+                by: 1,
+                ttl: None,
+            },
+            mark(fields),
+            StateOp::IncrBy {
+                key: "conf:once:n".into(),
+                by: n,
+                ttl: None,
+            },
+            StateOp::IfAbsent {
+                key: "conf:once:none".into(),
+                then: vec![],
+                otherwise: vec![],
+            },
+        ]
+    };
+    s.apply(&[StateOp::HashSet {
+        key: "conf:once:yesterday".into(),
+        fields: vec![("old".into(), b"1".to_vec())],
+    }])
+    .await
+    .unwrap();
+    s.set("conf:once:key:legacy", b"done", None).await.unwrap();
+    assert_eq!(
+        s.apply_checked(&unit(&["a", "b"], 5)).await.unwrap(),
+        vec![true, true]
+    );
+    for (fields, what) in [
+        (&["c", "b"][..], "marked in this hash"),
+        (&["old"][..], "marked in an earlier hash"),
+        (&["legacy"][..], "marked as a key"),
+    ] {
+        assert_eq!(
+            s.apply_checked(&unit(fields, 7)).await.unwrap(),
+            vec![false],
+            "{what}: nothing after the marks lands"
+        );
+    }
+    s.apply(&unit(&["d"], 2)).await.unwrap();
+    assert_eq!(s.get("conf:once:n").await.unwrap(), Some(b"7".to_vec()));
+    assert_eq!(
+        s.get("conf:once:before").await.unwrap(),
+        Some(b"5".to_vec()),
+        "ops before the marks land"
+    );
+    let today = s.hget_all("conf:once:today").await.unwrap();
+    let marked: Vec<&str> = today.keys().map(String::as_str).collect();
+    assert_eq!(marked, vec!["a", "b", "d"], "a stopped unit marks nothing");
+    assert_eq!(
+        s.apply_checked(&[mark(&[])]).await.unwrap(),
+        vec![true],
+        "no marks: nothing to stop"
+    );
+    s.delete(&[
+        "conf:once:today".into(),
+        "conf:once:yesterday".into(),
+        "conf:once:key:legacy".into(),
+        "conf:once:n".into(),
+        "conf:once:before".into(),
     ])
     .await
     .unwrap();

@@ -365,20 +365,41 @@ impl StateStore for MemoryStore {
     }
 
     async fn apply(&self, ops: &[StateOp]) -> Result<(), StateError> {
-        self.with(|m, now| {
-            for op in ops {
-                self.apply_one(m, op, now)?;
-            }
-            Ok(())
-        })
+        self.apply_checked(ops).await.map(|_| ())
     }
 
     async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError> {
         self.with(|m, now| {
             let mut absent = Vec::new();
             for op in ops {
-                if let StateOp::IfAbsent { key, .. } = op {
-                    absent.push(live(m, &self.key(key), now).is_none());
+                match op {
+                    StateOp::IfAbsent { key, .. } => {
+                        absent.push(live(m, &self.key(key), now).is_none());
+                    }
+                    StateOp::MarkOnce {
+                        into,
+                        seen,
+                        fields,
+                        keys,
+                        ..
+                    } => {
+                        let mut none = keys.iter().all(|k| live(m, &self.key(k), now).is_none());
+                        for h in std::iter::once(into).chain(seen) {
+                            match live(m, &self.key(h), now) {
+                                None => {}
+                                Some(Entry {
+                                    value: Value::Hash(h),
+                                    ..
+                                }) => none &= !fields.iter().any(|f| h.contains_key(f)),
+                                Some(_) => return Err(wrong_type(h)),
+                            }
+                        }
+                        absent.push(none);
+                        if !none {
+                            break;
+                        }
+                    }
+                    _ => {}
                 }
                 self.apply_one(m, op, now)?;
             }
@@ -489,6 +510,26 @@ impl MemoryStore {
                     Some(v) => parse_int(key, v)?,
                 };
                 h.insert(field.clone(), (current + by).to_string().into_bytes());
+            }
+            StateOp::HashIncrByMany { fields, .. } => {
+                let h = hash_mut(m, &k, key, now)?;
+                for (field, by) in fields {
+                    let current = match h.get(field) {
+                        None => 0,
+                        Some(v) => parse_int(key, v)?,
+                    };
+                    h.insert(field.clone(), (current + by).to_string().into_bytes());
+                }
+            }
+            // Checked by `apply_checked` first.
+            StateOp::MarkOnce { fields, ttl, .. } => {
+                let h = hash_mut(m, &k, key, now)?;
+                for f in fields {
+                    h.insert(f.clone(), b"1".to_vec());
+                }
+                if let Some(e) = live(m, &k, now) {
+                    e.expires_at = Some(now + *ttl);
+                }
             }
             StateOp::HashDelete { fields, .. } => {
                 if let Some(Entry {

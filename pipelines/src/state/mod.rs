@@ -160,6 +160,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn apply_checked(&self, ops: &[StateOp]) -> Result<Vec<bool>, StateError>;
     /// One field of a hash.
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError>;
+    /// Some fields of a hash, in order (`HMGET` on Redis).
+    async fn hget_many(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let mut all = Vec::with_capacity(fields.len());
+        for f in fields {
+            all.push(self.hget(key, f).await?);
+        }
+        Ok(all)
+    }
     /// Every field of a hash (empty when absent).
     async fn hget_all(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, StateError>;
     /// Every field of each hash, in order (empty when absent): one round

@@ -31,6 +31,14 @@ pub enum StateOp {
     },
     /// `HINCRBY key field by`.
     HashIncrBy { key: String, field: String, by: i64 },
+    /// `HINCRBY key field by` for each field: many counters of one hash in
+    /// one step (in [`super::StateStore::apply_checked`]'s script, one
+    /// `HMGET` and one `HSET` however many fields, instead of a command per
+    /// field). Sums are exact up to 2^53.
+    HashIncrByMany {
+        key: String,
+        fields: Vec<(String, i64)>,
+    },
     /// `HDEL key field [field ...]`.
     HashDelete { key: String, fields: Vec<String> },
     /// `ZADD key score member`.
@@ -51,6 +59,23 @@ pub enum StateOp {
     DistinctAdd { key: String, members: Vec<String> },
     /// `PEXPIRE key ttl`.
     Expire { key: String, ttl: Duration },
+    /// First-time marks, a precondition of the rest of the update: when
+    /// none of `fields` is a field of `into` or of any hash of `seen` and none of `keys`
+    /// exists, sets each of `fields` in the hash `into` (and `into`'s expiry
+    /// to `ttl`); otherwise no op after this one takes effect (the ops
+    /// before it do). For a worker that commits its events' idempotency
+    /// marks with its effect ([`crate::Ctx::apply_once_for_all`]): marks of
+    /// one period share a hash, one write per update instead of a key per
+    /// event. [`super::StateStore::apply_checked`] reports it like a
+    /// top-level [`StateOp::IfAbsent`] (true: none was there, the rest
+    /// ran), and reports nothing for the ops it stopped.
+    MarkOnce {
+        into: String,
+        seen: Vec<String>,
+        fields: Vec<String>,
+        keys: Vec<String>,
+        ttl: Duration,
+    },
     /// A conditional group, decided inside the same atomic unit: when `key`
     /// does not exist, `then` is applied, else `otherwise` (a write that must
     /// not land once a close mark or a claim exists). A Lua script on Redis.
@@ -71,6 +96,7 @@ impl StateOp {
             | StateOp::IncrBy { key, .. }
             | StateOp::HashSet { key, .. }
             | StateOp::HashIncrBy { key, .. }
+            | StateOp::HashIncrByMany { key, .. }
             | StateOp::HashDelete { key, .. }
             | StateOp::ZAdd { key, .. }
             | StateOp::ZAddMany { key, .. }
@@ -78,6 +104,7 @@ impl StateOp {
             | StateOp::DistinctAdd { key, .. }
             | StateOp::Expire { key, .. }
             | StateOp::IfAbsent { key, .. } => key,
+            StateOp::MarkOnce { into, .. } => into,
         }
     }
 }

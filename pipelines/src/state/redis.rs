@@ -104,13 +104,18 @@ return 0",
 /// `RedisStore::encode_for_script`), run in order as one atomic step;
 /// `?IFABSENT` runs the commands up to its `?ELSE` when its key does not
 /// exist, else those from `?ELSE` to `?END`, and reports which (1: absent)
-/// for the top-level ones. (A command may have at most a few thousand
+/// for the top-level ones. `?MARKONCE ns nk nf ttl fields...` (its `ns`
+/// hashes, the first the one written, then `nk` keys in `KEYS`) stops the
+/// script when a field is in a hash or a key exists, reporting like
+/// `?IFABSENT`, else sets the fields;
+/// `?HINCRBYMANY` adds to many fields of one hash with one `HMGET` and one
+/// `HSET` per 500 fields. (Another command may have at most a few thousand
 /// arguments: Lua's `unpack` limit.)
 static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        r"local pos, key, absent = 1, 0, {}
+        r"local pos, key, absent, stopped = 1, 0, {}, false
 local function block(live, top)
-  while pos <= #ARGV do
+  while pos <= #ARGV and not stopped do
     local name = ARGV[pos]
     if name == '?ELSE' or name == '?END' then
       pos = pos + 1
@@ -124,6 +129,56 @@ local function block(live, top)
       if block(live and yes, false) == '?ELSE' then
         block(live and not yes, false)
       end
+    elseif name == '?MARKONCE' then
+      local ns, nk, nf = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+      local ttl, f0 = ARGV[pos + 4], pos + 5
+      local found = 0
+      for c = key + ns, key + ns + nk - 1, 1000 do
+        found = found + redis.call('EXISTS', unpack(KEYS, c, math.min(c + 999, key + ns + nk - 1)))
+      end
+      for s = key, key + ns - 1 do
+        for c = f0, f0 + nf - 1, 1000 do
+          if found > 0 then break end
+          local got = redis.call('HMGET', KEYS[s], unpack(ARGV, c, math.min(c + 999, f0 + nf - 1)))
+          for _, v in ipairs(got) do
+            if v then found = found + 1 end
+          end
+        end
+      end
+      if top then absent[#absent + 1] = found == 0 and 1 or 0 end
+      if live and found > 0 then
+        stopped = true
+      elseif live and nf > 0 then
+        for c = f0, f0 + nf - 1, 1000 do
+          local args = {}
+          for i = c, math.min(c + 999, f0 + nf - 1) do
+            args[#args + 1] = ARGV[i]
+            args[#args + 1] = '1'
+          end
+          redis.call('HSET', KEYS[key], unpack(args))
+        end
+        redis.call('PEXPIRE', KEYS[key], ttl)
+      end
+      key = key + ns + nk - 1
+      pos = f0 + nf
+    elseif name == '?HINCRBYMANY' then
+      local n = tonumber(ARGV[pos + 1]) / 2
+      if live then
+        for c = 0, n - 1, 500 do
+          local fields, out = {}, {}
+          for i = c, math.min(c + 499, n - 1) do
+            fields[#fields + 1] = ARGV[pos + 2 + 2 * i]
+          end
+          local cur = redis.call('HMGET', KEYS[key], unpack(fields))
+          for j = 1, #fields do
+            local by = tonumber(ARGV[pos + 3 + 2 * (c + j - 1)])
+            out[2 * j - 1] = fields[j]
+            out[2 * j] = string.format('%d', (tonumber(cur[j]) or 0) + by)
+          end
+          redis.call('HSET', KEYS[key], unpack(out))
+        end
+      end
+      pos = pos + 2 + 2 * n
     else
       local n = tonumber(ARGV[pos + 1])
       if live then redis.call(name, KEYS[key], unpack(ARGV, pos + 2, pos + 1 + n)) end
@@ -351,6 +406,13 @@ impl RedisStore {
                 c.arg(field).arg(*by);
                 f(c);
             }
+            StateOp::HashIncrByMany { fields, .. } => {
+                for (field, by) in fields {
+                    let mut c = cmd("HINCRBY");
+                    c.arg(field).arg(*by);
+                    f(c);
+                }
+            }
             StateOp::HashDelete { fields, .. } => {
                 if !fields.is_empty() {
                     let mut c = cmd("HDEL");
@@ -387,8 +449,16 @@ impl RedisStore {
                 c.arg(Self::ms(*ttl));
                 f(c);
             }
-            StateOp::IfAbsent { .. } => {}
+            StateOp::IfAbsent { .. } | StateOp::MarkOnce { .. } => {}
         }
+    }
+
+    /// The start of one command in [`APPLY`]'s arguments: its key, name and
+    /// argument count (the `n` arguments follow in `ARGV`).
+    fn script_command(&self, out: &mut ScriptArgs, name: &str, key: &str, n: usize) {
+        out.keys.arg(self.key(key));
+        out.key_count += 1;
+        out.argv.arg(name).arg(n);
     }
 
     /// Appends `op` to the arguments of [`APPLY`]: each command as its key
@@ -412,6 +482,67 @@ impl RedisStore {
             }
             out.argv.arg("?END");
             return;
+        }
+        match op {
+            StateOp::MarkOnce {
+                into,
+                seen,
+                fields,
+                keys,
+                ttl,
+            } => {
+                out.keys.arg(self.key(into));
+                let others = seen.iter().filter(|h| *h != into);
+                for k in others.clone().chain(keys) {
+                    out.keys.arg(self.key(k));
+                }
+                let ns = 1 + others.count();
+                out.key_count += ns + keys.len();
+                out.argv
+                    .arg("?MARKONCE")
+                    .arg(ns)
+                    .arg(keys.len())
+                    .arg(fields.len())
+                    .arg(Self::ms(*ttl));
+                for f in fields {
+                    out.argv.arg(f);
+                }
+                return;
+            }
+            StateOp::HashIncrByMany { key, fields } => {
+                if !fields.is_empty() {
+                    self.script_command(out, "?HINCRBYMANY", key, 2 * fields.len());
+                    for (field, by) in fields {
+                        out.argv.arg(field).arg(*by);
+                    }
+                }
+                return;
+            }
+            // The frequent ones written directly (no command to copy from).
+            StateOp::DistinctAdd { key, members } => {
+                self.script_command(out, "PFADD", key, members.len());
+                out.argv.arg(members);
+                return;
+            }
+            StateOp::Expire { key, ttl } => {
+                self.script_command(out, "PEXPIRE", key, 1);
+                out.argv.arg(Self::ms(*ttl));
+                return;
+            }
+            StateOp::ZAdd { key, member, score } => {
+                self.script_command(out, "ZADD", key, 2);
+                out.argv.arg(score_arg(*score)).arg(member);
+                return;
+            }
+            StateOp::Set { key, value, ttl } => {
+                self.script_command(out, "SET", key, if ttl.is_some() { 3 } else { 1 });
+                out.argv.arg(value.as_slice());
+                if let Some(ttl) = ttl {
+                    out.argv.arg("PX").arg(Self::ms(*ttl));
+                }
+                return;
+            }
+            _ => {}
         }
         self.each_command(op, &mut |cmd| {
             let n = cmd.args_iter().len().saturating_sub(2);
@@ -771,7 +902,14 @@ impl StateStore for RedisStore {
         let Some(first) = ops.first() else {
             return Ok(());
         };
-        if ops.iter().any(|op| matches!(op, StateOp::IfAbsent { .. })) {
+        if ops.iter().any(|op| {
+            matches!(
+                op,
+                StateOp::IfAbsent { .. }
+                    | StateOp::MarkOnce { .. }
+                    | StateOp::HashIncrByMany { .. }
+            )
+        }) {
             return self.apply_checked(ops).await.map(|_| ());
         }
         let mut c = self.conn.clone();
@@ -799,9 +937,16 @@ impl StateStore for RedisStore {
         for op in ops {
             self.encode_for_script(op, &mut args);
         }
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY.get_hash()).arg(args.key_count);
-        for a in args.keys.args_iter().chain(args.argv.args_iter()) {
+        let all = || args.keys.args_iter().chain(args.argv.args_iter());
+        let bytes: usize = all()
+            .map(|a| match a {
+                redis::Arg::Simple(a) => a.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut cmd = redis::Cmd::with_capacity(3 + all().count(), 64 + bytes);
+        cmd.arg("EVALSHA").arg(APPLY.get_hash()).arg(args.key_count);
+        for a in all() {
             if let redis::Arg::Simple(a) = a {
                 cmd.arg(a);
             }
@@ -839,6 +984,24 @@ impl StateStore for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| classify(key, e))
+    }
+
+    async fn hget_many(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let values: Vec<Value> = redis::cmd("HMGET")
+            .arg(self.key(key))
+            .arg(fields)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(values.into_iter().map(bytes).collect())
     }
 
     async fn hget_all_many(

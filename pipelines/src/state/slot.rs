@@ -77,6 +77,22 @@ impl Scoped {
                 otherwise: otherwise.iter().map(|op| self.op(op)).collect(),
             };
         }
+        if let StateOp::MarkOnce {
+            into,
+            seen,
+            fields,
+            keys,
+            ttl,
+        } = op
+        {
+            return StateOp::MarkOnce {
+                into: self.key(into),
+                seen: self.keys(seen),
+                fields: fields.clone(),
+                keys: self.keys(keys),
+                ttl: *ttl,
+            };
+        }
         let mut op = op.clone();
         let key = match &mut op {
             StateOp::Set { key, .. }
@@ -84,6 +100,7 @@ impl Scoped {
             | StateOp::IncrBy { key, .. }
             | StateOp::HashSet { key, .. }
             | StateOp::HashIncrBy { key, .. }
+            | StateOp::HashIncrByMany { key, .. }
             | StateOp::HashDelete { key, .. }
             | StateOp::ZAdd { key, .. }
             | StateOp::ZAddMany { key, .. }
@@ -91,6 +108,7 @@ impl Scoped {
             | StateOp::DistinctAdd { key, .. }
             | StateOp::Expire { key, .. }
             | StateOp::IfAbsent { key, .. } => key,
+            StateOp::MarkOnce { .. } => return op,
         };
         *key = slot_key(&self.tag, key);
         op
@@ -280,6 +298,16 @@ impl StateStore for Scoped {
     async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.inner
             .hget(&self.key(key), field)
+            .await
+            .map_err(|e| self.unscoped(e))
+    }
+    async fn hget_many(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        self.inner
+            .hget_many(&self.key(key), fields)
             .await
             .map_err(|e| self.unscoped(e))
     }

@@ -99,41 +99,75 @@ pub fn completion_seconds((completed_ms, created_ms): (i64, i64)) -> Option<f64>
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts<'a> {
     pub events: u64,
-    pub by_type: BTreeMap<&'static str, u64>,
-    pub by_priority: BTreeMap<&'static str, u64>,
+    /// Events per type, in the order first met (a handful: a short list
+    /// is cheaper than a map).
+    pub by_type: Vec<(&'static str, u64)>,
+    /// Events per priority, likewise.
+    pub by_priority: Vec<(&'static str, u64)>,
     pub created: u64,
     pub completed: u64,
     pub durations: CompletionHistogram,
     pub users: BTreeSet<&'a str>,
 }
 
+/// Adds one to `key`'s count (keys are static names: equal ones are
+/// usually the same pointer).
+fn bump(counts: &mut Vec<(&'static str, u64)>, key: &'static str) {
+    match counts
+        .iter_mut()
+        .find(|(k, _)| std::ptr::eq(*k, key) || *k == key)
+    {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
 impl<'a> Counts<'a> {
     /// Counts one event.
     pub fn add(&mut self, e: &EventFacts<'a>) {
-        self.add_for(e, None);
+        self.add_for(e, None, Lifecycle::of(e));
     }
 
     /// Counts one event in a key of `dim` (`None`: over every event),
     /// leaving out what that key's result does not show: its types for a
     /// type, priorities for any key (see [`super::result::WindowResult::new`]).
-    fn add_for(&mut self, e: &EventFacts<'a>, dim: Option<Dimension>) {
+    fn add_for(&mut self, e: &EventFacts<'a>, dim: Option<Dimension>, life: Lifecycle) {
         self.events += 1;
         if dim != Some(Dimension::Type) {
-            *self.by_type.entry(e.kind).or_default() += 1;
+            bump(&mut self.by_type, e.kind);
         }
         if dim.is_none() {
-            *self.by_priority.entry(e.priority).or_default() += 1;
+            bump(&mut self.by_priority, e.priority);
         }
-        match e.kind {
-            "task.created" => self.created += 1,
-            "task.completed" => self.completed += 1,
-            _ => {}
+        match life {
+            Lifecycle::Created => self.created += 1,
+            Lifecycle::Completed => self.completed += 1,
+            Lifecycle::Other => {}
         }
         if let Some(s) = e.completion_seconds {
             self.durations.record(s);
         }
         if let Some(u) = e.user {
             self.users.insert(u);
+        }
+    }
+}
+
+/// Whether an event created or completed a task (decided once per event,
+/// not per window and key).
+#[derive(Debug, Clone, Copy)]
+enum Lifecycle {
+    Created,
+    Completed,
+    Other,
+}
+
+impl Lifecycle {
+    fn of(e: &EventFacts<'_>) -> Lifecycle {
+        match e.kind {
+            "task.created" => Lifecycle::Created,
+            "task.completed" => Lifecycle::Completed,
+            _ => Lifecycle::Other,
         }
     }
 }
@@ -147,12 +181,13 @@ pub struct WindowDelta<'a> {
 
 impl<'a> WindowDelta<'a> {
     pub fn add(&mut self, e: &EventFacts<'a>) {
-        self.all.add(e);
+        let life = Lifecycle::of(e);
+        self.all.add_for(e, None, life);
         for d in Dimension::ALL {
             self.by
                 .entry((d, e.key(d)))
                 .or_default()
-                .add_for(e, Some(d));
+                .add_for(e, Some(d), life);
         }
     }
 }

@@ -1,16 +1,24 @@
 //! The windows in the state store (Redis in production): key layout, the
 //! writes a batch makes, and reading a window back.
 //!
-//! - `agg:w:{window}:{start}`: a hash of counters over every event
-//!   (`events`, `t:{type}`, `p:{priority}`, `h:{bucket}`, `dsum_ms`; tasks
-//!   created and completed are two of the types);
-//! - `agg:d:{window}:{start}:{dimension}`: counters per key of a dimension,
-//!   as fields `{counter}|{key}` (`events|apollo`, `t:task.created|apollo`):
-//!   what a per-key result shows, no more (no `t:` for a type, no `p:` at
-//!   all: a priority's own breakdown is itself);
-//! - `agg:u:{window}:{start}` and `agg:u:{window}:{start}:{dimension}:{key}`:
-//!   distinct users (HyperLogLog on Redis, about 0.8 % standard error;
-//!   exact in the memory store);
+//! - `agg:w:{window}:{start}`: one hash of every counter of the window:
+//!   over every event (`events`, `t:{type}`, `p:{priority}`, `h:{bucket}`,
+//!   `dsum_ms`; tasks created and completed are two of the types), and per
+//!   key of a dimension as `{dimension}|{counter}|{key}`
+//!   (`project|events|apollo`, `project|t:task.created|apollo`): what a
+//!   per-key result shows, no more (no `t:` for a type, no `p:` at all: a
+//!   priority's own breakdown is itself). A batch adds to it in one step
+//!   ([`StateOp::HashIncrByMany`]);
+//! - `agg:u:{window}:{start}:{dimension}:{key}`: distinct users per key
+//!   (HyperLogLog on Redis, about 0.8 % standard error; exact in the memory
+//!   store). The window's own distinct users are the union of its priority
+//!   keys' (every event has exactly one priority key), counted at read time,
+//!   so no HyperLogLog is written twice for it. Users this replica already
+//!   added to a window's key are not sent again ([`KnownUsers`]: an add is
+//!   idempotent, so skipping it changes nothing);
+//! - (before this layout, read still, so windows open across an upgrade
+//!   keep their counts: `agg:d:{window}:{start}:{dimension}` with fields
+//!   `{counter}|{key}`, and `agg:u:{window}:{start}`);
 //! - `agg:open`: windows with counts and no published result, scored by end;
 //! - `agg:closed:{window}:{start}`: the close mark (who claimed it, when);
 //! - `agg:last:{window}`: the start of the last window of that size closed;
@@ -19,14 +27,15 @@
 //! - `agg:created:{task}`: a task's creation time (90 days), so a
 //!   completion without `created_at` still has a completion time.
 //!
-//! Window keys expire `state_ttl` after the window's length from their last
-//! write. A batch's writes, its partition's mark and its events'
+//! Window keys expire `state_ttl` after the window's length, counted from
+//! the first write of each replica that writes them (each replica sets the
+//! expiry once: a window closes long before). A batch's writes, its partition's mark and its events'
 //! idempotency marks are one atomic step (a Lua script on Redis), in which
 //! each window's writes are conditional on its close mark being absent: a
 //! window being closed is never added to (its events count as late instead),
 //! and a redelivered event or a crash between writes never counts twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use pipelines::state::{StateOp, StateStore};
@@ -45,10 +54,12 @@ pub fn counters_key(w: &WindowId) -> String {
     format!("agg:w:{}:{}", w.name, w.start_ms)
 }
 
+/// The per-dimension hash of the layout before one hash per window (read only).
 pub fn dimension_key(w: &WindowId, d: Dimension) -> String {
     format!("agg:d:{}:{}:{d}", w.name, w.start_ms)
 }
 
+/// The window's own distinct users in the layout before (read only).
 pub fn users_key(w: &WindowId) -> String {
     format!("agg:u:{}:{}", w.name, w.start_ms)
 }
@@ -89,92 +100,195 @@ pub fn window_ttl(w: &WindowId, state_ttl: Duration) -> Duration {
     Duration::from_millis((w.end_ms - w.start_ms).max(0) as u64) + state_ttl
 }
 
-/// `HINCRBY`s of `c` on the hash `key`, each field followed by `suffix`:
-/// over every event (`dim` None), or for a key of `dim` (see the layout).
-fn counter_ops(
-    ops: &mut Vec<StateOp>,
-    key: &str,
-    suffix: &str,
-    dim: Option<Dimension>,
-    c: &Counts<'_>,
-) {
-    let mut incr = |field: &str, by: u64| {
+/// The counters of `c` as fields of the window's hash: over every event
+/// (`dim` None), or for `key` of `dim` (see the layout).
+fn counter_fields(out: &mut Vec<(String, i64)>, dim: Option<(Dimension, &str)>, c: &Counts<'_>) {
+    let mut incr = |field: std::fmt::Arguments<'_>, by: u64| {
         if by > 0 {
-            let mut f = String::with_capacity(field.len() + suffix.len());
-            f.push_str(field);
-            f.push_str(suffix);
-            ops.push(StateOp::HashIncrBy {
-                key: key.to_string(),
-                field: f,
-                by: by as i64,
-            });
+            let name = match dim {
+                None => field.to_string(),
+                Some((d, key)) => format!("{d}|{field}|{key}"),
+            };
+            out.push((name, by as i64));
         }
     };
-    incr("events", c.events);
-    if dim != Some(Dimension::Type) {
+    incr(format_args!("events"), c.events);
+    if dim.map(|(d, _)| d) != Some(Dimension::Type) {
         for (t, n) in &c.by_type {
-            incr(&format!("t:{t}"), *n);
+            incr(format_args!("t:{t}"), *n);
         }
     }
     if dim.is_none() {
         for (p, n) in &c.by_priority {
-            incr(&format!("p:{p}"), *n);
+            incr(format_args!("p:{p}"), *n);
         }
     }
     for (i, n) in c.durations.buckets.iter().enumerate() {
-        incr(&format!("h:{i}"), *n);
+        incr(format_args!("h:{i}"), *n);
     }
     if c.durations.count() > 0 {
-        incr("dsum_ms", (c.durations.sum_seconds * 1000.0).round() as u64);
+        incr(
+            format_args!("dsum_ms"),
+            (c.durations.sum_seconds * 1000.0).round() as u64,
+        );
     }
 }
 
-/// `PFADD` of `c`'s users to `key` and its expiry.
-fn users_ops(ops: &mut Vec<StateOp>, key: String, c: &Counts<'_>, ttl: Duration) {
-    if !c.users.is_empty() {
-        ops.push(StateOp::DistinctAdd {
-            key: key.clone(),
-            members: c.users.iter().map(|u| u.to_string()).collect(),
-        });
-        ops.push(StateOp::Expire { key, ttl });
+/// The users this replica has added to each window's distinct counts (as
+/// 64-bit hashes): adding one again changes nothing, so a batch sends only
+/// users new to the window's key. Most users of a long window recur, and
+/// each `PFADD` to a large sparse HyperLogLog costs Redis a scan of it. A
+/// key this replica has written already has its expiry: later batches do
+/// not set it again (its state outlives the window's close by `state_ttl`
+/// counted from this replica's first write; so does the window's counters
+/// hash). Bounded: past
+/// [`KnownUsers::CAPACITY`] users it starts afresh (which only costs adds
+/// and expiries again).
+#[derive(Default)]
+pub struct KnownUsers {
+    windows: HashMap<WindowId, [HashMap<Box<str>, UserSet>; 3]>,
+    len: usize,
+}
+
+/// Hashes of users; the values are hashes already.
+type UserSet = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// A hasher for values that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a(bytes);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// 64-bit FNV-1a: a user's identity in [`KnownUsers`] (a collision, about
+/// one in 2^64 per pair, would leave a user out of one count).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn dim_index(d: Dimension) -> usize {
+    match d {
+        Dimension::Type => 0,
+        Dimension::Project => 1,
+        Dimension::Priority => 2,
+    }
+}
+
+impl KnownUsers {
+    pub const CAPACITY: usize = 500_000;
+
+    /// Whether this replica has written to `w`.
+    fn has_window(&self, w: &WindowId) -> bool {
+        self.windows.contains_key(w)
+    }
+
+    fn known(&self, w: &WindowId, dim: Dimension, key: &str) -> Option<&UserSet> {
+        self.windows.get(w)?[dim_index(dim)].get(key)
+    }
+
+    /// Records the users of the windows `plan` added to (`open[i]`: the
+    /// update of `plan.windows[i]` landed).
+    pub fn record(&mut self, plan: &BatchPlan<'_>, open: &[bool]) {
+        for ((w, d), open) in plan.windows.iter().zip(open) {
+            if !*open {
+                self.forget(w);
+                continue;
+            }
+            let keys = self.windows.entry(w.clone()).or_default();
+            for ((dim, key), c) in &d.by {
+                if c.users.is_empty() {
+                    continue;
+                }
+                let by_key = &mut keys[dim_index(*dim)];
+                let set = match by_key.get_mut(*key) {
+                    Some(set) => set,
+                    None => by_key.entry(Box::from(*key)).or_default(),
+                };
+                for u in &c.users {
+                    if set.insert(fnv1a(u.as_bytes())) {
+                        self.len += 1;
+                    }
+                }
+            }
+        }
+        if self.len > Self::CAPACITY {
+            self.windows.clear();
+            self.len = 0;
+        }
+    }
+
+    /// Drops a window (closed: nothing more is added to it).
+    pub fn forget(&mut self, w: &WindowId) {
+        if let Some(keys) = self.windows.remove(w) {
+            self.len -= keys
+                .iter()
+                .flat_map(|k| k.values())
+                .map(HashSet::len)
+                .sum::<usize>();
+        }
     }
 }
 
 /// The writes of one batch: per window (in `plan.windows` order) one
 /// [`StateOp::IfAbsent`] on its close mark, whose first branch adds the
-/// counters, distinct users and the open-window entry and whose second
-/// counts the window's events as late; then the late counts and the
-/// partition's new mark.
+/// counters (one [`StateOp::HashIncrByMany`]), the users new to each key
+/// and the open-window entry and whose second counts the window's events as
+/// late; then the late counts and the partition's new mark.
 pub fn batch_ops(
     plan: &BatchPlan<'_>,
     mark: Option<(&str, PartitionMark)>,
     state_ttl: Duration,
+    known: &KnownUsers,
 ) -> Vec<StateOp> {
     let mut ops = Vec::with_capacity(plan.windows.len() + plan.late.len() + 1);
     for (w, d) in &plan.windows {
         let ttl = window_ttl(w, state_ttl);
-        let mut then = Vec::new();
+        let mut then = Vec::with_capacity(4 + 2 * d.by.len());
         let key = counters_key(w);
-        counter_ops(&mut then, &key, "", None, &d.all);
-        then.push(StateOp::Expire { key, ttl });
-        users_ops(&mut then, users_key(w), &d.all, ttl);
-        let mut last: Option<(Dimension, String)> = None;
+        let mut fields = Vec::with_capacity(16 + 4 * d.by.len());
+        counter_fields(&mut fields, None, &d.all);
         for ((dim, k), c) in &d.by {
-            let key = match &last {
-                Some((ld, key)) if ld == dim => key.clone(),
-                _ => {
-                    if let Some((_, key)) = last.take() {
-                        then.push(StateOp::Expire { key, ttl });
-                    }
-                    dimension_key(w, *dim)
-                }
-            };
-            counter_ops(&mut then, &key, &format!("|{k}"), Some(*dim), c);
-            users_ops(&mut then, key_users_key(w, *dim, k), c, ttl);
-            last = Some((*dim, key));
+            counter_fields(&mut fields, Some((*dim, k)), c);
         }
-        if let Some((_, key)) = last {
+        // Its expiry is set by this replica's first write (see KnownUsers).
+        if known.has_window(w) {
+            then.push(StateOp::HashIncrByMany { key, fields });
+        } else {
+            then.push(StateOp::HashIncrByMany {
+                key: key.clone(),
+                fields,
+            });
             then.push(StateOp::Expire { key, ttl });
+        }
+        for ((dim, k), c) in &d.by {
+            let known = known.known(w, *dim, k);
+            let members: Vec<String> = c
+                .users
+                .iter()
+                .filter(|u| known.is_none_or(|set| !set.contains(&fnv1a(u.as_bytes()))))
+                .map(|u| u.to_string())
+                .collect();
+            if !members.is_empty() {
+                let key = key_users_key(w, *dim, k);
+                then.push(StateOp::DistinctAdd {
+                    key: key.clone(),
+                    members,
+                });
+                if known.is_none() {
+                    then.push(StateOp::Expire { key, ttl });
+                }
+            }
         }
         then.push(StateOp::ZAdd {
             key: OPEN.into(),
@@ -273,15 +387,15 @@ impl WindowCounts {
     }
 
     /// Adds one stored counter.
-    fn set_field(&mut self, field: &str, n: u64) {
+    fn add_field(&mut self, field: &str, n: u64) {
         match field {
-            "events" => self.events = n,
-            "dsum_ms" => self.durations.sum_seconds = n as f64 / 1000.0,
+            "events" => self.events += n,
+            "dsum_ms" => self.durations.sum_seconds += n as f64 / 1000.0,
             f => {
                 if let Some(t) = f.strip_prefix("t:") {
-                    self.by_type.insert(t.to_string(), n);
+                    *self.by_type.entry(t.to_string()).or_default() += n;
                 } else if let Some(p) = f.strip_prefix("p:") {
-                    self.by_priority.insert(p.to_string(), n);
+                    *self.by_priority.entry(p.to_string()).or_default() += n;
                 } else if let Some(i) = f.strip_prefix("h:").and_then(|i| i.parse().ok()) {
                     self.durations.add_to_bucket(i, n);
                 }
@@ -298,21 +412,57 @@ fn count(value: &[u8]) -> u64 {
         .max(0) as u64
 }
 
+/// A window's counters as stored: over every event, and per dimension and
+/// key (the legacy per-dimension hashes added in).
+async fn read_counters(
+    state: &dyn StateStore,
+    w: &WindowId,
+) -> Result<(WindowCounts, BTreeMap<(Dimension, String), WindowCounts>), WorkerError> {
+    let mut keys = vec![counters_key(w)];
+    keys.extend(Dimension::ALL.iter().map(|d| dimension_key(w, *d)));
+    let hashes = state.hget_all_many(&keys).await?;
+    let mut all = WindowCounts::default();
+    let mut by: BTreeMap<(Dimension, String), WindowCounts> = BTreeMap::new();
+    let mut hashes = hashes.into_iter();
+    for (field, value) in hashes.next().unwrap_or_default() {
+        let n = count(&value);
+        match field.split_once('|') {
+            None => all.add_field(&field, n),
+            Some((d, rest)) => {
+                if let (Some(d), Some((name, key))) = (Dimension::parse(d), rest.split_once('|')) {
+                    by.entry((d, key.to_string()))
+                        .or_default()
+                        .add_field(name, n);
+                }
+            }
+        }
+    }
+    for (d, legacy) in Dimension::ALL.into_iter().zip(hashes) {
+        for (field, value) in legacy {
+            if let Some((name, key)) = field.split_once('|') {
+                by.entry((d, key.to_string()))
+                    .or_default()
+                    .add_field(name, count(&value));
+            }
+        }
+    }
+    Ok((all, by))
+}
+
 /// A window's counts over every event.
 pub async fn read_window(
     state: &dyn StateStore,
     w: &WindowId,
 ) -> Result<WindowCounts, WorkerError> {
-    let (counters, users) = (counters_key(w), [users_key(w)]);
-    let (fields, users) =
-        futures::try_join!(state.hget_all(&counters), state.distinct_count(&users))?;
-    let mut c = WindowCounts {
-        distinct_users: users,
-        ..WindowCounts::default()
-    };
-    for (field, value) in fields {
-        c.set_field(&field, count(&value));
-    }
+    let (mut c, by) = read_counters(state, w).await?;
+    // Every event has one priority key: their union is the window's users.
+    let mut sources: Vec<String> = by
+        .keys()
+        .filter(|(d, _)| *d == Dimension::Priority)
+        .map(|(d, k)| key_users_key(w, *d, k))
+        .collect();
+    sources.push(users_key(w));
+    c.distinct_users = state.distinct_count(&sources).await?;
     Ok(c)
 }
 
@@ -324,16 +474,13 @@ pub async fn read_dimension(
     dim: Dimension,
     max_keys: usize,
 ) -> Result<Vec<(String, WindowCounts)>, WorkerError> {
-    let mut keys: BTreeMap<String, WindowCounts> = BTreeMap::new();
-    for (field, value) in state.hget_all(&dimension_key(w, dim)).await? {
-        if let Some((name, key)) = field.split_once('|') {
-            keys.entry(key.to_string())
-                .or_default()
-                .set_field(name, count(&value));
-        }
-    }
-    let (mut kept, folded) =
-        dimension::top_keys(keys.into_iter().collect(), |c| c.events, max_keys);
+    let (_, by) = read_counters(state, w).await?;
+    let keys: Vec<(String, WindowCounts)> = by
+        .into_iter()
+        .filter(|((d, _), _)| *d == dim)
+        .map(|((_, k), c)| (k, c))
+        .collect();
+    let (mut kept, folded) = dimension::top_keys(keys, |c| c.events, max_keys);
     let users = futures::future::try_join_all(
         kept.iter()
             .map(|(k, _)| async move { state.distinct_count(&[key_users_key(w, dim, k)]).await }),

@@ -9,13 +9,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pipelines::config::PipelineConfig;
 use pipelines::state::{ScoreBound, ScoreRange, StateOp};
-use pipelines::{BatchOutcome, Ctx, Inbound, Outcome, Timer, TimerScope, Worker, WorkerError};
+use pipelines::{
+    Applied, BatchOutcome, Ctx, Inbound, Outcome, Timer, TimerScope, Worker, WorkerError,
+};
 
 use super::close::{close_window, Closed};
 use super::config::AggregatesConfig;
 use super::metrics;
-use super::plan::{plan, EventFacts};
-use super::store;
+use super::plan::{plan, BatchPlan, EventFacts};
+use super::store::{self, KnownUsers};
 use super::watermark::{self, PartitionMark};
 use super::window::{WindowId, WindowSpec};
 
@@ -39,6 +41,8 @@ pub struct AggregatesWorker {
     closed: Mutex<HashSet<WindowId>>,
     /// The project allow-list of metric labels.
     projects: HashSet<String>,
+    /// Users already added to each open window's distinct counts.
+    known_users: Mutex<KnownUsers>,
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -56,6 +60,7 @@ impl AggregatesWorker {
             newest: Mutex::new(HashMap::new()),
             closed: Mutex::new(HashSet::new()),
             projects: config.projects.iter().cloned().collect(),
+            known_users: Mutex::new(KnownUsers::default()),
         })
     }
 
@@ -67,7 +72,12 @@ impl AggregatesWorker {
         self.closed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn known_users(&self) -> std::sync::MutexGuard<'_, KnownUsers> {
+        self.known_users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn remember_closed(&self, w: WindowId) {
+        self.known_users().forget(&w);
         let mut c = self.closed();
         if c.len() >= CLOSED_CACHE {
             c.clear();
@@ -75,9 +85,11 @@ impl AggregatesWorker {
         c.insert(w);
     }
 
-    async fn fold(&self, events: &[Inbound], ctx: &Ctx) -> Result<(), WorkerError> {
+    /// Folds `events` into the windows; returns, per event, whether it was
+    /// handled before (and skipped).
+    async fn fold(&self, events: &[Inbound], ctx: &Ctx) -> Result<Vec<bool>, WorkerError> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let src = &first.source;
         let key = (src.topic.clone(), src.partition);
@@ -89,32 +101,82 @@ impl AggregatesWorker {
                 .map(|m| m.max_event_ms)
                 .filter(|m| *m != NOTHING_YET),
         };
-        let mut facts: Vec<EventFacts> = events.iter().map(|e| EventFacts::of(&e.event)).collect();
-        let created_ops = completion_times(&mut facts, ctx).await?;
-        let plan = {
-            let closed = self.closed();
-            plan(&self.specs, self.lateness_ms, prior, &closed, &facts)
-        };
-        let now = ctx.now().timestamp_millis();
-        let mark = plan.max_event_ms.map(|max_event_ms| PartitionMark {
-            max_event_ms,
-            seen_ms: now,
-        });
+        // The events not handled before (by a redelivery's first delivery or
+        // another replica): all of them but in a race.
+        let mut survivors: Option<(Vec<usize>, Vec<Inbound>)> = None;
+        let mut duplicates = vec![false; events.len()];
         let field = store::mark_field(&src.topic, src.partition);
-        let mut ops = store::batch_ops(
-            &plan,
-            mark.map(|m| (field.as_str(), m)),
-            self.config.state_ttl,
-        );
-        ops.extend(created_ops);
-        // One flag per window of the plan, in order: false when the window
-        // was closed (by any replica) before this update landed.
-        let open = ctx.apply_for_all_checked(events, ops).await?;
-
-        if let Some(max) = plan.max_event_ms {
-            self.newest().insert(key, max);
+        loop {
+            let live = survivors.as_ref().map_or(events, |(_, e)| e.as_slice());
+            if live.is_empty() {
+                return Ok(duplicates);
+            }
+            let mut facts: Vec<EventFacts> =
+                live.iter().map(|e| EventFacts::of(&e.event)).collect();
+            let created_ops = completion_times(&mut facts, ctx).await?;
+            let plan = {
+                let closed = self.closed();
+                plan(&self.specs, self.lateness_ms, prior, &closed, &facts)
+            };
+            let now = ctx.now().timestamp_millis();
+            let mark = plan.max_event_ms.map(|max_event_ms| PartitionMark {
+                max_event_ms,
+                seen_ms: now,
+            });
+            let mut ops = {
+                let known = self.known_users();
+                store::batch_ops(
+                    &plan,
+                    mark.map(|m| (field.as_str(), m)),
+                    self.config.state_ttl,
+                    &known,
+                )
+            };
+            ops.extend(created_ops);
+            // The update and the events' idempotency marks land together,
+            // unless one of the events is marked already: then nothing
+            // lands, and the batch is folded again without those.
+            let rest = match ctx.apply_once_for_all(live, ops).await? {
+                // One flag per window of the plan, in order: false when the
+                // window was closed (by any replica) before this update landed.
+                Applied::Done(open) => {
+                    self.landed(ctx, src, prior, &facts, &plan, &open);
+                    return Ok(duplicates);
+                }
+                Applied::Duplicates(handled) => {
+                    let index = |i: usize| survivors.as_ref().map_or(i, |(idx, _)| idx[i]);
+                    let mut rest = (Vec::new(), Vec::new());
+                    for (i, (e, h)) in live.iter().zip(&handled).enumerate() {
+                        if *h {
+                            duplicates[index(i)] = true;
+                        } else {
+                            rest.0.push(index(i));
+                            rest.1.push(e.clone());
+                        }
+                    }
+                    rest
+                }
+            };
+            survivors = Some(rest);
         }
-        metrics::events(&facts, &self.projects);
+    }
+
+    /// After a batch's update landed: in-process state and metrics.
+    fn landed(
+        &self,
+        ctx: &Ctx,
+        src: &pipelines::Source,
+        prior: Option<i64>,
+        facts: &[EventFacts<'_>],
+        plan: &BatchPlan<'_>,
+        open: &[bool],
+    ) {
+        self.known_users().record(plan, open);
+        if let Some(max) = plan.max_event_ms {
+            self.newest()
+                .insert((src.topic.clone(), src.partition), max);
+        }
+        metrics::events(facts, &self.projects);
         for (w, n) in &plan.late {
             metrics::late(w, *n);
         }
@@ -138,7 +200,6 @@ impl AggregatesWorker {
         if crossed {
             ctx.wake_timer_at(src, ctx.now());
         }
-        Ok(())
     }
 }
 
@@ -152,6 +213,12 @@ impl Worker for AggregatesWorker {
         default_topics(config)
     }
 
+    /// The batch's update carries its events' idempotency marks and skips
+    /// events already marked: no separate claim round trip.
+    fn marks_in_update(&self) -> bool {
+        true
+    }
+
     /// One partition's timer: windows close as that partition's watermark
     /// (or any replica's, through the shared marks) allows.
     fn timer_scope(&self) -> TimerScope {
@@ -159,16 +226,23 @@ impl Worker for AggregatesWorker {
     }
 
     async fn handle(&self, event: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
-        self.fold(std::slice::from_ref(event), ctx).await?;
-        Ok(Outcome::Done)
+        let duplicates = self.fold(std::slice::from_ref(event), ctx).await?;
+        Ok(if duplicates.contains(&true) {
+            Outcome::Skipped
+        } else {
+            Outcome::Done
+        })
     }
 
     /// The whole batch is one atomic update (counters, marks, idempotency
     /// marks): it lands entirely or not at all.
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         match self.fold(events, ctx).await {
-            Ok(()) => BatchOutcome {
-                outcomes: vec![Outcome::Done; events.len()],
+            Ok(duplicates) => BatchOutcome {
+                outcomes: duplicates
+                    .into_iter()
+                    .map(|d| if d { Outcome::Skipped } else { Outcome::Done })
+                    .collect(),
                 failure: None,
             },
             Err(e) => BatchOutcome {
