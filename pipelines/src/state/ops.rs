@@ -114,73 +114,21 @@ impl StateOp {
 /// command per set instead of one per member. The result leaves the store
 /// as `ops` would: a member's last add wins, a `ZRem` after an add of the
 /// same member cancels it (and still runs), and any other op on the set
-/// (delete, expiry) first gets the adds gathered before it.
+/// (delete, expiry) or a conditional group first gets the adds gathered
+/// before it.
 pub fn merge_sorted_set_adds(ops: Vec<StateOp>) -> Vec<StateOp> {
-    use std::collections::HashMap;
-    /// A set's adds not yet placed: member -> slot, and the slots in order
-    /// (`None`: cancelled by a later `ZRem`).
-    #[derive(Default)]
-    struct Adds {
-        slot: HashMap<String, usize>,
-        members: Vec<Option<(String, f64)>>,
-    }
-    fn place(out: &mut Vec<StateOp>, key: String, adds: Adds) {
-        let members: Vec<(String, f64)> = adds.members.into_iter().flatten().collect();
-        if !members.is_empty() {
-            out.push(StateOp::ZAddMany { key, members });
-        }
-    }
-    let mut pending: HashMap<String, Adds> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        match op {
-            StateOp::ZAdd { key, member, score } => {
-                let adds = pending.entry(key).or_insert_with_key(|k| {
-                    order.push(k.clone());
-                    Adds::default()
-                });
-                match adds.slot.get(&member) {
-                    Some(&i) => adds.members[i] = Some((member, score)),
-                    None => {
-                        adds.slot.insert(member.clone(), adds.members.len());
-                        adds.members.push(Some((member, score)));
-                    }
-                }
-            }
-            StateOp::ZRem { key, member } => {
-                if let Some(adds) = pending.get_mut(&key) {
-                    if let Some(i) = adds.slot.remove(&member) {
-                        adds.members[i] = None;
-                    }
-                }
-                out.push(StateOp::ZRem { key, member });
-            }
-            // A conditional group may write any key: everything gathered
-            // so far goes before it.
-            op @ StateOp::IfAbsent { .. } => {
-                for key in order.drain(..) {
-                    if let Some(adds) = pending.remove(&key) {
-                        place(&mut out, key, adds);
-                    }
-                }
-                out.push(op);
-            }
-            op => {
-                if let Some(adds) = pending.remove(op.key()) {
-                    order.retain(|k| k != op.key());
-                    place(&mut out, op.key().to_string(), adds);
-                }
-                out.push(op);
-            }
-        }
-    }
-    for key in order {
-        if let Some(adds) = pending.remove(&key) {
-            place(&mut out, key, adds);
-        }
-    }
-    out
+    gather(
+        ops,
+        |op| match op {
+            StateOp::ZAdd { key, member, score } => Ok((key, vec![(member, score)])),
+            op => Err(op),
+        },
+        |op| match op {
+            StateOp::ZRem { key, member } => Some((key, std::slice::from_ref(member))),
+            _ => None,
+        },
+        |key, members| StateOp::ZAddMany { key, members },
+    )
 }
 
 /// The same writes with the [`StateOp::HashSet`]s of each hash gathered into
@@ -189,78 +137,103 @@ pub fn merge_sorted_set_adds(ops: Vec<StateOp>) -> Vec<StateOp> {
 /// still runs), and any other op on the hash (delete, expiry) or a
 /// conditional group first gets the fields gathered before it.
 pub fn merge_hash_sets(ops: Vec<StateOp>) -> Vec<StateOp> {
-    use std::collections::HashMap;
-    /// A hash's fields not yet placed: field -> slot, and the slots in order.
-    #[derive(Default)]
-    struct Fields {
-        slot: HashMap<String, usize>,
-        values: Vec<Option<(String, Vec<u8>)>>,
-    }
-    fn place(out: &mut Vec<StateOp>, key: String, f: Fields) {
-        let fields: Vec<(String, Vec<u8>)> = f.values.into_iter().flatten().collect();
-        if !fields.is_empty() {
-            out.push(StateOp::HashSet { key, fields });
-        }
-    }
-    let mut pending: HashMap<String, Fields> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        match op {
-            StateOp::HashSet { key, fields } => {
-                let f = pending.entry(key).or_insert_with_key(|k| {
-                    order.push(k.clone());
-                    Fields::default()
-                });
-                for (field, value) in fields {
-                    match f.slot.get(&field) {
-                        Some(&i) => f.values[i] = Some((field, value)),
-                        None => {
-                            f.slot.insert(field.clone(), f.values.len());
-                            f.values.push(Some((field, value)));
-                        }
-                    }
-                }
-            }
-            StateOp::HashDelete { key, fields } => {
-                if let Some(f) = pending.get_mut(&key) {
-                    for field in &fields {
-                        if let Some(i) = f.slot.remove(field) {
-                            f.values[i] = None;
-                        }
-                    }
-                }
-                out.push(StateOp::HashDelete { key, fields });
-            }
-            op @ StateOp::IfAbsent { .. } => {
-                for key in order.drain(..) {
-                    if let Some(f) = pending.remove(&key) {
-                        place(&mut out, key, f);
-                    }
-                }
-                out.push(op);
-            }
-            op => {
-                if let Some(f) = pending.remove(op.key()) {
-                    order.retain(|k| k != op.key());
-                    place(&mut out, op.key().to_string(), f);
-                }
-                out.push(op);
-            }
-        }
-    }
-    for key in order {
-        if let Some(f) = pending.remove(&key) {
-            place(&mut out, key, f);
-        }
-    }
-    out
+    gather(
+        ops,
+        |op| match op {
+            StateOp::HashSet { key, fields } => Ok((key, fields)),
+            op => Err(op),
+        },
+        |op| match op {
+            StateOp::HashDelete { key, fields } => Some((key, fields.as_slice())),
+            _ => None,
+        },
+        |key, fields| StateOp::HashSet { key, fields },
+    )
 }
 
 /// [`merge_sorted_set_adds`] then [`merge_hash_sets`]: a batch's writes with
 /// one command per sorted set and per hash.
 pub fn merge_writes(ops: Vec<StateOp>) -> Vec<StateOp> {
     merge_hash_sets(merge_sorted_set_adds(ops))
+}
+
+/// Gathers the entries that `adds` takes out of ops, per key, into one op
+/// per key (`place`), placed where the ops one by one would leave the same
+/// state: an entry's last value wins; an op that `removes` entries cancels
+/// those gathered before it (and still runs); any other op on the key, or a
+/// conditional group (which may write any key), first gets what was
+/// gathered before it; the rest go at the end, in the order keys were met.
+fn gather<V>(
+    ops: Vec<StateOp>,
+    adds: impl Fn(StateOp) -> Result<(String, Vec<(String, V)>), StateOp>,
+    removes: impl for<'a> Fn(&'a StateOp) -> Option<(&'a String, &'a [String])>,
+    place: impl Fn(String, Vec<(String, V)>) -> StateOp,
+) -> Vec<StateOp> {
+    use std::collections::HashMap;
+    /// A key's entries not yet placed: entry name -> slot, the slots in
+    /// order (`None`: cancelled).
+    struct Pending<V> {
+        slot: HashMap<String, usize>,
+        entries: Vec<Option<(String, V)>>,
+    }
+    let flush = |out: &mut Vec<StateOp>, key: String, p: Pending<V>| {
+        let entries: Vec<(String, V)> = p.entries.into_iter().flatten().collect();
+        if !entries.is_empty() {
+            out.push(place(key, entries));
+        }
+    };
+    let mut pending: HashMap<String, Pending<V>> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let op = match adds(op) {
+            Ok((key, new)) => {
+                let p = pending.entry(key).or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Pending {
+                        slot: HashMap::new(),
+                        entries: Vec::new(),
+                    }
+                });
+                for (name, value) in new {
+                    match p.slot.get(&name) {
+                        Some(&i) => p.entries[i] = Some((name, value)),
+                        None => {
+                            p.slot.insert(name.clone(), p.entries.len());
+                            p.entries.push(Some((name, value)));
+                        }
+                    }
+                }
+                continue;
+            }
+            Err(op) => op,
+        };
+        if let Some((key, names)) = removes(&op) {
+            if let Some(p) = pending.get_mut(key) {
+                for name in names {
+                    if let Some(i) = p.slot.remove(name) {
+                        p.entries[i] = None;
+                    }
+                }
+            }
+        } else if matches!(op, StateOp::IfAbsent { .. }) {
+            for key in order.drain(..) {
+                if let Some(p) = pending.remove(&key) {
+                    flush(&mut out, key, p);
+                }
+            }
+        } else if let Some(p) = pending.remove(op.key()) {
+            order.retain(|k| k != op.key());
+            flush(&mut out, op.key().to_string(), p);
+        }
+        out.push(op);
+    }
+    for key in order {
+        if let Some(p) = pending.remove(&key) {
+            flush(&mut out, key, p);
+        }
+    }
+    out
 }
 
 /// One end of a score range.
