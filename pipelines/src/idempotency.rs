@@ -127,7 +127,10 @@ impl IdempotencyGuard {
 
     /// The key of `id`'s mark (what [`IdempotencyGuard::done_op`] writes).
     fn mark_key(&self, id: &str) -> String {
-        format!("{}{id}", self.namespace)
+        let mut k = String::with_capacity(self.namespace.len() + id.len());
+        k.push_str(&self.namespace);
+        k.push_str(id);
+        k
     }
 
     /// The hash of the marks of processing day `day` (days since the epoch),
@@ -230,14 +233,7 @@ impl IdempotencyGuard {
     }
 
     fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-        ids.into_iter()
-            .map(|id| {
-                let mut k = String::with_capacity(self.namespace.len() + id.len());
-                k.push_str(&self.namespace);
-                k.push_str(id);
-                k
-            })
-            .collect()
+        ids.into_iter().map(|id| self.mark_key(id)).collect()
     }
 
     fn marker(&self, token: &str) -> String {

@@ -179,18 +179,13 @@ impl DeadlineIndex {
                     // Only the first crossing is pending; announcing it
                     // adds the next (`next_crossing`), so a task costs one
                     // member in the set, not one per threshold.
-                    let first = plan(due_ms, now_ms, &self.thresholds, |t| {
-                        new.was_sent(t, due_ms)
-                    })
-                    .into_iter()
-                    .next();
-                    if let Some(c) = first {
-                        wake_at_ms = Some(c.at_ms);
-                        ops.push(StateOp::ZAdd {
-                            key: crossings.into(),
-                            member: c.member(task, due_ms),
-                            score: c.at_ms as f64,
-                        });
+                    if let Some((op, at_ms)) =
+                        self.first_crossing(task, crossings, due_ms, now_ms, |t| {
+                            new.was_sent(t, due_ms)
+                        })
+                    {
+                        wake_at_ms = Some(at_ms);
+                        ops.push(op);
                     }
                     new.crossings_key = Some(crossings.into());
                     new.open = true;
@@ -247,19 +242,32 @@ impl DeadlineIndex {
         due_ms: i64,
         now_ms: i64,
     ) -> Option<(StateOp, i64)> {
-        let key = record.crossings_key.as_ref()?;
-        let next = plan(due_ms, now_ms, &self.thresholds, |t| {
+        let key = record.crossings_key.as_deref()?;
+        self.first_crossing(task, key, due_ms, now_ms, |t| {
             t == threshold || record.was_sent(t, due_ms)
         })
-        .into_iter()
-        .next()?;
+    }
+
+    /// The op that makes the first crossing [`plan`] gives pending in the
+    /// set `crossings`, with its time.
+    fn first_crossing(
+        &self,
+        task: &str,
+        crossings: &str,
+        due_ms: i64,
+        now_ms: i64,
+        sent: impl Fn(&str) -> bool,
+    ) -> Option<(StateOp, i64)> {
+        let first = plan(due_ms, now_ms, &self.thresholds, sent)
+            .into_iter()
+            .next()?;
         Some((
             StateOp::ZAdd {
-                key: key.clone(),
-                member: next.member(task, due_ms),
-                score: next.at_ms as f64,
+                key: crossings.to_string(),
+                member: first.member(task, due_ms),
+                score: first.at_ms as f64,
             },
-            next.at_ms,
+            first.at_ms,
         ))
     }
 
