@@ -198,6 +198,7 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -530,3 +531,50 @@ async fn dev_kafka(config: &Config, topics: &[String], brokers: i32) -> anyhow::
 /// many small, cross-thread allocations of decoding; mimalloc is much cheaper.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How long mimalloc keeps freed pages before giving them back to the OS.
+/// Its default (1 s in mimalloc 3) holds a second's worth of a busy
+/// worker's freed batches: peak RSS of the reminders bench 143–160 MB, of
+/// the audit file store 155–171 MB. At 50 ms: 115–117 and 135–146 MB, for
+/// 0–4% more CPU per event in the pipeline bench (10 ms cost 12–15%).
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+const PURGE_DELAY_MS: std::ffi::c_long = 50;
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+extern "C" {
+    // mimalloc's own, linked by the `mimalloc` crate.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+}
+
+/// Applies [`PURGE_DELAY_MS`] unless the environment names a purge delay.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mimalloc's options may be set at any time, from any thread.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_is_set_on_the_linked_mimalloc() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the environment decides; nothing of ours to check
+        }
+        // SAFETY (both reads): reading an option is always allowed.
+        // mimalloc 3's own default for purge_delay (and no other option's):
+        // the index names the right option.
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        tune_allocator();
+        assert_eq!(
+            unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
+            PURGE_DELAY_MS
+        );
+    }
+}
