@@ -534,14 +534,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long mimalloc keeps freed pages before giving them back to the OS.
 /// Its default (1 s in mimalloc 3) holds a second's worth of a busy
-/// worker's freed batches: peak RSS of the reminders bench 143–160 MB, of
-/// the audit file store 155–171 MB. At 50 ms: 115–117 and 135–146 MB, for
-/// 0–4% more CPU per event in the pipeline bench (10 ms cost 12–15%).
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+/// worker's freed batches. `MIMALLOC_PURGE_DELAY` still decides when set.
 const PURGE_DELAY_MS: std::ffi::c_long = 50;
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h).
+/// `mi_option_purge_delay` and `mi_option_allow_thp` in mimalloc 3's
+/// `mi_option_t` (mimalloc.h).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+const MI_OPTION_ALLOW_THP: std::ffi::c_int = 43;
 
 extern "C" {
     // mimalloc's own, linked by the `mimalloc` crate.
@@ -550,11 +549,29 @@ extern "C" {
     fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
-/// Applies [`PURGE_DELAY_MS`] unless the environment names a purge delay.
+/// Memory given back sooner, in small pages. Measured (release, one
+/// machine; see the README's "Benchmarks"): with mimalloc's defaults the
+/// reminders bench's worker peaked at 143–160 MB and the audit file
+/// store's at 155–172 MB; with a 50 ms purge delay at 108–117 and 128–155
+/// MB; with transparent huge pages off as well, at 87 and 90 MB, and the
+/// pipeline bench spent less CPU per event, not more (each purge of part of
+/// a 2 MB huge page was paid again as a 2 MB page zeroed at the next fault).
+/// `MIMALLOC_ALLOW_THP` still decides when set.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mimalloc's options may be set at any time, from any thread.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // mimalloc reads this option when it starts (before `main`): new
+        // regions are no longer advised as huge, and the process (and its
+        // children) stops getting huge pages at its next faults.
+        // SAFETY: as above; prctl with these arguments only sets a flag of
+        // this process.
+        unsafe {
+            mi_option_set(MI_OPTION_ALLOW_THP, 0);
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
     }
 }
 
@@ -563,18 +580,26 @@ mod allocator_tests {
     use super::*;
 
     #[test]
-    fn the_purge_delay_is_set_on_the_linked_mimalloc() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    fn the_allocator_gives_memory_back_sooner_in_small_pages() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+            || std::env::var_os("MIMALLOC_ALLOW_THP").is_some()
+        {
             return; // the environment decides; nothing of ours to check
         }
-        // SAFETY (both reads): reading an option is always allowed.
-        // mimalloc 3's own default for purge_delay (and no other option's):
-        // the index names the right option.
+        // SAFETY (every call): reading an option or the process's THP flag.
+        // mimalloc 3's own defaults (1000 ms, THP allowed): the indices
+        // name the right options.
         assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_ALLOW_THP) }, 1);
         tune_allocator();
         assert_eq!(
             unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
             PURGE_DELAY_MS
+        );
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_ALLOW_THP) }, 0);
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
+            1
         );
     }
 }
