@@ -532,14 +532,7 @@ async fn dev_kafka(config: &Config, topics: &[String], brokers: i32) -> anyhow::
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps freed pages before giving them back to the OS.
-/// Its default (1 s in mimalloc 3) holds a second's worth of a busy
-/// worker's freed batches. `MIMALLOC_PURGE_DELAY` still decides when set.
-const PURGE_DELAY_MS: std::ffi::c_long = 50;
-
-/// `mi_option_purge_delay` and `mi_option_allow_thp` in mimalloc 3's
-/// `mi_option_t` (mimalloc.h).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+/// `mi_option_allow_thp` in mimalloc 3's `mi_option_t` (mimalloc.h).
 const MI_OPTION_ALLOW_THP: std::ffi::c_int = 43;
 
 extern "C" {
@@ -549,25 +542,24 @@ extern "C" {
     fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
-/// Memory given back sooner, in small pages. Measured (release, one
-/// machine; see the README's "Benchmarks"): with mimalloc's defaults the
-/// reminders bench's worker peaked at 143–160 MB and the audit file
-/// store's at 155–172 MB; with a 50 ms purge delay at 108–117 and 128–155
-/// MB; with transparent huge pages off as well, at 87 and 90 MB, and the
-/// pipeline bench spent less CPU per event, not more (each purge of part of
-/// a 2 MB huge page was paid again as a 2 MB page zeroed at the next fault).
-/// `MIMALLOC_ALLOW_THP` still decides when set.
+/// Transparent huge pages off for the process. mimalloc advises its
+/// regions as huge where the kernel allows it (`madvise` mode, as on
+/// Debian), and each purge of part of a 2 MB huge page is paid again as a
+/// 2 MB page zeroed at the next fault, and as resident memory in between.
+/// Measured (release, one machine; the README's "Benchmarks"): the peak RSS
+/// of the reminders bench's worker fell from 143–160 to 107 MB and the
+/// audit file store's from 155–172 to 108 MB, with the pipeline's CPU per
+/// event unchanged. (A shorter purge delay, 50 ms, cut another 20 MB but
+/// cost 3–7% of throughput; mimalloc's 1 s is kept.)
+/// `MIMALLOC_ALLOW_THP` in the environment still decides when set.
 fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mimalloc's options may be set at any time, from any thread.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    }
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // mimalloc reads this option when it starts (before `main`): new
         // regions are no longer advised as huge, and the process (and its
         // children) stops getting huge pages at its next faults.
-        // SAFETY: as above; prctl with these arguments only sets a flag of
-        // this process.
+        // SAFETY: mimalloc's options may be set at any time, from any
+        // thread; prctl with these arguments only sets a flag of this
+        // process.
         unsafe {
             mi_option_set(MI_OPTION_ALLOW_THP, 0);
             libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
@@ -580,22 +572,15 @@ mod allocator_tests {
     use super::*;
 
     #[test]
-    fn the_allocator_gives_memory_back_sooner_in_small_pages() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
-            || std::env::var_os("MIMALLOC_ALLOW_THP").is_some()
-        {
+    fn transparent_huge_pages_are_off_for_the_process() {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
             return; // the environment decides; nothing of ours to check
         }
         // SAFETY (every call): reading an option or the process's THP flag.
-        // mimalloc 3's own defaults (1000 ms, THP allowed): the indices
-        // name the right options.
-        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        // mimalloc's own default on Linux (allowed): the index names the
+        // right option.
         assert_eq!(unsafe { mi_option_get(MI_OPTION_ALLOW_THP) }, 1);
         tune_allocator();
-        assert_eq!(
-            unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
-            PURGE_DELAY_MS
-        );
         assert_eq!(unsafe { mi_option_get(MI_OPTION_ALLOW_THP) }, 0);
         assert_eq!(
             unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
