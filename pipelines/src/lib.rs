@@ -31,7 +31,7 @@ pub mod worker;
 pub use clock::Clock;
 pub use config::PipelineConfig;
 pub use event::TaskEvent;
-pub use output::{derive_event_id, OutputEvent};
+pub use output::{derive_event_id, EncodedEvent, OutputEvent};
 pub use runtime::Runtime;
 pub use timer::{Timer, TimerOwner, TimerScope};
 pub use worker::{Applied, BatchOutcome, Ctx, Inbound, Outcome, Source, Worker, WorkerError};

@@ -41,6 +41,16 @@ pub fn derive_event_id(parts: &[&str]) -> String {
     )
 }
 
+/// An [`OutputEvent`] serialised ahead of publishing, with its headers
+/// ([`crate::Ctx::encode_event`]): publishing it later is only the send.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 /// One event to publish: a canonical event, the partitioning key (a task id,
 /// so one task's events stay ordered), and extra headers.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use crate::config::PipelineConfig;
 use crate::event::{Dialect, TaskEvent};
 use crate::idempotency::IdempotencyGuard;
 use crate::kafka::sink::{PublishError, PublishFailure, Publisher};
-use crate::output::OutputEvent;
+use crate::output::{EncodedEvent, OutputEvent};
 use crate::state::{StateError, StateOp, StateStore};
 use crate::timer::{Timer, TimerScope, TimerWakers};
 
@@ -338,17 +338,41 @@ impl Ctx {
     /// `event-type`, `content-type`, `producer`) and its own. Give it an id
     /// from [`crate::derive_event_id`], so a repeat is recognisable.
     pub async fn publish_event(&self, out: &OutputEvent) -> Result<(), WorkerError> {
+        self.publish_encoded(&self.encode_event(out)?).await
+    }
+
+    /// What [`Self::publish_event`] sends: the JSON payload and the headers,
+    /// for a worker that prepares an event before it is due.
+    pub fn encode_event(&self, out: &OutputEvent) -> Result<EncodedEvent, WorkerError> {
         let payload = serde_json::to_vec(&out.event)
             .map_err(|e| WorkerError::permanent(format!("cannot serialise output event: {e}")))?;
-        let producer = format!("taskstream-{}", self.worker);
-        let mut headers: Vec<(&str, &[u8])> = vec![
-            ("event-id", out.event.event_id.as_bytes()),
-            ("event-type", out.event.kind.as_bytes()),
-            ("content-type", b"application/json"),
-            ("producer", producer.as_bytes()),
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            ("event-id".into(), out.event.event_id.as_bytes().to_vec()),
+            ("event-type".into(), out.event.kind.as_bytes().to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+            (
+                "producer".into(),
+                format!("taskstream-{}", self.worker).into_bytes(),
+            ),
         ];
-        headers.extend(out.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-        self.send(&out.topic, &out.key, &payload, &headers).await
+        headers.extend(out.headers.iter().cloned());
+        Ok(EncodedEvent {
+            topic: out.topic.clone(),
+            key: out.key.clone(),
+            payload,
+            headers,
+        })
+    }
+
+    /// Publishes an event encoded by [`Self::encode_event`] and waits for the
+    /// broker's acknowledgement.
+    pub async fn publish_encoded(&self, e: &EncodedEvent) -> Result<(), WorkerError> {
+        let headers: Vec<(&str, &[u8])> = e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        self.send(&e.topic, &e.key, &e.payload, &headers).await
     }
 
     /// Publishes several events concurrently and waits for every

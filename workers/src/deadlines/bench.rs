@@ -9,7 +9,8 @@
 //!    `idle_scan_ms` is the median;
 //! 3. indexes `burst` tasks due a few seconds ahead in one partition (their
 //!    `1h` is announced at once, not measured), waits for the due time and
-//!    scans as the partition's timer would: `burst_emit_seconds` from the due
+//!    scans as the partition's timer would (`deadlines.lead` ahead, preparing
+//!    the announcements): `burst_emit_seconds` from the due
 //!    time to the last acknowledgement, `emit_lateness_p99_ms` over the burst.
 
 use std::sync::Arc;
@@ -189,7 +190,8 @@ pub async fn run(
         Utc::now() < due,
         "the burst was indexed too slowly to cross at once; use a smaller --burst"
     );
-    ctx.clock().sleep_until(due).await;
+    // As the partition's timer does: the scan starts `lead` ahead.
+    ctx.clock().sleep_until(worker.prepare_at(due)).await;
     let mut lateness = Vec::new();
     while (lateness.len() as u64) < burst {
         let r = worker.scan_set(&ctx, &burst_key, &stop).await?;

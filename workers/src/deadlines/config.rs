@@ -23,6 +23,13 @@ pub struct DeadlinesConfig {
     pub claim_lease: Duration,
     /// Crossings claimed (and published together) per round of a scan.
     pub scan_batch: usize,
+    /// How far ahead of a crossing the scan claims, checks and builds its
+    /// announcement, so that at the due time only publishing is left (a
+    /// burst due at one instant goes out sooner). A task completed or moved
+    /// within this span before its crossing may still be announced. Below
+    /// the claim lease; `0s` prepares nothing ahead.
+    #[serde(with = "humantime_serde")]
+    pub lead: Duration,
 }
 
 impl Default for DeadlinesConfig {
@@ -32,6 +39,7 @@ impl Default for DeadlinesConfig {
             output_topic: "schedule-events".into(),
             claim_lease: Duration::from_secs(10),
             scan_batch: 500,
+            lead: Duration::from_millis(200),
         }
     }
 }
@@ -70,6 +78,13 @@ impl DeadlinesConfig {
                 "deadlines.claim_lease",
                 "0s",
                 "a duration above zero",
+            ));
+        }
+        if self.lead * 2 > self.claim_lease {
+            return Err(ConfigError::invalid(
+                "deadlines.lead",
+                humantime::format_duration(self.lead),
+                "at most half of deadlines.claim_lease (prepared crossings stay claimed until announced)",
             ));
         }
         if self.scan_batch == 0 {
@@ -113,5 +128,11 @@ mod tests {
             assert!(e.contains("deadlines.thresholds"), "{bad:?}: {e}");
         }
         assert!(DeadlinesConfig::default().validate().is_ok());
+        let long_lead = DeadlinesConfig {
+            lead: Duration::from_secs(6),
+            ..DeadlinesConfig::default()
+        };
+        let e = long_lead.validate().unwrap_err().to_string();
+        assert!(e.contains("deadlines.lead") && e.contains("6s"), "{e}");
     }
 }

@@ -8,6 +8,15 @@
 //! - **Check**: a crossing is announced only while its task is open, still
 //!   due at the crossing's due time, and the crossing not already announced;
 //!   otherwise it is dropped (the completion or move raced the scan).
+//! - **Prepared ahead**: a scan claims, checks and builds the announcements
+//!   of everything due within the next `lead` (up to [`PREPARE_LIMIT`]
+//!   crossings), then announces each at its due time. A burst of crossings
+//!   due at one instant then costs only its publishing and acknowledgement
+//!   after that instant. The check is as of preparing: a task completed or
+//!   moved within `lead` before its crossing may still be announced (with
+//!   the id of that crossing, so at most once), as a completion racing the
+//!   announcement always could; the partition's timer wakes `lead` before
+//!   the next crossing.
 //! - **Announce**, then **acknowledge**: the task's `sent` mark, the
 //!   member's removal and the task's next crossing (the next threshold, or
 //!   `overdue`) in one atomic write (one for the whole claimed batch), after
@@ -22,8 +31,8 @@
 use std::time::{Duration, Instant};
 
 use chrono::DateTime;
-use pipelines::state::{merge_sorted_set_adds, StateOp, StateStore};
-use pipelines::{Ctx, OutputEvent, WorkerError};
+use pipelines::state::{merge_sorted_set_adds, Scored, StateOp, StateStore};
+use pipelines::{Ctx, EncodedEvent, OutputEvent, WorkerError};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::StoredTask;
@@ -39,6 +48,8 @@ pub struct ScanSpec<'a> {
     pub output_topic: &'a str,
     pub claim_lease: Duration,
     pub batch: usize,
+    /// How far ahead crossings are claimed and prepared.
+    pub lead: Duration,
 }
 
 /// What one scan did.
@@ -53,14 +64,40 @@ pub struct ScanReport {
     pub took: Duration,
 }
 
+impl ScanReport {
+    fn add(&mut self, other: ScanReport) {
+        self.emitted += other.emitted;
+        self.dropped += other.dropped;
+        self.lateness_ms.extend(other.lateness_ms);
+    }
+}
+
 enum Verdict {
     /// The event, the threshold, the due time, and the task's record (for
     /// planning the next crossing).
-    Announce(Box<OutputEvent>, String, i64, Box<StoredTask>),
+    Announce(Box<EncodedEvent>, String, i64, Box<StoredTask>),
     Drop(&'static str),
 }
 
-/// Scans `spec.crossings` until nothing is due (or `stop`).
+/// A claimed crossing, judged and (when announced) built.
+struct Prepared {
+    claimed: Scored,
+    /// The task its member names, when it parses.
+    task: Option<String>,
+    verdict: Verdict,
+}
+
+/// Crossings prepared at most per pass of a scan (memory stays bounded
+/// when a backlog is due at once, after an outage).
+const PREPARE_LIMIT: usize = 20_000;
+
+/// Rounds of claiming a scan runs side by side.
+const CONCURRENT_ROUNDS: usize = 4;
+
+/// Rounds of announcing in flight at once (mostly waiting on the broker).
+const ANNOUNCING_ROUNDS: usize = 8;
+
+/// Scans `spec.crossings` until nothing is due within the lead (or `stop`).
 pub async fn scan(
     ctx: &Ctx,
     index: &DeadlineIndex,
@@ -68,19 +105,52 @@ pub async fn scan(
     stop: &CancellationToken,
 ) -> Result<ScanReport, WorkerError> {
     let started = Instant::now();
-    // A few rounds at once, so one round's broker and Redis waits overlap
-    // another's work; claims are atomic, so they never share a crossing.
-    let rounds = futures::future::join_all(
-        (0..CONCURRENT_ROUNDS).map(|_| claim_rounds(ctx, index, spec, stop)),
-    )
-    .await;
     let mut report = ScanReport::default();
-    for r in rounds {
-        let r = r?;
-        report.emitted += r.emitted;
-        report.dropped += r.dropped;
-        report.lateness_ms.extend(r.lateness_ms);
+    loop {
+        let horizon = ctx.now().timestamp_millis() + spec.lead.as_millis() as i64;
+        let mut prepared = prepare(ctx, index, spec, horizon as f64).await?;
+        if prepared.is_empty() {
+            break;
+        }
+        prepared.sort_by(|a, b| a.claimed.score.total_cmp(&b.claimed.score));
+        let mut prepared = std::collections::VecDeque::from(prepared);
+        while let Some(first) = prepared.front() {
+            let first_due = DateTime::from_timestamp_millis(first.claimed.score as i64);
+            if let Some(at) = first_due.filter(|at| *at > ctx.now()) {
+                tokio::select! {
+                    _ = ctx.clock().sleep_until(at) => {}
+                    _ = stop.cancelled() => {
+                        let rest: Vec<Scored> = prepared.into_iter().map(|p| p.claimed).collect();
+                        give_back(ctx.state(), spec.crossings, &rest).await;
+                        return finish(ctx, spec, report, started).await;
+                    }
+                }
+            }
+            let now = ctx.now().timestamp_millis() as f64;
+            let n = prepared
+                .iter()
+                .position(|p| p.claimed.score > now)
+                .unwrap_or(prepared.len());
+            let due: Vec<Prepared> = prepared.drain(..n).collect();
+            if let Err(e) = announce_due(ctx, index, spec, due, &mut report).await {
+                let rest: Vec<Scored> = prepared.into_iter().map(|p| p.claimed).collect();
+                give_back(ctx.state(), spec.crossings, &rest).await;
+                return Err(e);
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
     }
+    finish(ctx, spec, report, started).await
+}
+
+async fn finish(
+    ctx: &Ctx,
+    spec: &ScanSpec<'_>,
+    mut report: ScanReport,
+    started: Instant,
+) -> Result<ScanReport, WorkerError> {
     report.next_ms = ctx
         .state()
         .zfirst(spec.crossings)
@@ -90,128 +160,252 @@ pub async fn scan(
     Ok(report)
 }
 
-/// Rounds of claiming a scan runs side by side.
-const CONCURRENT_ROUNDS: usize = 4;
-
-/// Claims, announces and acknowledges batches until nothing is due.
-async fn claim_rounds(
+/// Claims and judges what is due by `horizon`, a few claims at once (they
+/// are atomic, so they never share a crossing), up to [`PREPARE_LIMIT`].
+async fn prepare(
     ctx: &Ctx,
     index: &DeadlineIndex,
     spec: &ScanSpec<'_>,
-    stop: &CancellationToken,
-) -> Result<ScanReport, WorkerError> {
+    horizon: f64,
+) -> Result<Vec<Prepared>, WorkerError> {
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    let rounds = futures::future::join_all(
+        (0..CONCURRENT_ROUNDS).map(|_| prepare_rounds(ctx, index, spec, horizon, &taken)),
+    )
+    .await;
+    let mut all = Vec::new();
+    let mut failure = None;
+    for r in rounds {
+        match r {
+            Ok(p) => all.extend(p),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        let claimed: Vec<Scored> = all.into_iter().map(|p| p.claimed).collect();
+        give_back(ctx.state(), spec.crossings, &claimed).await;
+        return Err(e);
+    }
+    Ok(all)
+}
+
+async fn prepare_rounds(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    horizon: f64,
+    taken: &std::sync::atomic::AtomicUsize,
+) -> Result<Vec<Prepared>, WorkerError> {
+    use std::sync::atomic::Ordering;
     let store = ctx.state();
     let lease_ms = spec.claim_lease.as_millis() as f64;
-    let mut report = ScanReport::default();
-    loop {
-        let now = ctx.now().timestamp_millis() as f64;
-        let lease_until = now + lease_ms;
-        let claimed = store
-            .zclaim_due(spec.crossings, now, lease_until, spec.batch)
-            .await?;
+    let mut out = Vec::new();
+    while taken.fetch_add(spec.batch, Ordering::Relaxed) < PREPARE_LIMIT {
+        let lease_until = ctx.now().timestamp_millis() as f64 + lease_ms;
+        let claimed = match store
+            .zclaim_due(spec.crossings, horizon, lease_until, spec.batch)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let mine: Vec<Scored> = out.into_iter().map(|p: Prepared| p.claimed).collect();
+                give_back(store, spec.crossings, &mine).await;
+                return Err(e.into());
+            }
+        };
         if claimed.is_empty() {
             break;
         }
-        let members: Vec<_> = claimed.iter().map(|c| parse_member(&c.member)).collect();
-        let tasks: Vec<&str> = members.iter().flatten().map(|m| m.task).collect();
-        let mut records = index.load_many(store, &tasks).await?.into_iter();
-        let records = members
+        let members: Vec<Option<String>> = claimed
             .iter()
-            .map(|m| m.as_ref().and_then(|_| records.next().flatten()));
-        let mut verdicts = Vec::with_capacity(claimed.len());
-        for (c, record) in claimed.iter().zip(records) {
-            verdicts.push(judge(&c.member, record, spec.output_topic));
-        }
-        let outs: Vec<OutputEvent> = verdicts
-            .iter()
-            .filter_map(|v| match v {
-                Verdict::Announce(o, ..) => Some(o.as_ref().clone()),
-                Verdict::Drop(_) => None,
-            })
+            .map(|c| parse_member(&c.member).map(|m| m.task.to_string()))
             .collect();
-        if let Err(e) = ctx.publish_events(&outs).await {
-            // Give the claims back at once, so the retry need not wait for
-            // the lease; what was published is published again, same ids.
-            give_back(store, spec.crossings, &claimed).await;
-            return Err(e);
-        }
-        // Every acknowledgement of the round in one `MULTI`/`EXEC`, each
-        // with the task's next crossing.
-        let now_ms = ctx.now().timestamp_millis();
-        let mut acks = Vec::with_capacity(claimed.len() * 3);
-        for ((v, c), m) in verdicts.iter().zip(&claimed).zip(&members) {
-            acks.push(StateOp::ZRem {
-                key: spec.crossings.to_string(),
-                member: c.member.clone(),
+        let tasks: Vec<&str> = members.iter().flatten().map(String::as_str).collect();
+        let records = match index.load_many(store, &tasks).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut mine: Vec<Scored> = out.into_iter().map(|p: Prepared| p.claimed).collect();
+                mine.extend(claimed);
+                give_back(store, spec.crossings, &mine).await;
+                return Err(e.into());
+            }
+        };
+        let mut records = records.into_iter();
+        for (c, task) in claimed.into_iter().zip(members) {
+            let record = task.as_ref().and_then(|_| records.next().flatten());
+            let verdict = match judge(ctx, &c.member, record, spec.output_topic) {
+                Ok(v) => v,
+                Err(e) => {
+                    let mut mine: Vec<Scored> =
+                        out.into_iter().map(|p: Prepared| p.claimed).collect();
+                    mine.push(c);
+                    give_back(store, spec.crossings, &mine).await;
+                    return Err(e);
+                }
+            };
+            out.push(Prepared {
+                claimed: c,
+                task,
+                verdict,
             });
-            if let (Verdict::Announce(_, threshold, due_ms, record), Some(m)) = (v, m) {
-                acks.push(DeadlineIndex::sent_op(m.task, threshold, *due_ms));
-                if let Some((op, _)) =
-                    index.next_crossing(m.task, record, threshold, *due_ms, now_ms)
-                {
-                    acks.push(op);
-                }
+        }
+    }
+    Ok(out)
+}
+
+/// Announces and acknowledges crossings that are due, in rounds of
+/// `spec.batch`, a few rounds in flight at once.
+async fn announce_due(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    due: Vec<Prepared>,
+    report: &mut ScanReport,
+) -> Result<(), WorkerError> {
+    use futures::StreamExt;
+    let mut rounds: Vec<Vec<Prepared>> = Vec::new();
+    let mut due = due.into_iter().peekable();
+    while due.peek().is_some() {
+        rounds.push(due.by_ref().take(spec.batch).collect());
+    }
+    let announcing: Vec<_> = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, round)| announce_numbered(i, ctx, index, spec, round))
+        .collect();
+    let mut results = futures::stream::iter(announcing).buffer_unordered(ANNOUNCING_ROUNDS);
+    let mut failed = Vec::new();
+    let mut failure = None;
+    while let Some((i, r)) = results.next().await {
+        match r {
+            Ok(done) => report.add(done),
+            Err(e) => {
+                failed.push(i);
+                failure = Some(e);
             }
         }
-        store.apply(&merge_sorted_set_adds(acks)).await?;
-        let acked = ctx.now().timestamp_millis();
-        for (v, c) in verdicts.iter().zip(&claimed) {
-            match v {
-                Verdict::Announce(_, threshold, ..) => {
-                    let late = (acked - c.score as i64).max(0);
-                    report.lateness_ms.push(late);
-                    report.emitted += 1;
-                    metrics::emitted(
-                        kind_of(threshold),
-                        threshold,
-                        Duration::from_millis(late as u64),
-                    );
-                }
-                Verdict::Drop(reason) => {
-                    report.dropped += 1;
-                    metrics::dropped(reason);
-                }
+    }
+    drop(results);
+    if let Some(e) = failure {
+        // Give the claims back at once, so the retry need not wait for the
+        // lease; what was published is published again, same ids.
+        let claimed: Vec<Scored> = failed
+            .iter()
+            .flat_map(|&i| rounds[i].iter().map(|p| p.claimed.clone()))
+            .collect();
+        give_back(ctx.state(), spec.crossings, &claimed).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn announce_numbered(
+    i: usize,
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    round: &[Prepared],
+) -> (usize, Result<ScanReport, WorkerError>) {
+    (i, announce_round(ctx, index, spec, round).await)
+}
+
+/// Publishes one round's announcements, then acknowledges the round.
+async fn announce_round(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    round: &[Prepared],
+) -> Result<ScanReport, WorkerError> {
+    let sends = round.iter().filter_map(|p| match &p.verdict {
+        Verdict::Announce(e, ..) => Some(ctx.publish_encoded(e)),
+        Verdict::Drop(_) => None,
+    });
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect::<Result<(), WorkerError>>()?;
+    // Every acknowledgement of the round in one `MULTI`/`EXEC`, each
+    // with the task's next crossing.
+    let now_ms = ctx.now().timestamp_millis();
+    let mut acks = Vec::with_capacity(round.len() * 3);
+    for p in round {
+        acks.push(StateOp::ZRem {
+            key: spec.crossings.to_string(),
+            member: p.claimed.member.clone(),
+        });
+        if let (Verdict::Announce(_, threshold, due_ms, record), Some(task)) = (&p.verdict, &p.task)
+        {
+            acks.push(DeadlineIndex::sent_op(task, threshold, *due_ms));
+            if let Some((op, _)) = index.next_crossing(task, record, threshold, *due_ms, now_ms) {
+                acks.push(op);
             }
         }
-        if stop.is_cancelled() {
-            break;
+    }
+    ctx.state().apply(&merge_sorted_set_adds(acks)).await?;
+    let acked = ctx.now().timestamp_millis();
+    let mut report = ScanReport::default();
+    for p in round {
+        match &p.verdict {
+            Verdict::Announce(_, threshold, ..) => {
+                let late = (acked - p.claimed.score as i64).max(0);
+                report.lateness_ms.push(late);
+                report.emitted += 1;
+                metrics::emitted(
+                    kind_of(threshold),
+                    threshold,
+                    Duration::from_millis(late as u64),
+                );
+            }
+            Verdict::Drop(reason) => {
+                report.dropped += 1;
+                metrics::dropped(reason);
+            }
         }
     }
     Ok(report)
 }
 
-/// Announce or drop one claimed crossing.
-fn judge(member: &str, record: Option<StoredTask>, topic: &str) -> Verdict {
+/// Announce (encoded, ready to publish) or drop one claimed crossing.
+fn judge(
+    ctx: &Ctx,
+    member: &str,
+    record: Option<StoredTask>,
+    topic: &str,
+) -> Result<Verdict, WorkerError> {
     let Some(m) = parse_member(member) else {
-        return Verdict::Drop("unreadable");
+        return Ok(Verdict::Drop("unreadable"));
     };
     let Some(task) = record.filter(|t| t.open) else {
-        return Verdict::Drop("closed");
+        return Ok(Verdict::Drop("closed"));
     };
     if task.due_ms != Some(m.due_ms) {
-        return Verdict::Drop("moved");
+        return Ok(Verdict::Drop("moved"));
     }
     if task.was_sent(m.threshold, m.due_ms) {
-        return Verdict::Drop("already_sent");
+        return Ok(Verdict::Drop("already_sent"));
     }
     let (Some(due_at), Some(nominal)) = (
         DateTime::from_timestamp_millis(m.due_ms),
         nominal_ms(m.threshold, m.due_ms).and_then(DateTime::from_timestamp_millis),
     ) else {
-        return Verdict::Drop("unreadable");
+        return Ok(Verdict::Drop("unreadable"));
     };
     let event = announcement(m.task, m.threshold, due_at, nominal, &task);
-    Verdict::Announce(
-        Box::new(OutputEvent::new(topic, m.task, event)),
+    let encoded = ctx.encode_event(&OutputEvent::new(topic, m.task, event))?;
+    Ok(Verdict::Announce(
+        Box::new(encoded),
         m.threshold.to_string(),
         m.due_ms,
         Box::new(task),
-    )
+    ))
 }
 
 /// Puts claimed members back at their original scores (best effort: if this
 /// fails too, they come back when the claim lease ends).
-async fn give_back(store: &dyn StateStore, key: &str, claimed: &[pipelines::state::Scored]) {
+async fn give_back(store: &dyn StateStore, key: &str, claimed: &[Scored]) {
+    if claimed.is_empty() {
+        return;
+    }
     let ops = merge_sorted_set_adds(
         claimed
             .iter()
@@ -224,5 +418,94 @@ async fn give_back(store: &dyn StateStore, key: &str, claimed: &[pipelines::stat
     );
     if let Err(e) = store.apply(&ops).await {
         tracing::debug!(error = %e, "could not give claimed crossings back; they return after the claim lease");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+    use pipelines::event::{decode, DecodeContext};
+    use pipelines::kafka::mock::MockKafka;
+    use pipelines::kafka::sink::Publisher;
+    use pipelines::state::MemoryStore;
+    use pipelines::{Clock, Inbound, PipelineConfig, Source, Worker};
+
+    use crate::deadlines::config::DeadlinesConfig;
+    use crate::deadlines::index::crossings_key;
+    use crate::deadlines::worker::DeadlinesWorker;
+
+    #[tokio::test]
+    async fn a_crossing_within_the_lead_is_claimed_ahead_and_announced_at_its_due_time() {
+        let mock = MockKafka::start(1).unwrap();
+        mock.create_topic("schedule-events", 1).unwrap();
+        let mut pipeline = PipelineConfig::default();
+        pipeline.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
+        let publisher = Publisher::new(&pipeline.kafka, "test").unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
+        let (clock, time) = Clock::manual(t0);
+        let ctx = pipelines::Ctx::new(
+            "deadlines",
+            Arc::new(MemoryStore::new("t:")),
+            Some(publisher),
+            Arc::new(pipeline),
+        )
+        .with_clock(clock);
+        let config = DeadlinesConfig::default();
+        let lead = config.lead;
+        let w = DeadlinesWorker::new(&config).unwrap();
+        // Due 3 days and 100 ms from now: its `3d` crossing is 100 ms away,
+        // within the lead.
+        let json = r#"{"event_id":"c","event_type":"task.created","timestamp":"2026-11-26T08:00:00Z","data":{"task_id":"t1","user_id":"alice","title":"T","due_date":"2026-11-29T09:00:00.100Z"}}"#;
+        let inbound = Inbound {
+            event: decode(
+                json.as_bytes(),
+                &DecodeContext {
+                    topic: "task-events",
+                    kafka_timestamp_ms: None,
+                },
+            )
+            .unwrap(),
+            source: Source {
+                topic: Arc::from("task-events"),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                received_at: t0,
+            },
+        };
+        assert!(w.handle_batch(&[inbound], &ctx).await.failure.is_none());
+        let crossing = t0 + chrono::Duration::milliseconds(100);
+        assert_eq!(
+            w.prepare_at(crossing),
+            crossing - lead,
+            "the timer wakes a lead early"
+        );
+
+        let key = crossings_key("task-events", 0);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let scan = w.scan_set(&ctx, &key, &stop);
+        tokio::pin!(scan);
+        // Before the due time the scan has claimed it (re-scored to its lease)
+        // and waits; nothing is announced yet.
+        tokio::select! {
+            _ = &mut scan => panic!("announced before its due time"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
+        }
+        let claimed = ctx.state().zfirst(&key).await.unwrap().unwrap();
+        assert!(
+            claimed.score > crossing.timestamp_millis() as f64,
+            "claimed ahead: {claimed:?}"
+        );
+        time.advance(std::time::Duration::from_millis(100));
+        let report = scan.await.unwrap();
+        assert_eq!(report.emitted, 1);
+        assert_eq!(report.lateness_ms, vec![0], "acknowledged at its due time");
+        // Its next crossing (`1h`) is days away: nothing more is prepared.
+        let next = ctx.state().zfirst(&key).await.unwrap().unwrap();
+        assert!(next.member.contains("|1h|"), "{next:?}");
+        let idle = w.scan_set(&ctx, &key, &stop).await.unwrap();
+        assert_eq!(idle.emitted, 0);
     }
 }

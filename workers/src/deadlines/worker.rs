@@ -34,6 +34,7 @@ pub struct DeadlinesWorker {
     output_topic: String,
     claim_lease: Duration,
     scan_batch: usize,
+    lead: Duration,
 }
 
 impl DeadlinesWorker {
@@ -45,7 +46,13 @@ impl DeadlinesWorker {
             output_topic: config.output_topic.clone(),
             claim_lease: config.claim_lease,
             scan_batch: config.scan_batch,
+            lead: config.lead,
         })
+    }
+
+    /// When the scan for a crossing due `at` starts: `lead` before it.
+    pub fn prepare_at(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at - self.lead
     }
 
     pub fn index(&self) -> &DeadlineIndex {
@@ -64,6 +71,7 @@ impl DeadlinesWorker {
             output_topic: &self.output_topic,
             claim_lease: self.claim_lease,
             batch: self.scan_batch,
+            lead: self.lead,
         };
         scan(ctx, &self.index, &spec, stop).await
     }
@@ -154,7 +162,7 @@ impl Worker for DeadlinesWorker {
             }
         }
         for (source, at) in wakes {
-            ctx.wake_timer_at(source, at);
+            ctx.wake_timer_at(source, self.prepare_at(at));
         }
         BatchOutcome {
             outcomes,
@@ -186,7 +194,7 @@ impl Worker for DeadlinesWorker {
         }
         ctx.apply_for(inbound, planned.ops).await?;
         if let Some(at) = planned.wake_at_ms.and_then(DateTime::from_timestamp_millis) {
-            ctx.wake_timer_at(&inbound.source, at);
+            ctx.wake_timer_at(&inbound.source, self.prepare_at(at));
         }
         Ok(Outcome::Done)
     }
@@ -213,7 +221,10 @@ impl Worker for DeadlinesWorker {
             .await?;
         metrics::scanned(report.took);
         metrics::tasks_indexed(ctx.state().zcard(DUE_KEY).await?);
-        Ok(report.next_ms.and_then(DateTime::from_timestamp_millis))
+        Ok(report
+            .next_ms
+            .and_then(DateTime::from_timestamp_millis)
+            .map(|at| self.prepare_at(at)))
     }
 }
 
