@@ -171,6 +171,9 @@ impl Worker for Measured {
     fn uses_idempotency_guard(&self) -> bool {
         self.inner.uses_idempotency_guard()
     }
+    fn needs_claim(&self, event: &crate::TaskEvent) -> bool {
+        self.inner.needs_claim(event)
+    }
     fn marks_in_update(&self) -> bool {
         self.inner.marks_in_update()
     }

@@ -512,6 +512,16 @@ pub trait Worker: Send + Sync + 'static {
         true
     }
 
+    /// Whether handling `event` may have an effect (a write, a publish, a
+    /// send). `false` for events the worker passes by untouched (it would
+    /// return [`Outcome::Skipped`] without reading or writing anything): the
+    /// pipeline's guard then neither claims nor marks them, as handling one
+    /// twice changes nothing. It must say `true` for every event the worker
+    /// might act on; the default claims every event.
+    fn needs_claim(&self, _event: &TaskEvent) -> bool {
+        true
+    }
+
     /// Whether this worker commits its events' idempotency marks itself, in
     /// the atomic update that carries their effect, skipping the events
     /// already marked ([`Ctx::apply_once_for_all`]). The pipeline then makes

@@ -426,3 +426,101 @@ fn sasl_ssl_scram_configuration_is_accepted_by_the_kafka_client() {
         "auth failed for password ********"
     );
 }
+
+/// A worker that acts only on events whose id starts with `e-`, and says so
+/// through `needs_claim`.
+#[derive(Default)]
+struct Picky {
+    inner: Recorder,
+    passed_by: AtomicUsize,
+}
+
+#[async_trait]
+impl Worker for Picky {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn topics(&self, _c: &PipelineConfig) -> Vec<String> {
+        vec![TOPIC.to_string()]
+    }
+    fn needs_claim(&self, e: &pipelines::TaskEvent) -> bool {
+        e.event_id.starts_with("e-")
+    }
+    async fn handle(&self, e: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        if !self.needs_claim(&e.event) {
+            self.passed_by.fetch_add(1, Ordering::SeqCst);
+            return Ok(Outcome::Skipped);
+        }
+        self.inner.handle(e, ctx).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_worker_passes_by_are_not_claimed_and_the_others_still_once() {
+    let env = Env::new(3);
+    // Interleaved, so batches mix claimed and unclaimed events.
+    let msgs: Vec<_> = (0..200)
+        .map(|i| {
+            let id = if i % 2 == 0 {
+                format!("e-{i}")
+            } else {
+                format!("skip-{i}")
+            };
+            (None, format!("k{}", i % 17), event(&id, i))
+        })
+        .collect();
+    env.produce(&msgs);
+    let config = env.config();
+
+    let first = Arc::new(Picky::default());
+    let run = start(config.clone(), first.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || committed_total(&config, 3)
+            == 200)
+        .await,
+        "every event consumed and committed"
+    );
+    run.stop().await;
+    assert_eq!(first.inner.count(), 100);
+    assert_eq!(first.passed_by.load(Ordering::SeqCst), 100);
+
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", config.redis.key_prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let claimed = |prefix: &str| {
+        keys.iter()
+            .filter(|k| {
+                k.rsplit(':')
+                    .next()
+                    .is_some_and(|id| id.starts_with(prefix))
+            })
+            .count()
+    };
+    assert_eq!(claimed("e-"), 100, "each acted-on event claimed: {keys:?}");
+    assert_eq!(claimed("skip-"), 0, "no passed-by event claimed: {keys:?}");
+
+    // Redelivered: the acted-on events are still recognised.
+    let mut again = config.clone();
+    again.workers.insert(
+        "recorder".into(),
+        pipelines::config::WorkerOverrides {
+            group_id: Some(format!("{}-replay", config.group_id("recorder"))),
+            ..Default::default()
+        },
+    );
+    let second = Arc::new(Picky::default());
+    let run = start(again.clone(), second.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || committed_total(&again, 3)
+            == 200)
+        .await,
+        "the redelivered messages are consumed and committed"
+    );
+    run.stop().await;
+    assert_eq!(second.inner.count(), 0, "no side effect repeated");
+    assert_eq!(second.passed_by.load(Ordering::SeqCst), 100);
+}

@@ -234,27 +234,59 @@ impl Pipeline {
             let slice = &events[start..];
             // Claim what is left; our own earlier claims count as ours.
             // `fresh[i]`: claimed by this very call (under `token`).
-            let (claims, token, fresh) = match &self.guard {
-                None => (vec![Claim::Claimed; slice.len()], None, Vec::new()),
+            // `guarded[i]`: the worker may act on it, so it is claimed; the
+            // others it passes by untouched (`Worker::needs_claim`), and
+            // handling one of those twice changes nothing.
+            let (claims, token, fresh, guarded) = match &self.guard {
+                None => (
+                    vec![Claim::Claimed; slice.len()],
+                    None,
+                    Vec::new(),
+                    Vec::new(),
+                ),
                 Some(g) => {
-                    let Claims { token, mut claims } = self
-                        .until_available(stop, "idempotency claim", || async {
-                            g.claim(slice.iter().map(|e| e.event.event_id.as_str()))
-                                .await
-                                .map_err(WorkerError::from)
-                        })
-                        .await
-                        .map_err(|_| finished)?;
-                    let fresh: Vec<bool> = claims.iter().map(|c| *c == Claim::Claimed).collect();
-                    for (i, c) in claims.iter_mut().enumerate() {
-                        if *c == Claim::InProgress && held[start + i] {
-                            *c = Claim::Claimed;
+                    let guarded: Vec<bool> = slice
+                        .iter()
+                        .map(|e| self.worker.needs_claim(&e.event))
+                        .collect();
+                    let ids = || {
+                        slice
+                            .iter()
+                            .zip(&guarded)
+                            .filter(|(_, g)| **g)
+                            .map(|(e, _)| e.event.event_id.as_str())
+                    };
+                    let (token, got) = if guarded.contains(&true) {
+                        let Claims { token, claims } = self
+                            .until_available(stop, "idempotency claim", || async {
+                                g.claim(ids()).await.map_err(WorkerError::from)
+                            })
+                            .await
+                            .map_err(|_| finished)?;
+                        (Some(token), claims)
+                    } else {
+                        (None, Vec::new())
+                    };
+                    let mut got = got.into_iter();
+                    let mut claims = Vec::with_capacity(slice.len());
+                    let mut fresh = Vec::with_capacity(slice.len());
+                    for (i, g) in guarded.iter().enumerate() {
+                        if !g {
+                            claims.push(Claim::Claimed);
+                            fresh.push(false);
+                            continue;
                         }
-                        if *c == Claim::Claimed {
+                        let mut c = got.next().unwrap_or(Claim::InProgress);
+                        fresh.push(c == Claim::Claimed);
+                        if c == Claim::InProgress && held[start + i] {
+                            c = Claim::Claimed;
+                        }
+                        if c == Claim::Claimed {
                             held[start + i] = true;
                         }
+                        claims.push(c);
                     }
-                    (claims, Some(token), fresh)
+                    (claims, token, fresh, guarded)
                 }
             };
             // Stop before the first event someone else is handling: order matters.
@@ -308,7 +340,7 @@ impl Pipeline {
                 let whole_call = fresh_total > 0 && fresh_done == fresh_total;
                 let ids: Vec<&str> = done_pos
                     .iter()
-                    .filter(|&&p| !(whole_call && fresh[p - start]))
+                    .filter(|&&p| guarded[p - start] && !(whole_call && fresh[p - start]))
                     .map(|&p| events[p].event.event_id.as_str())
                     .collect();
                 if whole_call {

@@ -96,6 +96,12 @@ impl Worker for DeadlinesWorker {
         TimerScope::Partition
     }
 
+    /// Events that change no task's due time or state (comments, tags, ...)
+    /// are passed by without the guard's claim and mark.
+    fn needs_claim(&self, event: &pipelines::TaskEvent) -> bool {
+        event.task_id.is_some() && change_of(event) != Change::Ignore
+    }
+
     /// A batch: the records of its tasks read at once (pipelined `HGETALL`s),
     /// each event planned in order against them (a later event of the same
     /// task sees the earlier one's result), and every write of the batch in

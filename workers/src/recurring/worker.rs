@@ -342,20 +342,47 @@ impl RecurringWorker {
         ctx: &Ctx,
         view: &mut BatchView,
     ) -> Result<Step, WorkerError> {
-        let outcome = match (event.entity(), event.action()) {
-            ("task", "completed") => return self.completed(event, ctx, view).await,
-            ("task", "deleted") => self.deleted(event, ctx, view).await,
-            ("task", _)
-                if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
-                    || series::says_not_recurring(event) =>
-            {
-                self.remember(event, ctx, view).await
-            }
-            ("task_template", _) => self.pattern_event(event, ctx).await,
-            ("user", "created" | "updated") => self.user_event(event, ctx).await,
-            _ => Ok(Outcome::Skipped),
+        let outcome = match concern(event) {
+            Concern::Completion => return self.completed(event, ctx, view).await,
+            Concern::Deletion => self.deleted(event, ctx, view).await,
+            Concern::Rule => self.remember(event, ctx, view).await,
+            Concern::Pattern => self.pattern_event(event, ctx).await,
+            Concern::User => self.user_event(event, ctx).await,
+            Concern::None => Ok(Outcome::Skipped),
         }?;
         Ok(Step::Finished(outcome))
+    }
+}
+
+/// What an event is to this worker, from the event alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Concern {
+    /// A completion not marked `is_recurring: false` (its record may say
+    /// it recurs).
+    Completion,
+    Deletion,
+    /// A task event carrying a rule, or saying it no longer recurs.
+    Rule,
+    Pattern,
+    User,
+    /// Passed by untouched.
+    None,
+}
+
+fn concern(event: &TaskEvent) -> Concern {
+    match (event.entity(), event.action()) {
+        ("task", "completed") if series::says_not_recurring(event) => Concern::None,
+        ("task", "completed") => Concern::Completion,
+        ("task", "deleted") => Concern::Deletion,
+        ("task", _)
+            if event.task.as_ref().is_some_and(|t| t.recurrence.is_some())
+                || series::says_not_recurring(event) =>
+        {
+            Concern::Rule
+        }
+        ("task_template", _) => Concern::Pattern,
+        ("user", "created" | "updated") => Concern::User,
+        _ => Concern::None,
     }
 }
 
@@ -420,6 +447,12 @@ impl Worker for RecurringWorker {
 
     fn topics(&self, config: &PipelineConfig) -> Vec<String> {
         default_topics(config)
+    }
+
+    /// Most events of a task stream are not about recurring tasks: those
+    /// are passed by without the guard's claim and mark.
+    fn needs_claim(&self, event: &TaskEvent) -> bool {
+        concern(event) != Concern::None
     }
 
     async fn handle(&self, inbound: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
@@ -518,6 +551,31 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_events_about_recurring_tasks_are_claimed() {
+        let w = worker(&[], "next_after_now");
+        let plain = dec(
+            r#"{"event_id":"a","event_type":"task.created","timestamp":"2026-11-20T10:00:00Z","data":{"task_id":1,"user_id":"u","title":"T"}}"#,
+        );
+        let ruled = dec(
+            r#"{"event_id":"b","event_type":"task.created","timestamp":"2026-11-20T10:00:00Z","data":{"task_id":2,"user_id":"u","title":"T","recurrence":{"rule":"daily","timezone":"UTC"}}}"#,
+        );
+        let completed = dec(
+            r#"{"event_id":"c","event_type":"task.completed","timestamp":"2026-11-20T10:00:00Z","data":{"task_id":3,"user_id":"u"}}"#,
+        );
+        let not_recurring = dec(
+            r#"{"event_type":"completed","task_id":4,"user_id":"u","timestamp":"2026-11-20T10:00:00Z","task_data":{"title":"T","completed":true,"is_recurring":false}}"#,
+        );
+        let deleted = dec(
+            r#"{"event_id":"d","event_type":"task.deleted","timestamp":"2026-11-20T10:00:00Z","data":{"task_id":5}}"#,
+        );
+        assert!(!w.needs_claim(&plain), "a task without a rule is passed by");
+        assert!(w.needs_claim(&ruled));
+        assert!(w.needs_claim(&completed), "its record may say it recurs");
+        assert!(!w.needs_claim(&not_recurring));
+        assert!(w.needs_claim(&deleted));
     }
 
     /// A context on the in-memory store and no producer: these tests look at
