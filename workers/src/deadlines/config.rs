@@ -39,7 +39,7 @@ impl Default for DeadlinesConfig {
             output_topic: "schedule-events".into(),
             claim_lease: Duration::from_secs(10),
             scan_batch: 500,
-            lead: Duration::from_millis(200),
+            lead: Duration::from_millis(500),
         }
     }
 }
