@@ -127,6 +127,21 @@ impl Running {
     }
 }
 
+/// `config` with the recorder in a new consumer group: every message is
+/// delivered again, as after a crash before the commit, while the
+/// idempotency keys remain.
+fn replay_group(config: &PipelineConfig) -> PipelineConfig {
+    let mut again = config.clone();
+    again.workers.insert(
+        "recorder".into(),
+        pipelines::config::WorkerOverrides {
+            group_id: Some(format!("{}-replay", config.group_id("recorder"))),
+            ..Default::default()
+        },
+    );
+    again
+}
+
 fn committed_total(config: &PipelineConfig, partitions: i32) -> i64 {
     committed_offsets(
         &config.kafka,
@@ -161,14 +176,7 @@ async fn redelivered_events_do_not_repeat_side_effects() {
 
     // Every message delivered again, as after a crash before the commit: a new
     // consumer group reads from the start, but the idempotency keys remain.
-    let mut again = config.clone();
-    again.workers.insert(
-        "recorder".into(),
-        pipelines::config::WorkerOverrides {
-            group_id: Some(format!("{}-replay", config.group_id("recorder"))),
-            ..Default::default()
-        },
-    );
+    let again = replay_group(&config);
     let second = Arc::new(Recorder::default());
     let run = start(again.clone(), second.clone()).await;
     assert!(
@@ -504,14 +512,7 @@ async fn events_a_worker_passes_by_are_not_claimed_and_the_others_still_once() {
     assert_eq!(claimed("skip-"), 0, "no passed-by event claimed: {keys:?}");
 
     // Redelivered: the acted-on events are still recognised.
-    let mut again = config.clone();
-    again.workers.insert(
-        "recorder".into(),
-        pipelines::config::WorkerOverrides {
-            group_id: Some(format!("{}-replay", config.group_id("recorder"))),
-            ..Default::default()
-        },
-    );
+    let again = replay_group(&config);
     let second = Arc::new(Picky::default());
     let run = start(again.clone(), second.clone()).await;
     assert!(

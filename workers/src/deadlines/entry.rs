@@ -42,12 +42,23 @@ const CLOSED: &[&str] = &[
     "closed",
 ];
 
+/// Whether `e` can change the index at all: [`change_of`] is
+/// [`Change::Ignore`] exactly when this is false. Cheap (copies nothing), for
+/// deciding what to claim before reading the event.
+pub fn touches_index(e: &TaskEvent) -> bool {
+    e.entity() == "task" && (ends_task(e) || e.task.is_some())
+}
+
+fn ends_task(e: &TaskEvent) -> bool {
+    matches!(e.action(), "completed" | "deleted" | "archived")
+}
+
 /// Reads a canonical event.
 pub fn change_of(e: &TaskEvent) -> Change {
-    if e.entity() != "task" {
+    if !touches_index(e) {
         return Change::Ignore;
     }
-    if matches!(e.action(), "completed" | "deleted" | "archived") {
+    if ends_task(e) {
         return Change::Remove;
     }
     let Some(t) = &e.task else {
@@ -274,17 +285,20 @@ mod tests {
             f.due_local.as_ref().and_then(|l| l.timezone.as_deref()),
             Some("Europe/Berlin")
         );
+        assert!(touches_index(&created));
         for closing in [
             r#"{"event_type":"completed","task_id":7,"user_id":"u","timestamp":"2026-11-26T08:00:00Z","task_data":{"completed":true}}"#,
             r#"{"eventType":"task.deleted","taskId":7,"actorId":1,"timestamp":"2026-11-26T08:00:00Z","payload":{}}"#,
             r#"{"event_type":"task_status_changed","user_id":1,"timestamp":"2026-11-26T08:00:00Z","data":{"task_id":7,"status":"done"}}"#,
         ] {
             assert_eq!(change_of(&dec(closing)), Change::Remove, "{closing}");
+            assert!(touches_index(&dec(closing)), "{closing}");
         }
         let user = dec(
             r#"{"event_type":"user_updated","user_id":"u9","timestamp":"2026-11-26T08:00:00Z","data":{"timezone":"UTC"}}"#,
         );
         assert_eq!(change_of(&user), Change::Ignore);
+        assert!(!touches_index(&user));
     }
 
     #[test]

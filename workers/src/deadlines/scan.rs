@@ -120,8 +120,7 @@ pub async fn scan(
                 tokio::select! {
                     _ = ctx.clock().sleep_until(at) => {}
                     _ = stop.cancelled() => {
-                        let rest: Vec<Scored> = prepared.into_iter().map(|p| p.claimed).collect();
-                        give_back(ctx.state(), spec.crossings, &rest).await;
+                        give_back_prepared(ctx, spec, prepared).await;
                         return finish(ctx, spec, report, started).await;
                     }
                 }
@@ -132,9 +131,8 @@ pub async fn scan(
                 .position(|p| p.claimed.score > now)
                 .unwrap_or(prepared.len());
             let due: Vec<Prepared> = prepared.drain(..n).collect();
-            if let Err(e) = announce_due(ctx, index, spec, due, &mut report).await {
-                let rest: Vec<Scored> = prepared.into_iter().map(|p| p.claimed).collect();
-                give_back(ctx.state(), spec.crossings, &rest).await;
+            if let Err(e) = announce_due(ctx, index, spec, &due, &mut report).await {
+                give_back_prepared(ctx, spec, prepared).await;
                 return Err(e);
             }
         }
@@ -162,6 +160,7 @@ async fn finish(
 
 /// Claims and judges what is due by `horizon`, a few claims at once (they
 /// are atomic, so they never share a crossing), up to [`PREPARE_LIMIT`].
+/// On a failure everything claimed is given back.
 async fn prepare(
     ctx: &Ctx,
     index: &DeadlineIndex,
@@ -175,27 +174,28 @@ async fn prepare(
     .await;
     let mut all = Vec::new();
     let mut failure = None;
-    for r in rounds {
-        match r {
-            Ok(p) => all.extend(p),
-            Err(e) => failure = Some(e),
-        }
+    for (prepared, error) in rounds {
+        all.extend(prepared);
+        failure = failure.or(error);
     }
     if let Some(e) = failure {
-        let claimed: Vec<Scored> = all.into_iter().map(|p| p.claimed).collect();
-        give_back(ctx.state(), spec.crossings, &claimed).await;
+        give_back_prepared(ctx, spec, all).await;
         return Err(e);
     }
     Ok(all)
 }
 
+/// Claims and judges rounds of `spec.batch` until nothing is due by
+/// `horizon` or the pass's limit is reached. On a failure: what it prepared
+/// before (for the caller to give back) and the error; the failing round's
+/// own claims are given back here.
 async fn prepare_rounds(
     ctx: &Ctx,
     index: &DeadlineIndex,
     spec: &ScanSpec<'_>,
     horizon: f64,
     taken: &std::sync::atomic::AtomicUsize,
-) -> Result<Vec<Prepared>, WorkerError> {
+) -> (Vec<Prepared>, Option<WorkerError>) {
     use std::sync::atomic::Ordering;
     let store = ctx.state();
     let lease_ms = spec.claim_lease.as_millis() as f64;
@@ -207,50 +207,50 @@ async fn prepare_rounds(
             .await
         {
             Ok(c) => c,
-            Err(e) => {
-                let mine: Vec<Scored> = out.into_iter().map(|p: Prepared| p.claimed).collect();
-                give_back(store, spec.crossings, &mine).await;
-                return Err(e.into());
-            }
+            Err(e) => return (out, Some(e.into())),
         };
         if claimed.is_empty() {
             break;
         }
-        let members: Vec<Option<String>> = claimed
-            .iter()
-            .map(|c| parse_member(&c.member).map(|m| m.task.to_string()))
-            .collect();
-        let tasks: Vec<&str> = members.iter().flatten().map(String::as_str).collect();
-        let records = match index.load_many(store, &tasks).await {
-            Ok(r) => r,
+        match judge_round(ctx, index, spec, &claimed).await {
+            Ok(judged) => out.extend(claimed.into_iter().zip(judged).map(
+                |(claimed, (task, verdict))| Prepared {
+                    claimed,
+                    task,
+                    verdict,
+                },
+            )),
             Err(e) => {
-                let mut mine: Vec<Scored> = out.into_iter().map(|p: Prepared| p.claimed).collect();
-                mine.extend(claimed);
-                give_back(store, spec.crossings, &mine).await;
-                return Err(e.into());
+                give_back(store, spec.crossings, &claimed).await;
+                return (out, Some(e));
             }
-        };
-        let mut records = records.into_iter();
-        for (c, task) in claimed.into_iter().zip(members) {
-            let record = task.as_ref().and_then(|_| records.next().flatten());
-            let verdict = match judge(ctx, &c.member, record, spec.output_topic) {
-                Ok(v) => v,
-                Err(e) => {
-                    let mut mine: Vec<Scored> =
-                        out.into_iter().map(|p: Prepared| p.claimed).collect();
-                    mine.push(c);
-                    give_back(store, spec.crossings, &mine).await;
-                    return Err(e);
-                }
-            };
-            out.push(Prepared {
-                claimed: c,
-                task,
-                verdict,
-            });
         }
     }
-    Ok(out)
+    (out, None)
+}
+
+/// Reads the records of a claimed round's tasks (one pipelined read) and
+/// judges each crossing: per crossing, the task its member names and the
+/// verdict.
+async fn judge_round(
+    ctx: &Ctx,
+    index: &DeadlineIndex,
+    spec: &ScanSpec<'_>,
+    claimed: &[Scored],
+) -> Result<Vec<(Option<String>, Verdict)>, WorkerError> {
+    let tasks: Vec<Option<String>> = claimed
+        .iter()
+        .map(|c| parse_member(&c.member).map(|m| m.task.to_string()))
+        .collect();
+    let names: Vec<&str> = tasks.iter().flatten().map(String::as_str).collect();
+    let mut records = index.load_many(ctx.state(), &names).await?.into_iter();
+    let mut judged = Vec::with_capacity(claimed.len());
+    for (c, task) in claimed.iter().zip(tasks) {
+        let record = task.as_ref().and_then(|_| records.next().flatten());
+        let verdict = judge(ctx, &c.member, record, spec.output_topic)?;
+        judged.push((task, verdict));
+    }
+    Ok(judged)
 }
 
 /// Announces and acknowledges crossings that are due, in rounds of
@@ -259,15 +259,11 @@ async fn announce_due(
     ctx: &Ctx,
     index: &DeadlineIndex,
     spec: &ScanSpec<'_>,
-    due: Vec<Prepared>,
+    due: &[Prepared],
     report: &mut ScanReport,
 ) -> Result<(), WorkerError> {
     use futures::StreamExt;
-    let mut rounds: Vec<Vec<Prepared>> = Vec::new();
-    let mut due = due.into_iter().peekable();
-    while due.peek().is_some() {
-        rounds.push(due.by_ref().take(spec.batch).collect());
-    }
+    let rounds: Vec<&[Prepared]> = due.chunks(spec.batch).collect();
     let announcing: Vec<_> = rounds
         .iter()
         .enumerate()
@@ -400,6 +396,16 @@ fn judge(
     ))
 }
 
+/// [`give_back`] of prepared crossings.
+async fn give_back_prepared(
+    ctx: &Ctx,
+    spec: &ScanSpec<'_>,
+    prepared: impl IntoIterator<Item = Prepared>,
+) {
+    let claimed: Vec<Scored> = prepared.into_iter().map(|p| p.claimed).collect();
+    give_back(ctx.state(), spec.crossings, &claimed).await;
+}
+
 /// Puts claimed members back at their original scores (best effort: if this
 /// fails too, they come back when the claim lease ends).
 async fn give_back(store: &dyn StateStore, key: &str, claimed: &[Scored]) {
@@ -426,14 +432,14 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::{TimeZone, Utc};
-    use pipelines::event::{decode, DecodeContext};
     use pipelines::kafka::mock::MockKafka;
     use pipelines::kafka::sink::Publisher;
     use pipelines::state::MemoryStore;
-    use pipelines::{Clock, Inbound, PipelineConfig, Source, Worker};
+    use pipelines::{Clock, PipelineConfig, Worker};
 
     use crate::deadlines::config::DeadlinesConfig;
     use crate::deadlines::index::crossings_key;
+    use crate::deadlines::worker::tests::inbound;
     use crate::deadlines::worker::DeadlinesWorker;
 
     #[tokio::test]
@@ -457,24 +463,9 @@ mod tests {
         let w = DeadlinesWorker::new(&config).unwrap();
         // Due 3 days and 100 ms from now: its `3d` crossing is 100 ms away,
         // within the lead.
-        let json = r#"{"event_id":"c","event_type":"task.created","timestamp":"2026-11-26T08:00:00Z","data":{"task_id":"t1","user_id":"alice","title":"T","due_date":"2026-11-29T09:00:00.100Z"}}"#;
-        let inbound = Inbound {
-            event: decode(
-                json.as_bytes(),
-                &DecodeContext {
-                    topic: "task-events",
-                    kafka_timestamp_ms: None,
-                },
-            )
-            .unwrap(),
-            source: Source {
-                topic: Arc::from("task-events"),
-                partition: 0,
-                offset: 0,
-                timestamp_ms: None,
-                received_at: t0,
-            },
-        };
+        let inbound = inbound(
+            r#"{"event_id":"c","event_type":"task.created","timestamp":"2026-11-26T08:00:00Z","data":{"task_id":"t1","user_id":"alice","title":"T","due_date":"2026-11-29T09:00:00.100Z"}}"#,
+        );
         assert!(w.handle_batch(&[inbound], &ctx).await.failure.is_none());
         let crossing = t0 + chrono::Duration::milliseconds(100);
         assert_eq!(

@@ -23,7 +23,7 @@ use pipelines::{
 };
 
 use super::config::DeadlinesConfig;
-use super::entry::{change_of, Change, StoredTask};
+use super::entry::{change_of, touches_index, Change, StoredTask};
 use super::index::{crossings_key, DeadlineIndex, DUE_KEY};
 use super::metrics;
 use super::scan::{scan, ScanSpec};
@@ -99,7 +99,7 @@ impl Worker for DeadlinesWorker {
     /// Events that change no task's due time or state (comments, tags, ...)
     /// are passed by without the guard's claim and mark.
     fn needs_claim(&self, event: &pipelines::TaskEvent) -> bool {
-        event.task_id.is_some() && change_of(event) != Change::Ignore
+        event.task_id.is_some() && touches_index(event)
     }
 
     /// A batch: the records of its tasks read at once (pipelined `HGETALL`s),
@@ -235,7 +235,7 @@ impl Worker for DeadlinesWorker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use chrono::TimeZone;
@@ -245,7 +245,8 @@ mod tests {
 
     use super::*;
 
-    fn inbound(json: &str) -> Inbound {
+    /// `json` decoded as a `task-events` record of partition 0.
+    pub(crate) fn inbound(json: &str) -> Inbound {
         Inbound {
             event: decode(
                 json.as_bytes(),
