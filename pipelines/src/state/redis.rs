@@ -362,128 +362,111 @@ impl RedisStore {
         (d.as_millis() as u64).max(1)
     }
 
-    /// The commands of one op of [`StateStore::apply`], in order (an
-    /// [`StateOp::IfAbsent`] has none: [`RedisStore::encode_for_script`]
-    /// turns it into the script's branch).
-    fn each_command(&self, op: &StateOp, f: &mut dyn FnMut(redis::Cmd)) {
+    /// The commands of one op, in order, into `out`: a transaction's
+    /// pipeline ([`StateStore::apply`]) or the batch script's arguments
+    /// ([`RedisStore::encode_for_script`]). An [`StateOp::IfAbsent`] and a
+    /// [`StateOp::MarkOnce`] have none here: only the script runs them.
+    fn each_command(&self, op: &StateOp, out: &mut impl CommandSink) {
         let k = self.key(op.key());
-        let cmd = |name: &str| {
-            let mut c = redis::cmd(name);
-            c.arg(&k);
-            c
-        };
         match op {
             StateOp::Set { value, ttl, .. } => {
-                let mut c = cmd("SET");
-                c.arg(value.as_slice());
+                out.begin("SET", &k, if ttl.is_some() { 3 } else { 1 });
+                out.arg(value.as_slice());
                 if let Some(ttl) = ttl {
-                    c.arg("PX").arg(Self::ms(*ttl));
+                    out.arg("PX");
+                    out.arg(Self::ms(*ttl));
                 }
-                f(c);
             }
-            StateOp::Delete { .. } => f(cmd("DEL")),
+            StateOp::Delete { .. } => out.begin("DEL", &k, 0),
             StateOp::IncrBy { by, ttl, .. } => {
-                let mut c = cmd("INCRBY");
-                c.arg(*by);
-                f(c);
+                out.begin("INCRBY", &k, 1);
+                out.arg(*by);
                 if let Some(ttl) = ttl {
-                    let mut c = cmd("PEXPIRE");
-                    c.arg(Self::ms(*ttl)).arg("NX");
-                    f(c);
+                    out.begin("PEXPIRE", &k, 2);
+                    out.arg(Self::ms(*ttl));
+                    out.arg("NX");
                 }
             }
             StateOp::HashSet { fields, .. } => {
                 if !fields.is_empty() {
-                    let mut c = cmd("HSET");
+                    out.begin("HSET", &k, 2 * fields.len());
                     for (field, v) in fields {
-                        c.arg(field).arg(v.as_slice());
+                        out.arg(field);
+                        out.arg(v.as_slice());
                     }
-                    f(c);
                 }
             }
             StateOp::HashIncrBy { field, by, .. } => {
-                let mut c = cmd("HINCRBY");
-                c.arg(field).arg(*by);
-                f(c);
+                out.begin("HINCRBY", &k, 2);
+                out.arg(field);
+                out.arg(*by);
             }
             StateOp::HashIncrByMany { fields, .. } => {
                 for (field, by) in fields {
-                    let mut c = cmd("HINCRBY");
-                    c.arg(field).arg(*by);
-                    f(c);
+                    out.begin("HINCRBY", &k, 2);
+                    out.arg(field);
+                    out.arg(*by);
                 }
             }
             StateOp::HashDelete { fields, .. } => {
                 if !fields.is_empty() {
-                    let mut c = cmd("HDEL");
-                    c.arg(fields);
-                    f(c);
+                    out.begin("HDEL", &k, fields.len());
+                    out.arg(fields);
                 }
             }
             StateOp::ZAdd { member, score, .. } => {
-                let mut c = cmd("ZADD");
-                c.arg(score_arg(*score)).arg(member);
-                f(c);
+                out.begin("ZADD", &k, 2);
+                out.arg(score_arg(*score));
+                out.arg(member);
             }
             StateOp::ZAddMany { members, .. } => {
                 if !members.is_empty() {
-                    let mut c = cmd("ZADD");
+                    out.begin("ZADD", &k, 2 * members.len());
                     for (member, score) in members {
-                        c.arg(score_arg(*score)).arg(member);
+                        out.arg(score_arg(*score));
+                        out.arg(member);
                     }
-                    f(c);
                 }
             }
             StateOp::ZRem { member, .. } => {
-                let mut c = cmd("ZREM");
-                c.arg(member);
-                f(c);
+                out.begin("ZREM", &k, 1);
+                out.arg(member);
             }
             StateOp::DistinctAdd { members, .. } => {
-                let mut c = cmd("PFADD");
-                c.arg(members);
-                f(c);
+                out.begin("PFADD", &k, members.len());
+                out.arg(members);
             }
             StateOp::Expire { ttl, .. } => {
-                let mut c = cmd("PEXPIRE");
-                c.arg(Self::ms(*ttl));
-                f(c);
+                out.begin("PEXPIRE", &k, 1);
+                out.arg(Self::ms(*ttl));
             }
             StateOp::IfAbsent { .. } | StateOp::MarkOnce { .. } => {}
         }
     }
 
-    /// The start of one command in [`APPLY`]'s arguments: its key, name and
-    /// argument count (the `n` arguments follow in `ARGV`).
-    fn script_command(&self, out: &mut ScriptArgs, name: &str, key: &str, n: usize) {
-        out.keys.arg(self.key(key));
-        out.key_count += 1;
-        out.argv.arg(name).arg(n);
-    }
-
     /// Appends `op` to the arguments of [`APPLY`]: each command as its key
     /// (in `KEYS`) and `name, n, arg1..argn` (in `ARGV`); an
     /// [`StateOp::IfAbsent`] as its key and `?IFABSENT`, the commands of
-    /// `then`, `?ELSE`, those of `otherwise`, `?END`.
+    /// `then`, `?ELSE`, those of `otherwise`, `?END`; a
+    /// [`StateOp::MarkOnce`] and a [`StateOp::HashIncrByMany`] as the
+    /// script's own steps.
     fn encode_for_script(&self, op: &StateOp, out: &mut ScriptArgs) {
-        if let StateOp::IfAbsent {
-            then, otherwise, ..
-        } = op
-        {
-            out.keys.arg(self.key(op.key()));
-            out.key_count += 1;
-            out.argv.arg("?IFABSENT");
-            for op in then {
-                self.encode_for_script(op, out);
-            }
-            out.argv.arg("?ELSE");
-            for op in otherwise {
-                self.encode_for_script(op, out);
-            }
-            out.argv.arg("?END");
-            return;
-        }
         match op {
+            StateOp::IfAbsent {
+                then, otherwise, ..
+            } => {
+                out.keys.arg(self.key(op.key()));
+                out.key_count += 1;
+                out.argv.arg("?IFABSENT");
+                for op in then {
+                    self.encode_for_script(op, out);
+                }
+                out.argv.arg("?ELSE");
+                for op in otherwise {
+                    self.encode_for_script(op, out);
+                }
+                out.argv.arg("?END");
+            }
             StateOp::MarkOnce {
                 into,
                 seen,
@@ -507,59 +490,48 @@ impl RedisStore {
                 for f in fields {
                     out.argv.arg(f);
                 }
-                return;
             }
             StateOp::HashIncrByMany { key, fields } => {
                 if !fields.is_empty() {
-                    self.script_command(out, "?HINCRBYMANY", key, 2 * fields.len());
+                    out.begin("?HINCRBYMANY", &self.key(key), 2 * fields.len());
                     for (field, by) in fields {
                         out.argv.arg(field).arg(*by);
                     }
                 }
-                return;
             }
-            // The frequent ones written directly (no command to copy from).
-            StateOp::DistinctAdd { key, members } => {
-                self.script_command(out, "PFADD", key, members.len());
-                out.argv.arg(members);
-                return;
-            }
-            StateOp::Expire { key, ttl } => {
-                self.script_command(out, "PEXPIRE", key, 1);
-                out.argv.arg(Self::ms(*ttl));
-                return;
-            }
-            StateOp::ZAdd { key, member, score } => {
-                self.script_command(out, "ZADD", key, 2);
-                out.argv.arg(score_arg(*score)).arg(member);
-                return;
-            }
-            StateOp::Set { key, value, ttl } => {
-                self.script_command(out, "SET", key, if ttl.is_some() { 3 } else { 1 });
-                out.argv.arg(value.as_slice());
-                if let Some(ttl) = ttl {
-                    out.argv.arg("PX").arg(Self::ms(*ttl));
-                }
-                return;
-            }
-            _ => {}
+            _ => self.each_command(op, out),
         }
-        self.each_command(op, &mut |cmd| {
-            let n = cmd.args_iter().len().saturating_sub(2);
-            let mut args = cmd.args_iter().filter_map(|a| match a {
-                redis::Arg::Simple(a) => Some(a),
-                _ => None,
-            });
-            let (Some(name), Some(key)) = (args.next(), args.next()) else {
-                return;
-            };
-            out.keys.arg(key);
-            out.key_count += 1;
-            out.argv.arg(name).arg(n);
-            for a in args {
-                out.argv.arg(a);
-            }
-        });
+    }
+}
+
+/// Where [`RedisStore::each_command`] writes commands: a pipeline (a
+/// transaction) or the batch script's arguments ([`ScriptArgs`]).
+trait CommandSink {
+    /// Starts command `name` on `key` (prefixed), with `n` arguments to come.
+    fn begin(&mut self, name: &str, key: &str, n: usize);
+    /// Adds to the command started last (a list adds each of its items).
+    fn arg(&mut self, arg: impl redis::ToRedisArgs);
+}
+
+impl CommandSink for redis::Pipeline {
+    fn begin(&mut self, name: &str, key: &str, _n: usize) {
+        self.cmd(name).arg(key).ignore();
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) {
+        redis::Pipeline::arg(self, arg);
+    }
+}
+
+impl CommandSink for ScriptArgs {
+    fn begin(&mut self, name: &str, key: &str, n: usize) {
+        self.keys.arg(key);
+        self.key_count += 1;
+        self.argv.arg(name).arg(n);
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) {
+        self.argv.arg(arg);
     }
 }
 
@@ -916,9 +888,7 @@ impl StateStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for op in ops {
-            self.each_command(op, &mut |cmd| {
-                pipe.add_command(cmd).ignore();
-            });
+            self.each_command(op, &mut pipe);
         }
         pipe.query_async::<()>(&mut c)
             .await
