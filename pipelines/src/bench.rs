@@ -54,8 +54,11 @@ pub enum Subject {
     Worker(Arc<dyn Worker>),
 }
 
+/// Event `i` of a bench's stream as (key, payload).
+pub type Sample = Arc<dyn Fn(u64) -> (String, String) + Send + Sync>;
+
 /// How to measure it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BenchSpec {
     pub events: u64,
     pub partitions: i32,
@@ -65,7 +68,7 @@ pub struct BenchSpec {
     pub config: PipelineConfig,
     /// Event `i` as (key, payload); [`sample_event`] unless a worker needs
     /// its own mix (the recurring worker adds recurring tasks to it).
-    pub sample: fn(u64) -> (String, String),
+    pub sample: Sample,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,16 +188,25 @@ impl Worker for Measured {
     }
 }
 
-/// Realistic events in every dialect, keyed by task id. Ids are unique per `i`.
+/// Realistic events in every dialect, keyed by task id, one second of event
+/// time apart. Ids are unique per `i`.
 pub fn sample_event(i: u64) -> (String, String) {
+    sample_event_at(i, 1)
+}
+
+/// [`sample_event`] with `per_second` events in each second of event time
+/// (`occurred_at`): as a live stream at that rate carries them, where
+/// `per_second` 1 is a replay of history (a day in 86,400 events).
+pub fn sample_event_at(i: u64, per_second: u64) -> (String, String) {
     let task = i % 50_000;
     let user = i % 997;
+    let t = i / per_second.max(1);
     let ts = format!(
         "2026-11-{:02}T{:02}:{:02}:{:02}Z",
-        1 + (i / 86_400) % 28,
-        (i / 3600) % 24,
-        (i / 60) % 60,
-        i % 60
+        1 + (t / 86_400) % 28,
+        (t / 3600) % 24,
+        (t / 60) % 60,
+        t % 60
     );
     let payload = match i % 5 {
         0 => format!(
@@ -247,7 +259,7 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
     // Keep the producer at most this far ahead of the consumer.
     let window = spec.partitions.max(1) as u64 * 8_000;
     let total = spec.events;
-    let sample = spec.sample;
+    let sample = spec.sample.clone();
     let start_cpu = rusage().0;
     let started = Instant::now();
     let producer = {
@@ -414,4 +426,33 @@ fn baseline_loop(
     }
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{decode, DecodeContext};
+
+    /// `occurred_at` (seconds) of sample `i` at `per_second` events a second.
+    fn occurred(i: u64, per_second: u64) -> i64 {
+        let ctx = DecodeContext {
+            topic: "task-events",
+            kafka_timestamp_ms: None,
+        };
+        decode(sample_event_at(i, per_second).1.as_bytes(), &ctx)
+            .expect("samples decode")
+            .occurred_at
+            .timestamp()
+    }
+
+    #[test]
+    fn event_time_advances_a_second_every_per_second_events() {
+        assert_eq!(occurred(1, 1) - occurred(0, 1), 1);
+        assert_eq!(occurred(999, 1000), occurred(0, 1000));
+        assert_eq!(occurred(1000, 1000) - occurred(0, 1000), 1);
+        assert_eq!(occurred(3_600_000, 1000) - occurred(0, 1000), 3600);
+        // Otherwise the same events.
+        assert_eq!(sample_event_at(7, 1), sample_event(7));
+        assert_eq!(sample_event_at(7, 1000).0, sample_event(7).0);
+    }
 }

@@ -18,7 +18,8 @@ use child::{cpu_seconds_of, produce, Harness, WorkerProcess};
 
 /// Runs the benchmark of `worker` (`baseline`, `pipeline`, `aggregates`,
 /// `audit`, `recurring`); `config_path` is the file a worker process reads
-/// too (`--store files` runs the audit worker as one).
+/// too (`--store files` runs the audit worker as one); `event_rate` is the
+/// aggregates stream's events per second of event time.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &Config,
@@ -29,9 +30,13 @@ pub async fn run(
     redis_url: Option<String>,
     database_url: Option<String>,
     store: &str,
+    event_rate: u64,
 ) -> anyhow::Result<BenchReport> {
     if events == 0 {
         bail!("--events has value 0: expected a whole number above zero");
+    }
+    if event_rate == 0 {
+        bail!("--event-rate has value 0: expected a whole number above zero");
     }
     if partitions <= 0 {
         bail!("--partitions has value {partitions}: expected a whole number above zero");
@@ -39,10 +44,13 @@ pub async fn run(
     let subject = match worker {
         "baseline" => Subject::Baseline,
         "pipeline" => Subject::Worker(Arc::new(NoopWorker)),
-        "aggregates" => Subject::Worker(Arc::new(
-            crate::aggregates::AggregatesWorker::new(&config.aggregates)
-                .map_err(anyhow::Error::msg)?,
-        )),
+        "aggregates" => {
+            let worker = crate::aggregates::AggregatesWorker::new(&config.aggregates)
+                .map_err(anyhow::Error::msg)?;
+            let mut spec = spec(config, events, partitions, redis_url);
+            spec.sample = Arc::new(move |i| pipelines::bench::sample_event_at(i, event_rate));
+            return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
+        }
         "audit" if store == "files" => {
             return audit_files(config, config_path, events, partitions, redis_url).await;
         }
@@ -76,7 +84,7 @@ pub async fn run(
             let worker =
                 crate::recurring::RecurringWorker::new(&recurring).map_err(anyhow::Error::msg)?;
             let mut spec = spec(config, events, partitions, redis_url);
-            spec.sample = crate::recurring::bench_events::sample_event;
+            spec.sample = Arc::new(crate::recurring::bench_events::sample_event);
             return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
         }
         other => {
@@ -92,7 +100,7 @@ fn spec(config: &Config, events: u64, partitions: i32, redis_url: Option<String>
         partitions,
         redis_url,
         config: config.pipeline.clone(),
-        sample: pipelines::bench::sample_event,
+        sample: Arc::new(pipelines::bench::sample_event),
     }
 }
 

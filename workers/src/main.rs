@@ -74,6 +74,11 @@ enum Command {
         /// store, in a temporary directory).
         #[arg(long, default_value = "postgres")]
         store: String,
+        /// `aggregates` only: events per second of event time (`occurred_at`)
+        /// in the stream, as a live stream carries them; 1 spaces them a
+        /// second apart, as a replay of history (a backfill) does.
+        #[arg(long, default_value_t = 1_000)]
+        event_rate: u64,
     },
     /// Run a standalone mock Kafka cluster; prints its bootstrap address first.
     DevKafka {
@@ -255,6 +260,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             redis_url,
             database_url,
             store,
+            event_rate,
         } => {
             let config = load_config(&cli.config)?;
             if worker == "deadlines" {
@@ -302,6 +308,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 redis_url,
                 database_url,
                 &store,
+                event_rate,
             )
             .await?;
             println!("{}", serde_json::to_string(&report)?);

@@ -244,6 +244,20 @@ fn dev_kafka_prints_a_bootstrap_address_that_accepts_messages() {
     assert!(status.success());
 }
 
+/// A bench's own bad flag is refused before anything starts, naming the flag
+/// and the value.
+#[test]
+fn bench_refuses_an_event_rate_of_zero() {
+    let out = taskstream()
+        .args(["bench", "--worker", "aggregates", "--event-rate", "0"])
+        .env_remove("TASKSTREAM_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--event-rate has value 0"), "{stderr}");
+}
+
 /// `bench --worker audit --store files` runs the worker as a child process:
 /// every event reaches the file store's consumer group and the memory figure
 /// is the child's, not this harness's (which holds the mock cluster).
