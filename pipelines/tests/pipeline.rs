@@ -142,6 +142,20 @@ fn replay_group(config: &PipelineConfig) -> PipelineConfig {
     again
 }
 
+/// Runs `worker` in [`replay_group`] (three partitions) until all `total`
+/// messages are consumed and committed again, then stops it.
+async fn redeliver_all(config: &PipelineConfig, worker: Arc<dyn Worker>, total: i64) {
+    let again = replay_group(config);
+    let run = start(again.clone(), worker).await;
+    assert!(
+        eventually(Duration::from_secs(30), || committed_total(&again, 3)
+            == total)
+        .await,
+        "the redelivered messages are consumed and committed"
+    );
+    run.stop().await;
+}
+
 fn committed_total(config: &PipelineConfig, partitions: i32) -> i64 {
     committed_offsets(
         &config.kafka,
@@ -176,16 +190,8 @@ async fn redelivered_events_do_not_repeat_side_effects() {
 
     // Every message delivered again, as after a crash before the commit: a new
     // consumer group reads from the start, but the idempotency keys remain.
-    let again = replay_group(&config);
     let second = Arc::new(Recorder::default());
-    let run = start(again.clone(), second.clone()).await;
-    assert!(
-        eventually(Duration::from_secs(30), || committed_total(&again, 3)
-            == 300)
-        .await,
-        "the redelivered messages are consumed and committed"
-    );
-    run.stop().await;
+    redeliver_all(&config, second.clone(), 300).await;
     assert_eq!(
         second.count(),
         0,
@@ -512,16 +518,8 @@ async fn events_a_worker_passes_by_are_not_claimed_and_the_others_still_once() {
     assert_eq!(claimed("skip-"), 0, "no passed-by event claimed: {keys:?}");
 
     // Redelivered: the acted-on events are still recognised.
-    let again = replay_group(&config);
     let second = Arc::new(Picky::default());
-    let run = start(again.clone(), second.clone()).await;
-    assert!(
-        eventually(Duration::from_secs(30), || committed_total(&again, 3)
-            == 200)
-        .await,
-        "the redelivered messages are consumed and committed"
-    );
-    run.stop().await;
+    redeliver_all(&config, second.clone(), 200).await;
     assert_eq!(second.inner.count(), 0, "no side effect repeated");
     assert_eq!(second.passed_by.load(Ordering::SeqCst), 100);
 }

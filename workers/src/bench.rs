@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Subject};
+use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Sample, Subject};
 use pipelines::kafka::mock::MockKafka;
 use pipelines::kafka::offsets::{OffsetReader, TopicPartition};
 use pipelines::testing::{unique, RedisServer};
@@ -41,15 +41,18 @@ pub async fn run(
     if partitions <= 0 {
         bail!("--partitions has value {partitions}: expected a whole number above zero");
     }
-    let subject = match worker {
-        "baseline" => Subject::Baseline,
-        "pipeline" => Subject::Worker(Arc::new(NoopWorker)),
+    // What runs, and the stream it reads (the standard mix unless said).
+    let standard: Sample = Arc::new(pipelines::bench::sample_event);
+    let (subject, sample): (Subject, Sample) = match worker {
+        "baseline" => (Subject::Baseline, standard),
+        "pipeline" => (Subject::Worker(Arc::new(NoopWorker)), standard),
         "aggregates" => {
             let worker = crate::aggregates::AggregatesWorker::new(&config.aggregates)
                 .map_err(anyhow::Error::msg)?;
-            let mut spec = spec(config, events, partitions, redis_url);
-            spec.sample = Arc::new(move |i| pipelines::bench::sample_event_at(i, event_rate));
-            return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
+            (
+                Subject::Worker(Arc::new(worker)),
+                Arc::new(move |i| pipelines::bench::sample_event_at(i, event_rate)),
+            )
         }
         "audit" if store == "files" => {
             return audit_files(config, config_path, events, partitions, redis_url).await;
@@ -70,7 +73,7 @@ pub async fn run(
             let store = Arc::new(store);
             let worker = AuditWorker::new(store.clone(), "postgres", config.audit.clone());
             let report = pipelines::bench::run(
-                spec(config, events, partitions, redis_url),
+                spec(config, events, partitions, redis_url, standard),
                 Subject::Worker(Arc::new(worker)),
             )
             .await;
@@ -83,24 +86,32 @@ pub async fn run(
             recurring.output_topic = "bench-recurring-out".into();
             let worker =
                 crate::recurring::RecurringWorker::new(&recurring).map_err(anyhow::Error::msg)?;
-            let mut spec = spec(config, events, partitions, redis_url);
-            spec.sample = Arc::new(crate::recurring::bench_events::sample_event);
-            return Ok(pipelines::bench::run(spec, Subject::Worker(Arc::new(worker))).await?);
+            (
+                Subject::Worker(Arc::new(worker)),
+                Arc::new(crate::recurring::bench_events::sample_event),
+            )
         }
         other => {
             bail!("--worker has value {other:?}: expected baseline, pipeline, aggregates, audit or recurring")
         }
     };
-    Ok(pipelines::bench::run(spec(config, events, partitions, redis_url), subject).await?)
+    let spec = spec(config, events, partitions, redis_url, sample);
+    Ok(pipelines::bench::run(spec, subject).await?)
 }
 
-fn spec(config: &Config, events: u64, partitions: i32, redis_url: Option<String>) -> BenchSpec {
+fn spec(
+    config: &Config,
+    events: u64,
+    partitions: i32,
+    redis_url: Option<String>,
+    sample: Sample,
+) -> BenchSpec {
     BenchSpec {
         events,
         partitions,
         redis_url,
         config: config.pipeline.clone(),
-        sample: Arc::new(pipelines::bench::sample_event),
+        sample,
     }
 }
 

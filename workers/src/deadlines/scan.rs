@@ -267,7 +267,7 @@ async fn announce_due(
     let announcing: Vec<_> = rounds
         .iter()
         .enumerate()
-        .map(|(i, round)| announce_numbered(i, ctx, index, spec, round))
+        .map(|(i, round)| async move { (i, announce_round(ctx, index, spec, round).await) })
         .collect();
     let mut results = futures::stream::iter(announcing).buffer_unordered(ANNOUNCING_ROUNDS);
     let mut failed = Vec::new();
@@ -293,16 +293,6 @@ async fn announce_due(
         return Err(e);
     }
     Ok(())
-}
-
-async fn announce_numbered(
-    i: usize,
-    ctx: &Ctx,
-    index: &DeadlineIndex,
-    spec: &ScanSpec<'_>,
-    round: &[Prepared],
-) -> (usize, Result<ScanReport, WorkerError>) {
-    (i, announce_round(ctx, index, spec, round).await)
 }
 
 /// Publishes one round's announcements, then acknowledges the round.
