@@ -41,6 +41,11 @@ use crate::state::{StateError, StateOp, StateStore};
 const DONE: &[u8] = b"done";
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Generations of marks per idempotency ttl, for a worker that commits its
+/// own marks ([`IdempotencyGuard::mark_once_op`]): more keeps marks closer
+/// to the ttl (less memory), fewer costs fewer lookups per event.
+pub const GENERATIONS_PER_TTL: u64 = 2;
+
 /// What a claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -133,38 +138,59 @@ impl IdempotencyGuard {
         k
     }
 
-    /// The hash of the marks of processing day `day` (days since the epoch),
-    /// for a worker that commits its own marks.
+    /// The hash of the marks of generation `g` (periods of
+    /// [`GENERATIONS_PER_TTL`]-th of the ttl since the epoch), for a worker
+    /// that commits its own marks.
+    fn generation_key(&self, g: u64) -> String {
+        format!("idem-gen:{}{g}", &self.namespace["idem:".len()..])
+    }
+
+    /// The hash of processing day `day`'s marks, where the version before
+    /// generations wrote them (read until they expire).
     fn day_key(&self, day: u64) -> String {
         format!("idem-days:{}{day}", &self.namespace["idem:".len()..])
     }
 
-    /// For a worker that commits its own marks
-    /// ([`crate::Worker::marks_in_update`]): the op that marks `ids`
-    /// handled, in the hash of today's marks (kept the guard's ttl and a day
-    /// more after its last write), unless one of them is marked already: in
-    /// a hash of the last ttl's days, or as a key of its own (the guard's
-    /// claims and marks, of a version before). One write per update instead
-    /// of a key per event.
-    pub fn mark_once_op<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> StateOp {
-        let (today, days) = self.days();
-        StateOp::MarkOnce {
-            into: self.day_key(today),
-            seen: days
-                .filter(|d| *d != today)
-                .map(|d| self.day_key(d))
-                .collect(),
-            fields: ids.clone().into_iter().map(str::to_string).collect(),
-            keys: self.keys(ids),
-            ttl: self.ttl + DAY,
-        }
+    fn generation_ms(&self) -> u64 {
+        (self.ttl.as_millis() as u64 / GENERATIONS_PER_TTL).max(1)
     }
 
-    /// Today and the days whose marks are still kept.
-    fn days(&self) -> (u64, std::ops::RangeInclusive<u64>) {
-        let today = self.now_ms() / DAY.as_millis() as u64;
+    /// The hashes a mark may be in: the current generation's (the one
+    /// written) first, then the [`GENERATIONS_PER_TTL`] before it (a mark
+    /// written at the start of the oldest is a ttl old at the start of the
+    /// current one), then the day hashes of the version before.
+    fn mark_hashes(&self) -> Vec<String> {
+        let now = self.now_ms();
+        let current = now / self.generation_ms();
+        let today = now / DAY.as_millis() as u64;
         let back = self.ttl.as_millis().div_ceil(DAY.as_millis()) as u64;
-        (today, today.saturating_sub(back)..=today)
+        (0..=GENERATIONS_PER_TTL)
+            .map(|n| self.generation_key(current.saturating_sub(n)))
+            .chain((today.saturating_sub(back)..=today).map(|d| self.day_key(d)))
+            .collect()
+    }
+
+    /// For a worker that commits its own marks
+    /// ([`crate::Worker::marks_in_update`]): the op that marks `ids`
+    /// handled, in the hash of the current generation's marks, unless one
+    /// of them is marked already: in a hash of the generations of the last
+    /// ttl, or where a version before kept marks (a hash per processing
+    /// day; a key per event, the guard's claims and marks). One write per
+    /// update instead of a key per event, and one lookup per event in each
+    /// of [`GENERATIONS_PER_TTL`] + 1 hashes. A generation's hash expires
+    /// [`GENERATIONS_PER_TTL`] + 1 generations after its last write: when
+    /// its newest mark is at least a ttl old, and its oldest less than one
+    /// and a half (with two generations per ttl).
+    pub fn mark_once_op<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> StateOp {
+        let mut seen = self.mark_hashes();
+        let into = seen.remove(0);
+        StateOp::MarkOnce {
+            into,
+            seen,
+            fields: ids.clone().into_iter().map(str::to_string).collect(),
+            keys: self.keys(ids),
+            ttl: Duration::from_millis(self.generation_ms() * (GENERATIONS_PER_TTL + 1)),
+        }
     }
 
     /// For a worker that commits its own marks: whether each of `ids` was
@@ -189,8 +215,8 @@ impl IdempotencyGuard {
             }
         }
         let fields: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        for day in self.days().1 {
-            let found = self.store.hget_many(&self.day_key(day), &fields).await?;
+        for hash in self.mark_hashes() {
+            let found = self.store.hget_many(&hash, &fields).await?;
             for (h, f) in handled.iter_mut().zip(found) {
                 *h |= f.is_some();
             }
@@ -434,5 +460,69 @@ mod tests {
         // Completing the renewed claim call still completes it.
         g.complete_claims(&mine.token).await.unwrap();
         assert_eq!(claim(&g, &["slow"]).await, vec![Claim::Duplicate]);
+    }
+
+    /// Marks `ids` with the guard's op; whether they were all unmarked.
+    async fn mark_once(store: &dyn StateStore, g: &IdempotencyGuard, ids: &[&str]) -> bool {
+        store
+            .apply_checked(&[g.mark_once_op(ids.iter().copied())])
+            .await
+            .unwrap()[0]
+    }
+
+    #[tokio::test]
+    async fn a_mark_in_a_generation_hash_is_seen_for_the_whole_ttl() {
+        use chrono::TimeZone;
+        let ttl = Duration::from_secs(7 * 86_400);
+        // Just before a generation ends: the worst case for the mark's age.
+        let start = chrono::Utc.timestamp_millis_opt(0).unwrap()
+            + chrono::Duration::milliseconds(
+                (20_000 * ttl.as_millis() as i64 / GENERATIONS_PER_TTL as i64) - 1,
+            );
+        let (clock, hand) = Clock::manual(start);
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(store.clone(), "w", Duration::from_secs(30), ttl)
+            .with_clock(clock);
+        assert!(mark_once(&*store, &g, &["a"]).await);
+        assert!(!mark_once(&*store, &g, &["a", "b"]).await, "marked already");
+        assert_eq!(g.handled(&["a", "b"]).await.unwrap(), vec![true, false]);
+        // Two generations later, one ms short of the ttl: still a duplicate.
+        hand.advance(ttl - Duration::from_millis(1));
+        assert!(!mark_once(&*store, &g, &["a"]).await);
+        assert_eq!(g.handled(&["a"]).await.unwrap(), vec![true]);
+        // Once its generation is more than a ttl behind, it is not asked.
+        hand.advance(ttl / GENERATIONS_PER_TTL as u32 + Duration::from_millis(1));
+        assert!(mark_once(&*store, &g, &["a"]).await);
+        // The hash a mark is written to lives until its last lookup.
+        let StateOp::MarkOnce { ttl: kept, .. } = g.mark_once_op(["x"]) else {
+            unreachable!()
+        };
+        assert_eq!(
+            kept,
+            ttl * (GENERATIONS_PER_TTL as u32 + 1) / GENERATIONS_PER_TTL as u32
+        );
+    }
+
+    #[tokio::test]
+    async fn marks_of_the_day_hashes_before_generations_are_still_seen() {
+        use chrono::TimeZone;
+        let ttl = Duration::from_secs(7 * 86_400);
+        let (clock, hand) =
+            Clock::manual(chrono::Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(store.clone(), "w", Duration::from_secs(30), ttl)
+            .with_clock(clock);
+        // The version before wrote today's marks to the day's hash.
+        let today = g.now_ms() / DAY.as_millis() as u64;
+        store
+            .apply(&[StateOp::HashSet {
+                key: g.day_key(today),
+                fields: vec![("old".into(), b"1".to_vec())],
+            }])
+            .await
+            .unwrap();
+        hand.advance(Duration::from_secs(6 * 86_400));
+        assert!(!mark_once(&*store, &g, &["old"]).await);
+        assert_eq!(g.handled(&["old", "new"]).await.unwrap(), vec![true, false]);
     }
 }

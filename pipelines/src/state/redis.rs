@@ -107,7 +107,9 @@ return 0",
 /// for the top-level ones. `?MARKONCE ns nk nf ttl fields...` (its `ns`
 /// hashes, the first the one written, then `nk` keys in `KEYS`) stops the
 /// script when a field is in a hash or a key exists, reporting like
-/// `?IFABSENT`, else sets the fields;
+/// `?IFABSENT`, else sets the fields (a hash that does not exist is not
+/// asked for the fields: the hashes of older layouts and generations not
+/// yet written cost one `EXISTS` per call, not one lookup per field);
 /// `?HINCRBYMANY` adds to many fields of one hash with one `HMGET` and one
 /// `HSET` per 500 fields. (Another command may have at most a few thousand
 /// arguments: Lua's `unpack` limit.)
@@ -137,11 +139,14 @@ local function block(live, top)
         found = found + redis.call('EXISTS', unpack(KEYS, c, math.min(c + 999, key + ns + nk - 1)))
       end
       for s = key, key + ns - 1 do
-        for c = f0, f0 + nf - 1, 1000 do
-          if found > 0 then break end
-          local got = redis.call('HMGET', KEYS[s], unpack(ARGV, c, math.min(c + 999, f0 + nf - 1)))
-          for _, v in ipairs(got) do
-            if v then found = found + 1 end
+        if found > 0 then break end
+        if redis.call('EXISTS', KEYS[s]) == 1 then
+          for c = f0, f0 + nf - 1, 1000 do
+            if found > 0 then break end
+            local got = redis.call('HMGET', KEYS[s], unpack(ARGV, c, math.min(c + 999, f0 + nf - 1)))
+            for _, v in ipairs(got) do
+              if v then found = found + 1 end
+            end
           end
         end
       end

@@ -50,7 +50,8 @@ struct Exact {
 impl Exact {
     fn add(&mut self, c: &Counts<'_>) {
         self.counts.add(c);
-        self.users.extend(c.users.iter().map(|u| u.to_string()));
+        self.users
+            .extend(c.users.iter().map(|u| u.name.to_string()));
     }
 
     fn merge(&mut self, o: &Exact) {

@@ -14,7 +14,8 @@
 //! - [`window`]: window assignment; [`watermark`]: partition and worker
 //!   watermarks; [`plan`]: folding a batch (the pure core); [`dimension`]:
 //!   the per-key breakdowns and their bounds;
-//! - [`histogram`]: completion durations; [`store`]: the Redis layout;
+//! - [`histogram`]: completion durations; [`users`]: distinct users in a
+//!   batch; [`store`]: the Redis layout;
 //! - [`close`]: closing a window once across replicas; [`result`]: what is
 //!   published; [`worker`]: the `Worker`; [`stats`]: `GET /api/stats`;
 //!   [`cli`]: `taskstream aggregate`; [`metrics`]; [`config`].
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod result;
 pub mod stats;
 pub mod store;
+pub mod users;
 pub mod watermark;
 pub mod window;
 pub mod worker;

@@ -11,7 +11,7 @@
 //! then on. A late event is counted as late (per window size), never added.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use pipelines::event::KNOWN_TYPES;
@@ -19,6 +19,7 @@ use pipelines::TaskEvent;
 
 use super::dimension::{self, priority_label, Dimension};
 use super::histogram::CompletionHistogram;
+use super::users::{User, UserSet};
 use super::window::{WindowId, WindowSpec};
 
 /// What the windows need to know of one event (borrowed from it: folding a
@@ -29,7 +30,7 @@ pub struct EventFacts<'a> {
     /// A known event type (`other` for any other: the pipeline hands
     /// workers known types only).
     pub kind: &'static str,
-    pub user: Option<&'a str>,
+    pub user: Option<User<'a>>,
     /// The task's priority as one of a fixed few ([`priority_label`]).
     pub priority: &'static str,
     /// The event's project, else its task's.
@@ -65,7 +66,7 @@ impl<'a> EventFacts<'a> {
         EventFacts {
             t_ms: e.occurred_at.timestamp_millis(),
             kind: known_kind(&e.kind),
-            user: e.user_id.as_deref(),
+            user: e.user_id.as_deref().map(User::new),
             priority: priority_label(task.and_then(|t| t.priority.as_deref())),
             project: e
                 .project_id
@@ -107,7 +108,7 @@ pub struct Counts<'a> {
     pub created: u64,
     pub completed: u64,
     pub durations: CompletionHistogram,
-    pub users: BTreeSet<&'a str>,
+    pub users: UserSet<'a>,
 }
 
 /// Adds one to `key`'s count (keys are static names: equal ones are
@@ -274,7 +275,7 @@ mod tests {
         EventFacts {
             t_ms: t_s * 1000,
             kind: known_kind(kind),
-            user: Some(user),
+            user: Some(User::new(user)),
             priority: "none",
             project: None,
             completion_seconds: None,
@@ -412,9 +413,7 @@ mod tests {
         assert_eq!(d.by[&(Dimension::Project, "apollo")].events, 1);
         assert_eq!(d.by[&(Dimension::Project, dimension::NONE)].events, 1);
         assert_eq!(d.by[&(Dimension::Priority, "urgent")].created, 1);
-        assert_eq!(
-            d.by[&(Dimension::Type, "task.completed")].users,
-            ["v"].into_iter().collect()
-        );
+        let users = &d.by[&(Dimension::Type, "task.completed")].users;
+        assert_eq!(users.iter().map(|u| u.name).collect::<Vec<_>>(), ["v"]);
     }
 }

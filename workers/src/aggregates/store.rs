@@ -44,6 +44,7 @@ use pipelines::WorkerError;
 use super::dimension::{self, Dimension};
 use super::histogram::CompletionHistogram;
 use super::plan::{BatchPlan, Counts};
+use super::users::Hashes;
 use super::watermark::PartitionMark;
 use super::window::WindowId;
 
@@ -135,7 +136,7 @@ fn counter_fields(out: &mut Vec<(String, i64)>, dim: Option<(Dimension, &str)>, 
 }
 
 /// The users this replica has added to each window's distinct counts (as
-/// 64-bit hashes): adding one again changes nothing, so a batch sends only
+/// their hashes, [`super::users::User`]): adding one again changes nothing, so a batch sends only
 /// users new to the window's key. Most users of a long window recur, and
 /// each `PFADD` to a large sparse HyperLogLog costs Redis a scan of it. A
 /// key this replica has written already has its expiry: later batches do
@@ -146,35 +147,8 @@ fn counter_fields(out: &mut Vec<(String, i64)>, dim: Option<(Dimension, &str)>, 
 /// and expiries again).
 #[derive(Default)]
 pub struct KnownUsers {
-    windows: HashMap<WindowId, [HashMap<Box<str>, UserSet>; 3]>,
+    windows: HashMap<WindowId, [HashMap<Box<str>, Hashes>; 3]>,
     len: usize,
-}
-
-/// Hashes of users; the values are hashes already.
-type UserSet = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
-
-/// A hasher for values that are hashes already.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl std::hash::Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv1a(bytes);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// 64-bit FNV-1a: a user's identity in [`KnownUsers`] (a collision, about
-/// one in 2^64 per pair, would leave a user out of one count).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 fn dim_index(d: Dimension) -> usize {
@@ -193,7 +167,7 @@ impl KnownUsers {
         self.windows.contains_key(w)
     }
 
-    fn known(&self, w: &WindowId, dim: Dimension, key: &str) -> Option<&UserSet> {
+    fn known(&self, w: &WindowId, dim: Dimension, key: &str) -> Option<&Hashes> {
         self.windows.get(w)?[dim_index(dim)].get(key)
     }
 
@@ -216,7 +190,7 @@ impl KnownUsers {
                     None => by_key.entry(Box::from(*key)).or_default(),
                 };
                 for u in &c.users {
-                    if set.insert(fnv1a(u.as_bytes())) {
+                    if set.insert(u.hash) {
                         self.len += 1;
                     }
                 }
@@ -276,8 +250,8 @@ pub fn batch_ops(
             let members: Vec<String> = c
                 .users
                 .iter()
-                .filter(|u| known.is_none_or(|set| !set.contains(&fnv1a(u.as_bytes()))))
-                .map(|u| u.to_string())
+                .filter(|u| known.is_none_or(|set| !set.contains(&u.hash)))
+                .map(|u| u.name.to_string())
                 .collect();
             if !members.is_empty() {
                 let key = key_users_key(w, *dim, k);
