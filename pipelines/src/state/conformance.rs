@@ -29,6 +29,7 @@ pub async fn run_all(store: &dyn StateStore) {
     merged_hash_sets_leave_the_same_hashes(store).await;
     hget_all_many_reads_each_hash(store).await;
     apply_if_absent_takes_one_branch_atomically(store).await;
+    checked_runs_of_expiring_sets_write_each_key_with_its_expiry(store).await;
     hash_incr_by_many_adds_to_each_field(store).await;
     mark_once_marks_or_stops_the_rest_of_the_unit(store).await;
     distinct_counts_merge(store).await;
@@ -349,6 +350,62 @@ async fn apply_if_absent_takes_one_branch_atomically(s: &dyn StateStore) {
     ])
     .await
     .unwrap();
+}
+
+async fn checked_runs_of_expiring_sets_write_each_key_with_its_expiry(s: &dyn StateStore) {
+    let set = |k: &str, ms: Option<u64>| StateOp::Set {
+        key: format!("conf:run:{k}"),
+        value: format!("v-{k}").into_bytes(),
+        ttl: ms.map(Duration::from_millis),
+    };
+    let absent = s
+        .apply_checked(&[
+            StateOp::IfAbsent {
+                key: "conf:run:mark".into(),
+                then: vec![
+                    set("a", Some(60_000)),
+                    set("b", Some(60_000)),
+                    set("c", None),
+                ],
+                otherwise: vec![set("no", Some(60_000)), set("no2", Some(60_000))],
+            },
+            set("d", Some(80)),
+            set("e", Some(80)),
+            set("f", Some(60_000)),
+            set("g", Some(60_000)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(absent, vec![true]);
+    for k in ["a", "b", "c", "d", "e", "f", "g"] {
+        assert_eq!(
+            s.get(&format!("conf:run:{k}")).await.unwrap(),
+            Some(format!("v-{k}").into_bytes()),
+            "{k} written with its own value"
+        );
+    }
+    for k in ["no", "no2"] {
+        assert_eq!(s.get(&format!("conf:run:{k}")).await.unwrap(), None);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (k, kept) in [
+        ("a", true),
+        ("c", true),
+        ("d", false),
+        ("e", false),
+        ("g", true),
+    ] {
+        assert_eq!(
+            s.get(&format!("conf:run:{k}")).await.unwrap().is_some(),
+            kept,
+            "{k} keeps its own expiry"
+        );
+    }
+    let keys: Vec<String> = ["a", "b", "c", "f", "g"]
+        .iter()
+        .map(|k| format!("conf:run:{k}"))
+        .collect();
+    s.delete(&keys).await.unwrap();
 }
 
 async fn hash_incr_by_many_adds_to_each_field(s: &dyn StateStore) {

@@ -111,7 +111,9 @@ return 0",
 /// asked for the fields: the hashes of older layouts and generations not
 /// yet written cost one `EXISTS` per call, not one lookup per field);
 /// `?HINCRBYMANY` adds to many fields of one hash with one `HMGET` and one
-/// `HSET` per 500 fields. (Another command may have at most a few thousand
+/// `HSET` per 500 fields; `?SETPX ttl n values...` sets `n` keys, each to
+/// its value with the same expiry (a run of [`StateOp::Set`]s: two
+/// arguments per key instead of six, and one step of the interpreter). (Another command may have at most a few thousand
 /// arguments: Lua's `unpack` limit.)
 static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -166,6 +168,15 @@ local function block(live, top)
       end
       key = key + ns + nk - 1
       pos = f0 + nf
+    elseif name == '?SETPX' then
+      local ttl, n = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+      if live then
+        for i = 0, n - 1 do
+          redis.call('SET', KEYS[key + i], ARGV[pos + 3 + i], 'PX', ttl)
+        end
+      end
+      key = key + n - 1
+      pos = pos + 3 + n
     elseif name == '?HINCRBYMANY' then
       local n = tonumber(ARGV[pos + 1]) / 2
       if live then
@@ -449,6 +460,38 @@ impl RedisStore {
         }
     }
 
+    /// Appends `ops` to the arguments of [`APPLY`], a run of two or more
+    /// [`StateOp::Set`]s with one expiry as one `?SETPX` step.
+    fn encode_all_for_script(&self, ops: &[StateOp], out: &mut ScriptArgs) {
+        let mut rest = ops;
+        while let Some(op) = rest.first() {
+            let run = match op {
+                StateOp::Set { ttl: Some(ttl), .. } => rest
+                    .iter()
+                    .take_while(|o| matches!(o, StateOp::Set { ttl: Some(t), .. } if t == ttl))
+                    .count(),
+                _ => 0,
+            };
+            if run < 2 {
+                self.encode_for_script(op, out);
+                rest = &rest[1..];
+                continue;
+            }
+            let (sets, after) = rest.split_at(run);
+            if let StateOp::Set { ttl: Some(ttl), .. } = op {
+                out.argv.arg("?SETPX").arg(Self::ms(*ttl)).arg(run);
+            }
+            for set in sets {
+                if let StateOp::Set { key, value, .. } = set {
+                    out.keys.arg(self.key(key));
+                    out.argv.arg(value.as_slice());
+                }
+            }
+            out.key_count += run;
+            rest = after;
+        }
+    }
+
     /// Appends `op` to the arguments of [`APPLY`]: each command as its key
     /// (in `KEYS`) and `name, n, arg1..argn` (in `ARGV`); an
     /// [`StateOp::IfAbsent`] as its key and `?IFABSENT`, the commands of
@@ -463,13 +506,9 @@ impl RedisStore {
                 out.keys.arg(self.key(op.key()));
                 out.key_count += 1;
                 out.argv.arg("?IFABSENT");
-                for op in then {
-                    self.encode_for_script(op, out);
-                }
+                self.encode_all_for_script(then, out);
                 out.argv.arg("?ELSE");
-                for op in otherwise {
-                    self.encode_for_script(op, out);
-                }
+                self.encode_all_for_script(otherwise, out);
                 out.argv.arg("?END");
             }
             StateOp::MarkOnce {
@@ -909,9 +948,7 @@ impl StateStore for RedisStore {
             argv: redis::Cmd::new(),
             key_count: 0,
         };
-        for op in ops {
-            self.encode_for_script(op, &mut args);
-        }
+        self.encode_all_for_script(ops, &mut args);
         let all = || args.keys.args_iter().chain(args.argv.args_iter());
         let bytes: usize = all()
             .map(|a| match a {

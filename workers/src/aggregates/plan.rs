@@ -19,7 +19,7 @@ use pipelines::TaskEvent;
 
 use super::dimension::{self, priority_label, Dimension};
 use super::histogram::CompletionHistogram;
-use super::users::{User, UserSet};
+use super::users::User;
 use super::window::{WindowId, WindowSpec};
 
 /// What the windows need to know of one event (borrowed from it: folding a
@@ -108,7 +108,9 @@ pub struct Counts<'a> {
     pub created: u64,
     pub completed: u64,
     pub durations: CompletionHistogram,
-    pub users: UserSet<'a>,
+    /// Distinct users, ordered by hash (every event's user is pushed while
+    /// a batch is folded; [`plan`] sorts them and drops repeats once).
+    pub users: Vec<User<'a>>,
 }
 
 /// Adds one to `key`'s count (keys are static names: equal ones are
@@ -124,11 +126,6 @@ fn bump(counts: &mut Vec<(&'static str, u64)>, key: &'static str) {
 }
 
 impl<'a> Counts<'a> {
-    /// Counts one event.
-    pub fn add(&mut self, e: &EventFacts<'a>) {
-        self.add_for(e, None, Lifecycle::of(e));
-    }
-
     /// Counts one event in a key of `dim` (`None`: over every event),
     /// leaving out what that key's result does not show: its types for a
     /// type, priorities for any key (see [`super::result::WindowResult::new`]).
@@ -149,8 +146,15 @@ impl<'a> Counts<'a> {
             self.durations.record(s);
         }
         if let Some(u) = e.user {
-            self.users.insert(u);
+            self.users.push(u);
         }
+    }
+
+    /// Makes `users` distinct (sorted by hash, then name).
+    fn finish(&mut self) {
+        self.users
+            .sort_unstable_by(|a, b| a.hash.cmp(&b.hash).then_with(|| a.name.cmp(b.name)));
+        self.users.dedup();
     }
 }
 
@@ -178,19 +182,6 @@ impl Lifecycle {
 pub struct WindowDelta<'a> {
     pub all: Counts<'a>,
     pub by: BTreeMap<(Dimension, &'a str), Counts<'a>>,
-}
-
-impl<'a> WindowDelta<'a> {
-    pub fn add(&mut self, e: &EventFacts<'a>) {
-        let life = Lifecycle::of(e);
-        self.all.add_for(e, None, life);
-        for d in Dimension::ALL {
-            self.by
-                .entry((d, e.key(d)))
-                .or_default()
-                .add_for(e, Some(d), life);
-        }
-    }
 }
 
 /// A batch folded: per-window additions (in the order the windows were
@@ -227,8 +218,21 @@ pub fn plan<'a>(
     // share windows, so the last one of each size is looked at first.
     let mut index: HashMap<(usize, i64), usize> = HashMap::new();
     let mut last: Vec<Option<(i64, usize)>> = vec![None; specs.len()];
+    // The events' keys in every dimension, numbered once per batch: while
+    // folding, a window's per-key counts are found by number (`by_key[slot]`,
+    // the window at `slot` of `out.windows`), not looked up per window.
+    let mut key_ids: HashMap<(Dimension, &'a str), usize> = HashMap::new();
+    let mut keys: Vec<(Dimension, &'a str)> = Vec::new();
+    let mut by_key: Vec<Vec<Counts<'a>>> = Vec::new();
     for e in events {
         let watermark = out.max_event_ms.map(|m| m.saturating_sub(lateness_ms));
+        let life = Lifecycle::of(e);
+        let ids = Dimension::ALL.map(|d| {
+            *key_ids.entry((d, e.key(d))).or_insert_with(|| {
+                keys.push((d, e.key(d)));
+                keys.len() - 1
+            })
+        });
         for (si, spec) in specs.iter().enumerate() {
             let start = spec.start_of(e.t_ms);
             let end = start.saturating_add(spec.size_ms);
@@ -247,14 +251,31 @@ pub fn plan<'a>(
                             continue;
                         }
                         out.windows.push((w, WindowDelta::default()));
+                        by_key.push(Vec::new());
                         *v.insert(out.windows.len() - 1)
                     }
                 },
             };
             last[si] = Some((start, slot));
-            out.windows[slot].1.add(e);
+            out.windows[slot].1.all.add_for(e, None, life);
+            let per_key = &mut by_key[slot];
+            for (d, id) in Dimension::ALL.into_iter().zip(ids) {
+                if per_key.len() <= id {
+                    per_key.resize_with(id + 1, Counts::default);
+                }
+                per_key[id].add_for(e, Some(d), life);
+            }
         }
         out.max_event_ms = Some(out.max_event_ms.map_or(e.t_ms, |m| m.max(e.t_ms)));
+    }
+    for ((_, d), per_key) in out.windows.iter_mut().zip(by_key) {
+        d.all.finish();
+        for (id, mut c) in per_key.into_iter().enumerate() {
+            if c.events > 0 {
+                c.finish();
+                d.by.insert(keys[id], c);
+            }
+        }
     }
     out
 }

@@ -1,13 +1,13 @@
 //! Users as the windows count them: a name with its hash, computed once per
-//! event, so the dozen sets an event is counted in (every window size, over
-//! every event and per key of each dimension) hash nothing and compare
-//! strings only on a hash match.
+//! event, so making the users of the dozen counts an event is in (every
+//! window size, over every event and per key of each dimension) distinct
+//! sorts by a number and compares strings only on a hash match.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// A user of an event (borrowed from it) and its 64-bit FNV-1a hash: its
-/// identity in [`UserSet`] and in [`Hashes`] (a collision, about one in
+/// identity in [`Hashes`] (a collision, about one in
 /// 2^64 per pair, would leave a user out of one count where only hashes
 /// are kept).
 #[derive(Debug, Clone, Copy)]
@@ -32,15 +32,6 @@ impl PartialEq for User<'_> {
 }
 
 impl Eq for User<'_> {}
-
-impl Hash for User<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// Distinct users of a batch's window or key.
-pub type UserSet<'a> = HashSet<User<'a>, BuildHasherDefault<Prehashed>>;
 
 /// Users as hashes only (what a replica remembers beyond a batch).
 pub type Hashes = HashSet<u64, BuildHasherDefault<Prehashed>>;
@@ -73,14 +64,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_user_is_counted_once_and_by_name() {
+    fn users_are_equal_by_name_and_hashed_once() {
         let a = String::from("user-1");
-        let mut set = UserSet::default();
-        assert!(set.insert(User::new(&a)));
-        assert!(!set.insert(User::new("user-1")), "same name, other string");
-        assert!(set.insert(User::new("user-2")));
+        assert_eq!(
+            User::new(&a),
+            User::new("user-1"),
+            "same name, other string"
+        );
+        assert_ne!(User::new("user-1"), User::new("user-2"));
         // Equal hashes alone do not make two users one.
         assert_ne!(User { hash: 1, name: "x" }, User { hash: 1, name: "y" });
-        assert_eq!(set.len(), 2);
+        let mut known = Hashes::default();
+        assert!(known.insert(User::new("user-1").hash));
+        assert!(!known.insert(User::new(&a).hash));
     }
 }
