@@ -113,8 +113,9 @@ return 0",
 /// `?HINCRBYMANY` adds to many fields of one hash with one `HMGET` and one
 /// `HSET` per 500 fields; `?SETPX ttl n values...` sets `n` keys, each to
 /// its value with the same expiry (a run of [`StateOp::Set`]s: two
-/// arguments per key instead of six, and one step of the interpreter). (Another command may have at most a few thousand
-/// arguments: Lua's `unpack` limit.)
+/// arguments per key instead of six, and one step of the interpreter).
+/// (Another command may have at most a few thousand arguments: Lua's
+/// `unpack` limit.)
 static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"local pos, key, absent, stopped = 1, 0, {}, false
@@ -466,28 +467,27 @@ impl RedisStore {
         let mut rest = ops;
         while let Some(op) = rest.first() {
             let run = match op {
-                StateOp::Set { ttl: Some(ttl), .. } => rest
-                    .iter()
-                    .take_while(|o| matches!(o, StateOp::Set { ttl: Some(t), .. } if t == ttl))
-                    .count(),
-                _ => 0,
+                StateOp::Set { ttl: Some(ttl), .. } => {
+                    let same =
+                        |o: &&StateOp| matches!(o, StateOp::Set { ttl: Some(t), .. } if t == ttl);
+                    Some((ttl, rest.iter().take_while(same).count()))
+                }
+                _ => None,
             };
-            if run < 2 {
+            let Some((ttl, n)) = run.filter(|(_, n)| *n >= 2) else {
                 self.encode_for_script(op, out);
                 rest = &rest[1..];
                 continue;
-            }
-            let (sets, after) = rest.split_at(run);
-            if let StateOp::Set { ttl: Some(ttl), .. } = op {
-                out.argv.arg("?SETPX").arg(Self::ms(*ttl)).arg(run);
-            }
+            };
+            let (sets, after) = rest.split_at(n);
+            out.argv.arg("?SETPX").arg(Self::ms(*ttl)).arg(n);
             for set in sets {
                 if let StateOp::Set { key, value, .. } = set {
                     out.keys.arg(self.key(key));
                     out.argv.arg(value.as_slice());
                 }
             }
-            out.key_count += run;
+            out.key_count += n;
             rest = after;
         }
     }

@@ -228,8 +228,9 @@ pub fn plan<'a>(
         let watermark = out.max_event_ms.map(|m| m.saturating_sub(lateness_ms));
         let life = Lifecycle::of(e);
         let ids = Dimension::ALL.map(|d| {
-            *key_ids.entry((d, e.key(d))).or_insert_with(|| {
-                keys.push((d, e.key(d)));
+            let key = (d, e.key(d));
+            *key_ids.entry(key).or_insert_with(|| {
+                keys.push(key);
                 keys.len() - 1
             })
         });

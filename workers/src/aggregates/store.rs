@@ -136,8 +136,8 @@ fn counter_fields(out: &mut Vec<(String, i64)>, dim: Option<(Dimension, &str)>, 
 }
 
 /// The users this replica has added to each window's distinct counts (as
-/// their hashes, [`super::users::User`]): adding one again changes nothing, so a batch sends only
-/// users new to the window's key. Most users of a long window recur, and
+/// their hashes, [`super::users::User`]): adding one again changes nothing,
+/// so a batch sends only users new to the window's key. Most users of a long window recur, and
 /// each `PFADD` to a large sparse HyperLogLog costs Redis a scan of it. A
 /// key this replica has written already has its expiry: later batches do
 /// not set it again (its state outlives the window's close by `state_ttl`
