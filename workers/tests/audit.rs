@@ -507,6 +507,127 @@ async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still
     upgraded.drop_schema().await.unwrap();
 }
 
+async fn sql_count(schema: &str, query: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .unwrap();
+    client.query_one(query, &[]).await.unwrap().get(0)
+}
+
+/// The event ids `q` must return from `recs`, in order.
+fn expected_ids(recs: &[AuditRecord], q: &AuditQuery) -> Vec<String> {
+    let mut hits: Vec<&AuditRecord> = recs.iter().filter(|r| q.matches(r)).collect();
+    hits.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
+    let skip = q.limit.map_or(0, |n| hits.len().saturating_sub(n));
+    hits[skip..].iter().map(|r| r.event_id.clone()).collect()
+}
+
+async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord]) {
+    let day = |d| Some(Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0).unwrap());
+    let task = |t: &str| Some(t.to_string());
+    let queries = [
+        AuditQuery {
+            task_id: task("task-1"),
+            ..Default::default()
+        },
+        AuditQuery {
+            user_id: task("user-2"),
+            ..Default::default()
+        },
+        AuditQuery {
+            task_id: task("task-2"),
+            user_id: task("user-1"),
+            ..Default::default()
+        },
+        AuditQuery {
+            task_id: task("task-0"),
+            event_type: task("task.updated"),
+            ..Default::default()
+        },
+        AuditQuery {
+            user_id: task("user-3"),
+            from: day(3),
+            to: day(8),
+            ..Default::default()
+        },
+        AuditQuery {
+            task_id: task("task-1"),
+            limit: Some(2),
+            ..Default::default()
+        },
+        AuditQuery {
+            task_id: task("no-such-task"),
+            ..Default::default()
+        },
+    ];
+    for q in &queries {
+        let got: Vec<String> = store
+            .query(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        let want = expected_ids(recs, q);
+        assert!(
+            !want.is_empty() || q.task_id.as_deref() == Some("no-such-task"),
+            "{q:?}"
+        );
+        assert_eq!(got, want, "{q:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_queries_by_task_and_user_read_the_batch_index_also_after_migration_3() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let mut recs = records();
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.task_id = Some(format!("task-{}", i % 3));
+        r.actor_id = (i % 5 != 4).then(|| format!("user-{}", i % 4));
+    }
+    // Four batches, then a redelivery that writes nothing.
+    for chunk in recs.chunks(10) {
+        assert_eq!(store.append(chunk, Utc::now()).await.unwrap(), 10);
+    }
+    assert_eq!(store.append(&recs[5..15], Utc::now()).await.unwrap(), 0);
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_batch_index").await,
+        4
+    );
+    check_indexed_queries(&store, &recs).await;
+
+    // A trail written before migration 3: no batch index, the per-record
+    // B-tree. Migrating indexes what is there and drops the B-tree.
+    sql(
+        &schema,
+        "DELETE FROM audit_batch_index;
+         DELETE FROM taskstream_audit_migrations WHERE version = 3;
+         CREATE INDEX audit_records_task_idx ON audit_records (task_id, occurred_at);",
+    )
+    .await;
+    let upgraded = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    assert!(sql_count(&schema, "SELECT count(*) FROM audit_batch_index").await >= 1);
+    check_indexed_queries(&upgraded, &recs).await;
+    let leftover = format!(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' AND indexname = 'audit_records_task_idx'"
+    );
+    assert_eq!(sql_count(&schema, &leftover).await, 0);
+    let report = upgraded.verify().await.unwrap();
+    assert_eq!(report.records_checked, 40);
+    assert!(report.first_break.is_none(), "{report:?}");
+    upgraded.drop_schema().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
     let schema = schema();
@@ -542,8 +663,23 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
         report.first_break.is_none(),
         "an emptied chain still verifies: {report:?}"
     );
+    // The dropped records' batches left the batch index with them.
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_batch_index").await,
+        0
+    );
+    let gone = AuditQuery {
+        task_id: recs[3].task_id.clone(),
+        ..Default::default()
+    };
+    assert!(store.query(&gone).await.unwrap().is_empty());
     // New records continue the chain from where retention left it.
     assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
+    let found = AuditQuery {
+        task_id: recs[25].task_id.clone(),
+        ..Default::default()
+    };
+    assert_eq!(store.query(&found).await.unwrap().len(), 1);
     let report = store.verify().await.unwrap();
     assert_eq!(report.records_checked, 20);
     assert!(report.first_break.is_none(), "{report:?}");

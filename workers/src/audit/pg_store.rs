@@ -10,9 +10,12 @@
 //! - `append` is one transaction per batch: lock the batch's chains and read
 //!   their heads (one round trip), skip the records at or below each chain's
 //!   last source offset (a redelivery: a chain is one source partition),
-//!   `COPY … BINARY` the new ones, advance the chain heads, COMMIT. A
-//!   redelivered message therefore never makes a second row, without a
-//!   per-event index lookup.
+//!   `COPY … BINARY` the new ones, advance the chain heads and add the
+//!   batch's row to `audit_batch_index`, COMMIT. A redelivered message
+//!   therefore never makes a second row, without a per-event index lookup.
+//! - Queries by task or user find their records through `audit_batch_index`
+//!   (one row per batch and chain: its range of `chain_seq` and its distinct
+//!   task and actor ids, GIN-indexed) instead of a B-tree entry per record.
 //! - Tamper evidence: one SHA-256 chain per source (`topic/partition`), each
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
 //!   canonical JSON; `verify` recomputes every chain.
@@ -28,7 +31,7 @@
 //! microseconds, as PostgreSQL keeps them), and truncates `occurred_at` to
 //! microseconds, so the hash covers exactly what is stored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Mutex as StdMutex;
@@ -58,6 +61,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         2,
         "dedupe_by_offset",
         include_str!("../../migrations/audit/0002_dedupe_by_offset.sql"),
+    ),
+    (
+        3,
+        "batch_index",
+        include_str!("../../migrations/audit/0003_batch_index.sql"),
     ),
 ];
 
@@ -103,6 +111,12 @@ const ADVANCE_HEADS: &str = "INSERT INTO audit_chain_heads (chain, seq, hash, la
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
      ON CONFLICT (chain) DO UPDATE
      SET seq = excluded.seq, hash = excluded.hash, last_offset = excluded.last_offset";
+
+/// One row per written batch and chain: where its records are and which
+/// tasks and actors they name (what `audit query --task/--user` looks up).
+const INDEX_BATCH: &str = "INSERT INTO audit_batch_index
+     (chain, first_seq, last_seq, received_at, task_ids, actor_ids)
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
@@ -244,12 +258,31 @@ fn chain_of(r: &AuditRecord) -> String {
 }
 
 /// A chain's head as the batch advances it.
-struct ChainHead {
+struct ChainHead<'r> {
     seq: i64,
     hash: String,
     /// The last source offset written to the chain (-1: none).
     last_offset: i64,
     changed: bool,
+    /// The batch's first record in the chain, and the task and actor ids
+    /// of its records (for `audit_batch_index`).
+    first_seq: i64,
+    task_ids: BTreeSet<&'r str>,
+    actor_ids: BTreeSet<&'r str>,
+}
+
+impl ChainHead<'_> {
+    fn new<'r>(seq: i64, hash: String, last_offset: i64) -> ChainHead<'r> {
+        ChainHead {
+            seq,
+            hash,
+            last_offset,
+            changed: false,
+            first_seq: 0,
+            task_ids: BTreeSet::new(),
+            actor_ids: BTreeSet::new(),
+        }
+    }
 }
 
 impl PgStore {
@@ -524,10 +557,11 @@ impl PgStore {
         let now = chrono::SubsecRound::trunc_subsecs(now, 6);
         self.ensure_partition(client, now).await?;
         let copy_sql = format!("COPY audit_records ({COLUMNS}) FROM STDIN BINARY");
-        let (lock, read_heads, advance, copy) = futures::try_join!(
+        let (lock, read_heads, advance, index, copy) = futures::try_join!(
             client.prepare_cached(LOCK_CHAINS),
             client.prepare_cached(READ_HEADS),
             client.prepare_cached(ADVANCE_HEADS),
+            client.prepare_cached(INDEX_BATCH),
             client.prepare_cached(&copy_sql),
         )
         .map_err(e("preparing an audit write"))?;
@@ -552,28 +586,13 @@ impl PgStore {
 
         let mut head: BTreeMap<String, ChainHead> = chains
             .iter()
-            .map(|c| {
-                (
-                    c.clone(),
-                    ChainHead {
-                        seq: 0,
-                        hash: GENESIS.to_string(),
-                        last_offset: -1,
-                        changed: false,
-                    },
-                )
-            })
+            .map(|c| (c.clone(), ChainHead::new(0, GENESIS.to_string(), -1)))
             .collect();
         for row in &heads {
             let last: Option<i64> = col(row, "last_offset")?;
             head.insert(
                 col(row, "chain")?,
-                ChainHead {
-                    seq: col(row, "seq")?,
-                    hash: col(row, "hash")?,
-                    last_offset: last.unwrap_or(-1),
-                    changed: false,
-                },
+                ChainHead::new(col(row, "seq")?, col(row, "hash")?, last.unwrap_or(-1)),
             );
         }
 
@@ -581,7 +600,8 @@ impl PgStore {
         // below its chain's last offset is a redelivery: already written.
         let mut rows = Vec::with_capacity(records.len());
         let mut json = Vec::with_capacity(512);
-        for r in records {
+        for record in records {
+            let r = record;
             let chain = chain_of(r);
             let Some(h) = head.get_mut(&chain) else {
                 continue;
@@ -598,7 +618,16 @@ impl PgStore {
             let prev_hash = std::mem::replace(&mut h.hash, hash.clone());
             h.seq = seq;
             h.last_offset = r.source.offset;
-            h.changed = true;
+            if !h.changed {
+                h.first_seq = seq;
+                h.changed = true;
+            }
+            if let Some(t) = &record.task_id {
+                h.task_ids.insert(t);
+            }
+            if let Some(a) = &record.actor_id {
+                h.actor_ids.insert(a);
+            }
             rows.push((r, chain, seq, prev_hash, hash));
         }
         let new = rows.len();
@@ -650,12 +679,45 @@ impl PgStore {
                 .map_err(e("writing audit records"))?;
         }
         writer.finish().await.map_err(e("writing audit records"))?;
-        tx.execute(
-            &advance,
-            &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
-        )
-        .await
-        .map_err(e("advancing the audit chain heads"))?;
+        // The heads and the batch's index rows, pipelined: one round trip.
+        let index_rows: Vec<(Vec<&str>, Vec<&str>)> = changed
+            .iter()
+            .map(|(_, h)| {
+                (
+                    h.task_ids.iter().copied().collect(),
+                    h.actor_ids.iter().copied().collect(),
+                )
+            })
+            .collect();
+        let index_params: Vec<[&(dyn ToSql + Sync); 6]> = changed
+            .iter()
+            .zip(&index_rows)
+            .map(|((c, h), (tasks, actors))| {
+                [
+                    *c as &(dyn ToSql + Sync),
+                    &h.first_seq,
+                    &h.seq,
+                    &now,
+                    tasks,
+                    actors,
+                ]
+            })
+            .collect();
+        futures::try_join!(
+            async {
+                tx.execute(
+                    &advance,
+                    &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
+                )
+                .await
+                .map_err(e("advancing the audit chain heads"))
+            },
+            futures::future::try_join_all(index_params.iter().map(|p| async {
+                tx.execute(&index, p)
+                    .await
+                    .map_err(e("indexing the audit batch"))
+            })),
+        )?;
         tx.commit().await.map_err(e("committing audit records"))?;
         Ok(new)
     }
@@ -665,27 +727,36 @@ impl PgStore {
         client: &Object,
         q: &AuditQuery,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut clauses = Vec::new();
-        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-        let mut add = |clause: &str, p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-            params.push(p);
-            clauses.push(format!("{clause} ${}", params.len()));
+        type Param = Box<dyn ToSql + Sync + Send>;
+        // The filters, numbered from `$first`.
+        let filters = |first: usize| {
+            let mut clauses: Vec<String> = Vec::new();
+            let mut params: Vec<Param> = Vec::new();
+            let mut add = |clause: &str, p: Param| {
+                params.push(p);
+                clauses.push(format!("{clause} ${}", first + params.len() - 1));
+            };
+            if let Some(t) = &q.task_id {
+                add("task_id =", Box::new(t.clone()));
+            }
+            if let Some(u) = &q.user_id {
+                add("actor_id =", Box::new(u.clone()));
+            }
+            if let Some(t) = &q.event_type {
+                add("event_type =", Box::new(t.clone()));
+            }
+            if let Some(f) = q.from {
+                add("occurred_at >=", Box::new(f));
+            }
+            if let Some(t) = q.to {
+                add("occurred_at <", Box::new(t));
+            }
+            (clauses, params)
         };
-        if let Some(t) = &q.task_id {
-            add("task_id =", Box::new(t.clone()));
+        if q.task_id.is_some() || q.user_id.is_some() {
+            return self.query_through_index(client, q, filters(5)).await;
         }
-        if let Some(u) = &q.user_id {
-            add("actor_id =", Box::new(u.clone()));
-        }
-        if let Some(t) = &q.event_type {
-            add("event_type =", Box::new(t.clone()));
-        }
-        if let Some(f) = q.from {
-            add("occurred_at >=", Box::new(f));
-        }
-        if let Some(t) = q.to {
-            add("occurred_at <", Box::new(t));
-        }
+        let (clauses, params) = filters(1);
         let filter = if clauses.is_empty() {
             String::new()
         } else {
@@ -702,15 +773,87 @@ impl PgStore {
                 "SELECT {COLUMNS} FROM audit_records {filter} ORDER BY occurred_at, event_id"
             ),
         };
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        let refs: Vec<&(dyn ToSql + Sync)> = params
             .iter()
-            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let rows = client
             .query(sql.as_str(), &refs)
             .await
             .map_err(|e| pg_err("querying audit records", e))?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// A query by task or user: the batches whose index row names them, then
+    /// each batch's matching records through the primary key (chain, range
+    /// of chain_seq, received_at). `filters` are numbered from `$5`.
+    async fn query_through_index(
+        &self,
+        client: &Object,
+        q: &AuditQuery,
+        (clauses, params): (Vec<String>, Vec<Box<dyn ToSql + Sync + Send>>),
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let e = |what: &'static str| move |e| pg_err(what, e);
+        let mut wanted: Vec<String> = Vec::new();
+        let mut ids: Vec<Vec<&str>> = Vec::new();
+        if let Some(t) = &q.task_id {
+            ids.push(vec![t.as_str()]);
+            wanted.push(format!("task_ids @> ${}", ids.len()));
+        }
+        if let Some(u) = &q.user_id {
+            ids.push(vec![u.as_str()]);
+            wanted.push(format!("actor_ids @> ${}", ids.len()));
+        }
+        let batches_sql = format!(
+            "SELECT chain, first_seq, last_seq, received_at FROM audit_batch_index WHERE {}",
+            wanted.join(" AND ")
+        );
+        let id_params: Vec<&(dyn ToSql + Sync)> =
+            ids.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let batches = client
+            .query(batches_sql.as_str(), &id_params)
+            .await
+            .map_err(e("finding the batches of audit records"))?;
+        let records_sql = format!(
+            "SELECT {COLUMNS} FROM audit_records
+             WHERE chain = $1 AND chain_seq BETWEEN $2 AND $3 AND received_at = $4 AND {}",
+            clauses.join(" AND ")
+        );
+        let statement = client
+            .prepare(&records_sql)
+            .await
+            .map_err(e("querying audit records"))?;
+        let mut out = Vec::new();
+        // A few hundred ranges at a time, pipelined on the connection.
+        for chunk in batches.chunks(256) {
+            let mut ranges = Vec::with_capacity(chunk.len());
+            for b in chunk {
+                let chain: String = col(b, "chain")?;
+                let first: i64 = col(b, "first_seq")?;
+                let last: i64 = col(b, "last_seq")?;
+                let at: DateTime<Utc> = col(b, "received_at")?;
+                ranges.push((chain, first, last, at));
+            }
+            let answers = futures::future::try_join_all(ranges.iter().map(|(c, f, l, at)| {
+                let mut p: Vec<&(dyn ToSql + Sync)> = vec![c, f, l, at];
+                p.extend(params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+                let statement = &statement;
+                async move { client.query(statement, &p).await }
+            }))
+            .await
+            .map_err(e("querying audit records"))?;
+            for row in answers.iter().flatten() {
+                out.push(record_from_row(row)?);
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.occurred_at, a.event_id.as_str()).cmp(&(b.occurred_at, b.event_id.as_str()))
+        });
+        if let Some(limit) = q.limit {
+            // Newest `limit`, returned oldest first.
+            out.drain(..out.len().saturating_sub(limit));
+        }
+        Ok(out)
     }
 
     async fn report_on(
@@ -873,28 +1016,25 @@ impl PgStore {
             names.push(col(&row, "relname")?);
         }
         // audit_records_YYYYMM holds [month start, next month start).
-        let old: Vec<String> = names
+        // Each old partition with the end of its month.
+        let old: Vec<(String, DateTime<Utc>)> = names
             .into_iter()
-            .filter(|n| {
-                let Some(ym) = n.strip_prefix("audit_records_") else {
-                    return false;
-                };
-                let (Ok(y), Ok(m)) = (
-                    ym.get(..4).unwrap_or("").parse::<i32>(),
-                    ym.get(4..).unwrap_or("").parse::<u32>(),
-                ) else {
-                    return false;
-                };
+            .filter_map(|n| {
+                let ym = n.strip_prefix("audit_records_")?;
+                let y = ym.get(..4)?.parse::<i32>().ok()?;
+                let m = ym.get(4..)?.parse::<u32>().ok()?;
                 if !(1..=12).contains(&m) {
-                    return false;
+                    return None;
                 }
                 let (ny, nm) = next_month(y, m);
-                month_start(ny, nm).is_some_and(|end| end <= cutoff)
+                let end = month_start(ny, nm).filter(|end| *end <= cutoff)?;
+                Some((n, end))
             })
             .collect();
-        if old.is_empty() {
+        // Every month before the last old one's end is dropped.
+        let Some(dropped_before) = old.iter().map(|(_, end)| *end).max() else {
             return Ok(0);
-        }
+        };
         let tx = client
             .transaction()
             .await
@@ -912,11 +1052,17 @@ impl PgStore {
         tx.execute(LOCK_CHAINS, &[&LOCK_SPACE, &keys])
             .await
             .map_err(e("locking chains for retention"))?;
-        for name in &old {
+        for (name, _) in &old {
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", ident(name)))
                 .await
                 .map_err(e("dropping an audit partition"))?;
         }
+        tx.execute(
+            "DELETE FROM audit_batch_index WHERE received_at < $1",
+            &[&dropped_before],
+        )
+        .await
+        .map_err(e("dropping the index rows of dropped partitions"))?;
         // Each chain now starts at its oldest remaining record, or after its head.
         tx.batch_execute(
             "INSERT INTO audit_chain_anchors (chain, seq, prev_hash)
