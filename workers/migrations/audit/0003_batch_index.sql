@@ -15,6 +15,12 @@ CREATE TABLE IF NOT EXISTS audit_batch_index (
     actor_ids   text[] COLLATE "C" NOT NULL,
     PRIMARY KEY (chain, first_seq)
 );
+-- A batch's id lists are a few KB: kept in the row up to a page, and out of
+-- line uncompressed beyond (compressing them with pglz cost more than the
+-- rest of the row's insert).
+ALTER TABLE audit_batch_index SET (toast_tuple_target = 8160);
+ALTER TABLE audit_batch_index ALTER COLUMN task_ids SET STORAGE EXTERNAL;
+ALTER TABLE audit_batch_index ALTER COLUMN actor_ids SET STORAGE EXTERNAL;
 CREATE INDEX IF NOT EXISTS audit_batch_index_tasks ON audit_batch_index USING gin (task_ids);
 CREATE INDEX IF NOT EXISTS audit_batch_index_actors ON audit_batch_index USING gin (actor_ids);
 
