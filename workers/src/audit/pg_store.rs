@@ -38,10 +38,10 @@ use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{FromSql, Json, ToSql, Type};
+use tokio_postgres::types::{FromSql, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::pg_tls::TlsSettings;
@@ -121,6 +121,51 @@ const INDEX_BATCH: &str = "INSERT INTO audit_batch_index
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
      chain, chain_seq, prev_hash, hash";
+
+/// The rows of a `COPY … FROM STDIN BINARY` of [`COLUMNS`], in PostgreSQL's
+/// binary copy format, in one buffer.
+struct CopyRows {
+    buf: BytesMut,
+}
+
+impl CopyRows {
+    fn new() -> CopyRows {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        // Signature, flags, header extension length.
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
+        CopyRows { buf }
+    }
+
+    /// One row: a value per column of [`COPY_TYPES`]. A value the driver
+    /// cannot encode is the record's fault.
+    fn row(&mut self, values: &[&(dyn ToSql + Sync); 20]) -> Result<(), StoreError> {
+        self.buf.put_i16(values.len() as i16);
+        for (i, (value, ty)) in values.iter().zip(&COPY_TYPES).enumerate() {
+            let at = self.buf.len();
+            self.buf.put_i32(0);
+            let len = match value.to_sql_checked(ty, &mut self.buf) {
+                Ok(IsNull::Yes) => -1,
+                Ok(IsNull::No) => i32::try_from(self.buf.len() - at - 4).map_err(|_| {
+                    StoreError::Invalid(format!("audit record column {i} is over 2 GB"))
+                })?,
+                Err(e) => {
+                    return Err(StoreError::Invalid(format!(
+                        "encoding audit record column {i}: {e}"
+                    )))
+                }
+            };
+            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Bytes {
+        self.buf.put_i16(-1);
+        self.buf.freeze()
+    }
+}
 
 /// How the store connects: from `[audit]` and `database.url`.
 #[derive(Debug, Clone)]
@@ -641,44 +686,46 @@ impl PgStore {
         let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
         let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
 
-        // COPY … BINARY: the cheapest way into PostgreSQL for a batch.
+        // COPY … BINARY, the cheapest way into PostgreSQL for a batch, as one
+        // message: tokio-postgres's writer sends every 4 KB, a system call
+        // each.
+        let mut copy_rows = CopyRows::new();
+        for (r, chain, seq, prev_hash, hash) in &rows {
+            let changes = (!r.changes.is_empty()).then_some(Json(&r.changes));
+            let details = r.details.as_ref().map(Json);
+            copy_rows.row(&[
+                &r.event_id,
+                &r.event_type,
+                &r.operation,
+                &r.actor_id,
+                &r.task_id,
+                &r.project_id,
+                &r.occurred_at,
+                &r.received_at,
+                &changes,
+                &details,
+                &r.source.topic,
+                &r.source.partition,
+                &r.source.offset,
+                &r.source.dialect,
+                &r.ip_address,
+                &r.user_agent,
+                chain,
+                seq,
+                prev_hash,
+                hash,
+            ])?;
+        }
         let sink = tx
             .copy_in(&copy)
             .await
             .map_err(e("writing audit records"))?;
-        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-        futures::pin_mut!(writer);
-        for (r, chain, seq, prev_hash, hash) in &rows {
-            let changes = (!r.changes.is_empty()).then_some(Json(&r.changes));
-            let details = r.details.as_ref().map(Json);
-            writer
-                .as_mut()
-                .write(&[
-                    &r.event_id,
-                    &r.event_type,
-                    &r.operation,
-                    &r.actor_id,
-                    &r.task_id,
-                    &r.project_id,
-                    &r.occurred_at,
-                    &r.received_at,
-                    &changes,
-                    &details,
-                    &r.source.topic,
-                    &r.source.partition,
-                    &r.source.offset,
-                    &r.source.dialect,
-                    &r.ip_address,
-                    &r.user_agent,
-                    chain,
-                    seq,
-                    prev_hash,
-                    hash,
-                ])
-                .await
-                .map_err(e("writing audit records"))?;
-        }
-        writer.finish().await.map_err(e("writing audit records"))?;
+        futures::pin_mut!(sink);
+        use futures::SinkExt;
+        sink.send(copy_rows.finish())
+            .await
+            .map_err(e("writing audit records"))?;
+        sink.finish().await.map_err(e("writing audit records"))?;
         // The heads and the batch's index rows, pipelined: one round trip.
         let index_rows: Vec<(Vec<&str>, Vec<&str>)> = changed
             .iter()

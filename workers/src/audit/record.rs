@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SubsecRound, Timelike, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// One field's change, old and new.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,9 @@ pub struct AuditRecord {
     pub task_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
+    #[serde(serialize_with = "serialize_time")]
     pub occurred_at: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_time")]
     pub received_at: DateTime<Utc>,
     /// For updates: the fields that changed, old and new (listed by the message,
     /// or computed from its previous snapshot).
@@ -69,5 +71,104 @@ pub fn as_stored(r: &AuditRecord, now: DateTime<Utc>) -> Cow<'_, AuditRecord> {
         r.occurred_at = r.occurred_at.trunc_subsecs(6);
         r.received_at = now;
         Cow::Owned(r)
+    }
+}
+
+/// `t` exactly as chrono's serde writes it (RFC 3339 with `Z`; a fraction of
+/// 3, 6 or 9 digits when not zero), without going through `fmt`: the record's
+/// JSON is what the hash chain covers, and chrono's formatting was half the
+/// cost of writing it. Years outside 0..=9999 are left to chrono.
+pub fn serialize_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.serialize(s);
+    }
+    let (mut sec, mut nano) = (t.second(), t.nanosecond());
+    if nano >= 1_000_000_000 {
+        // A leap second, as chrono writes it.
+        sec += 1;
+        nano -= 1_000_000_000;
+    }
+    // Writes `value` as `digits` decimal digits at `b[at..]`.
+    fn put(b: &mut [u8], at: usize, value: u32, digits: usize) {
+        let mut v = value;
+        for slot in b[at..at + digits].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    put(&mut b, 0, year as u32, 4);
+    put(&mut b, 5, t.month(), 2);
+    put(&mut b, 8, t.day(), 2);
+    put(&mut b, 11, t.hour(), 2);
+    put(&mut b, 14, t.minute(), 2);
+    put(&mut b, 17, sec, 2);
+    let mut n = 19;
+    if nano != 0 {
+        let (value, digits) = if nano % 1_000_000 == 0 {
+            (nano / 1_000_000, 3)
+        } else if nano % 1_000 == 0 {
+            (nano / 1_000, 6)
+        } else {
+            (nano, 9)
+        };
+        put(&mut b, 20, value, digits);
+        n = 20 + digits;
+    }
+    b[n] = b'Z';
+    n += 1;
+    // Only ASCII digits and separators were written.
+    s.serialize_str(std::str::from_utf8(&b[..n]).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+
+    /// The written time must be chrono's, byte for byte: stored hashes
+    /// cover it.
+    #[test]
+    fn times_are_written_exactly_as_chrono_writes_them() {
+        let with = |t: DateTime<Utc>| {
+            #[derive(Serialize)]
+            struct W(#[serde(serialize_with = "serialize_time")] DateTime<Utc>);
+            serde_json::to_string(&W(t)).unwrap()
+        };
+        let mut cases: Vec<DateTime<Utc>> = vec![
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            // A leap second.
+            NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+                .unwrap()
+                .and_utc(),
+        ];
+        // Fractions of every kind: none, millis, micros, nanos, and times
+        // across the years (a linear congruential walk).
+        let mut x: u64 = 12345;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let secs = (x >> 20) as i64 % 320_000_000_000 - 62_000_000_000;
+            let nanos = match x % 4 {
+                0 => 0,
+                1 => (x >> 7) as u32 % 1000 * 1_000_000,
+                2 => (x >> 7) as u32 % 1_000_000 * 1000,
+                _ => (x >> 7) as u32 % 1_000_000_000,
+            };
+            if let Some(t) = DateTime::from_timestamp(secs, nanos) {
+                cases.push(t);
+            }
+        }
+        for t in cases {
+            assert_eq!(with(t), serde_json::to_string(&t).unwrap(), "{t:?}");
+        }
     }
 }
