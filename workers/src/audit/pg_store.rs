@@ -892,14 +892,13 @@ impl PgStore {
             for row in answers.iter().flatten() {
                 out.push(record_from_row(row)?);
             }
+            // With a limit, only the newest `limit` so far are kept: memory
+            // stays bounded however many records match.
+            if q.limit.is_some() {
+                keep_newest(&mut out, q.limit);
+            }
         }
-        out.sort_by(|a, b| {
-            (a.occurred_at, a.event_id.as_str()).cmp(&(b.occurred_at, b.event_id.as_str()))
-        });
-        if let Some(limit) = q.limit {
-            // Newest `limit`, returned oldest first.
-            out.drain(..out.len().saturating_sub(limit));
-        }
+        keep_newest(&mut out, q.limit);
         Ok(out)
     }
 
@@ -1220,6 +1219,16 @@ impl AuditStore for PgStore {
             .await;
         Self::release(client, &result);
         result
+    }
+}
+
+/// Sorts `records` by time (then event id) and keeps the newest `limit`.
+fn keep_newest(records: &mut Vec<AuditRecord>, limit: Option<usize>) {
+    records.sort_by(|a, b| {
+        (a.occurred_at, a.event_id.as_str()).cmp(&(b.occurred_at, b.event_id.as_str()))
+    });
+    if let Some(limit) = limit {
+        records.drain(..records.len().saturating_sub(limit));
     }
 }
 
