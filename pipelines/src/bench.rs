@@ -174,6 +174,12 @@ impl Worker for Measured {
     fn uses_idempotency_guard(&self) -> bool {
         self.inner.uses_idempotency_guard()
     }
+    fn max_concurrency(&self) -> Option<usize> {
+        self.inner.max_concurrency()
+    }
+    fn preferred_max_batch(&self) -> Option<usize> {
+        self.inner.preferred_max_batch()
+    }
     fn needs_claim(&self, event: &crate::TaskEvent) -> bool {
         self.inner.needs_claim(event)
     }

@@ -495,19 +495,28 @@ impl PipelineConfig {
     }
 
     /// [`Self::tuning_for`], with the concurrency capped at what the worker
-    /// can use (`max_concurrency`) unless `workers.<name>.concurrency` is set.
+    /// can use (`max_concurrency`) unless `workers.<name>.concurrency` is
+    /// set, and the batch size the worker prefers (`preferred_max_batch`)
+    /// unless `workers.<name>.max_batch` is.
     pub fn tuning_for_worker(
         &self,
         worker: &str,
         max_concurrency: Option<usize>,
+        preferred_max_batch: Option<usize>,
     ) -> PipelineTuning {
         let mut t = self.tuning_for(worker);
-        let explicit = self
-            .workers
-            .get(worker)
-            .is_some_and(|o| o.concurrency.is_some());
-        if let (Some(max), false) = (max_concurrency, explicit) {
+        let overrides = self.workers.get(worker);
+        if let (Some(max), false) = (
+            max_concurrency,
+            overrides.is_some_and(|o| o.concurrency.is_some()),
+        ) {
             t.concurrency = t.concurrency.min(max.max(1));
+        }
+        if let (Some(batch), false) = (
+            preferred_max_batch,
+            overrides.is_some_and(|o| o.max_batch.is_some()),
+        ) {
+            t.max_batch = batch.max(1);
         }
         t
     }
@@ -859,9 +868,9 @@ mod tests {
     #[test]
     fn a_worker_cap_lowers_concurrency_unless_the_config_sets_it() {
         let mut c = PipelineConfig::default();
-        assert_eq!(c.tuning_for_worker("audit", Some(2)).concurrency, 2);
-        assert_eq!(c.tuning_for_worker("audit", Some(20)).concurrency, 8);
-        assert_eq!(c.tuning_for_worker("audit", None).concurrency, 8);
+        assert_eq!(c.tuning_for_worker("audit", Some(2), None).concurrency, 2);
+        assert_eq!(c.tuning_for_worker("audit", Some(20), None).concurrency, 8);
+        assert_eq!(c.tuning_for_worker("audit", None, None).concurrency, 8);
         c.workers.insert(
             "audit".into(),
             WorkerOverrides {
@@ -869,7 +878,28 @@ mod tests {
                 ..WorkerOverrides::default()
             },
         );
-        assert_eq!(c.tuning_for_worker("audit", Some(2)).concurrency, 6);
+        assert_eq!(c.tuning_for_worker("audit", Some(2), None).concurrency, 6);
+    }
+
+    #[test]
+    fn a_worker_preferred_batch_size_applies_unless_the_config_sets_one() {
+        let mut c = PipelineConfig::default();
+        assert_eq!(c.tuning_for_worker("audit", None, None).max_batch, 500);
+        assert_eq!(
+            c.tuning_for_worker("audit", None, Some(1000)).max_batch,
+            1000
+        );
+        c.workers.insert(
+            "audit".into(),
+            WorkerOverrides {
+                max_batch: Some(200),
+                ..WorkerOverrides::default()
+            },
+        );
+        assert_eq!(
+            c.tuning_for_worker("audit", None, Some(1000)).max_batch,
+            200
+        );
     }
 }
 

@@ -505,6 +505,14 @@ pub trait Worker: Send + Sync + 'static {
         None
     }
 
+    /// The batch size this worker works best with, used instead of
+    /// `pipeline.max_batch` when the configuration does not set
+    /// `workers.<name>.max_batch`: a worker whose store pays a fixed cost per
+    /// batch (a transaction, a commit) may want larger ones.
+    fn preferred_max_batch(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the pipeline's idempotency guard should gate this worker's
     /// events. Workers whose side effect is itself idempotent on event id (a
     /// store with a unique key) may turn it off to save a round trip.

@@ -166,9 +166,11 @@ impl Runtime {
         let name = worker.name();
         let health = WorkerHealth::new(name);
         self.health.register(health.clone());
-        let tuning = self
-            .config
-            .tuning_for_worker(name, worker.max_concurrency());
+        let tuning = self.config.tuning_for_worker(
+            name,
+            worker.max_concurrency(),
+            worker.preferred_max_batch(),
+        );
         let state = self.state_for(name);
         let guard = worker.uses_idempotency_guard().then(|| {
             IdempotencyGuard::new(

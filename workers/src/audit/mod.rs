@@ -243,4 +243,12 @@ impl Worker for AuditWorker {
     fn max_concurrency(&self) -> Option<usize> {
         (self.store_kind == "file").then_some(2)
     }
+
+    /// On PostgreSQL each batch is a transaction (chain locks and heads, a
+    /// batch index row, a durable COMMIT): batches of 1,000 instead of the
+    /// pipeline's 500 gave about +7% in the bench (six alternating pairs,
+    /// 0 to +15%).
+    fn preferred_max_batch(&self) -> Option<usize> {
+        (self.store_kind == "postgres").then_some(1000)
+    }
 }
