@@ -437,13 +437,23 @@ async fn cli_queries_report_and_verify_on_files_and_detects_tampering() {
 
 // ---------------------------------------------------------------- PostgreSQL tamper evidence and retention
 
-async fn sql(schema: &str, statement: &str) {
+/// A connection of its own with `schema` on the search path.
+async fn connect_to(schema: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     client
-        .batch_execute(&format!("SET search_path TO {schema}; {statement}"))
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .unwrap();
+    client
+}
+
+async fn sql(schema: &str, statement: &str) {
+    connect_to(schema)
+        .await
+        .batch_execute(statement)
         .await
         .unwrap();
 }
@@ -508,14 +518,7 @@ async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still
 }
 
 async fn sql_count(schema: &str, query: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("SET search_path TO {schema}"))
-        .await
-        .unwrap();
+    let client = connect_to(schema).await;
     client.query_one(query, &[]).await.unwrap().get(0)
 }
 
