@@ -532,39 +532,39 @@ fn expected_ids(recs: &[AuditRecord], q: &AuditQuery) -> Vec<String> {
 
 async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord]) {
     let day = |d| Some(Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0).unwrap());
-    let task = |t: &str| Some(t.to_string());
+    let id = |t: &str| Some(t.to_string());
     let queries = [
         AuditQuery {
-            task_id: task("task-1"),
+            task_id: id("task-1"),
             ..Default::default()
         },
         AuditQuery {
-            user_id: task("user-2"),
+            user_id: id("user-2"),
             ..Default::default()
         },
         AuditQuery {
-            task_id: task("task-2"),
-            user_id: task("user-1"),
+            task_id: id("task-2"),
+            user_id: id("user-1"),
             ..Default::default()
         },
         AuditQuery {
-            task_id: task("task-0"),
-            event_type: task("task.updated"),
+            task_id: id("task-0"),
+            event_type: id("task.updated"),
             ..Default::default()
         },
         AuditQuery {
-            user_id: task("user-3"),
+            user_id: id("user-3"),
             from: day(3),
             to: day(8),
             ..Default::default()
         },
         AuditQuery {
-            task_id: task("task-1"),
+            task_id: id("task-1"),
             limit: Some(2),
             ..Default::default()
         },
         AuditQuery {
-            task_id: task("no-such-task"),
+            task_id: id("no-such-task"),
             ..Default::default()
         },
     ];

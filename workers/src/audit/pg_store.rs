@@ -308,10 +308,10 @@ struct ChainHead<'r> {
     hash: String,
     /// The last source offset written to the chain (-1: none).
     last_offset: i64,
-    changed: bool,
-    /// The batch's first record in the chain, and the task and actor ids
-    /// of its records (for `audit_batch_index`).
-    first_seq: i64,
+    /// The batch's first record in the chain (`None`: the batch wrote none,
+    /// the head is unchanged), and the task and actor ids of its records
+    /// (for `audit_batch_index`).
+    first_seq: Option<i64>,
     task_ids: BTreeSet<&'r str>,
     actor_ids: BTreeSet<&'r str>,
 }
@@ -322,8 +322,7 @@ impl ChainHead<'_> {
             seq,
             hash,
             last_offset,
-            changed: false,
-            first_seq: 0,
+            first_seq: None,
             task_ids: BTreeSet::new(),
             actor_ids: BTreeSet::new(),
         }
@@ -646,15 +645,14 @@ impl PgStore {
         let mut rows = Vec::with_capacity(records.len());
         let mut json = Vec::with_capacity(512);
         for record in records {
-            let r = record;
-            let chain = chain_of(r);
+            let chain = chain_of(record);
             let Some(h) = head.get_mut(&chain) else {
                 continue;
             };
-            if r.source.offset <= h.last_offset {
+            if record.source.offset <= h.last_offset {
                 continue;
             }
-            let r = as_stored(r, now);
+            let r = as_stored(record, now);
             json.clear();
             serde_json::to_writer(&mut json, &*r)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -663,10 +661,7 @@ impl PgStore {
             let prev_hash = std::mem::replace(&mut h.hash, hash.clone());
             h.seq = seq;
             h.last_offset = r.source.offset;
-            if !h.changed {
-                h.first_seq = seq;
-                h.changed = true;
-            }
+            h.first_seq.get_or_insert(seq);
             if let Some(t) = &record.task_id {
                 h.task_ids.insert(t);
             }
@@ -680,7 +675,8 @@ impl PgStore {
             tx.rollback().await.map_err(e("ending an audit write"))?;
             return Ok(0);
         }
-        let changed: Vec<(&String, &ChainHead)> = head.iter().filter(|(_, h)| h.changed).collect();
+        let changed: Vec<(&String, &ChainHead)> =
+            head.iter().filter(|(_, h)| h.first_seq.is_some()).collect();
         let head_chains: Vec<&str> = changed.iter().map(|(c, _)| c.as_str()).collect();
         let head_seqs: Vec<i64> = changed.iter().map(|(_, h)| h.seq).collect();
         let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
