@@ -1,24 +1,40 @@
 //! Makes a worker's side effect happen once per event id, on top of Kafka's
 //! at-least-once delivery.
 //!
-//! Protocol, per worker and event id (key `idem:<worker>:<event_id>`):
-//! 1. **claim** a batch: `SET key p:<now_ms>:<token> NX PX <ttl> GET`,
-//!    pipelined, where `token` is new for each claim call. The value that was
-//!    there decides:
+//! An event's claim or mark is field `<event_id>` of its worker's
+//! **generation hash** `idem-gen:<worker>:<g>`, where a generation is
+//! [`GENERATIONS_PER_TTL`]-th of `idempotency_ttl` (`g` counts them since the
+//! epoch). New claims and marks go to the current generation's hash; a
+//! lookup asks the current one and the [`GENERATIONS_PER_TTL`] before it (a
+//! field written at the end of the oldest is a ttl old at the end of the
+//! current), and each hash expires [`GENERATIONS_PER_TTL`] + 1 generations
+//! after its last write. So a mark is seen for at least the ttl and kept at
+//! most one and a half, and a batch costs Redis a few hash commands instead
+//! of a key with an expiry per event.
+//!
+//! Protocol, per worker and event id:
+//! 1. **claim** a batch, one script call ([`StateStore::claim_fields`]): each
+//!    id found nowhere is set to `p:<now_ms>:<token>` in the current hash,
+//!    where `token` is new for each claim call. The value found decides:
 //!    - absent → claimed, handle it;
 //!    - `done`, or `p:…:<t>` whose claim `t` is complete (key `idem:<worker>:~<t>`
 //!      exists) → a duplicate, skip it;
 //!    - `p:<ms>:<t>` not complete and younger than the lease → someone (another
 //!      consumer, or this one before a crash) is handling it: wait and retry;
 //!    - older than the lease → abandoned: taken over with an atomic
-//!      compare-and-set, then handled.
+//!      compare-and-set (the same call, given the value it must still find),
+//!      then handled.
 //! 2. **complete** after the side effect. When every event of a claim call was
 //!    handled (the usual case) one key marks the whole claim done:
 //!    `SET idem:<worker>:~<token> done PX <ttl>`; otherwise each handled id is
-//!    set to `done`. So a batch costs one Redis command per event plus one, not
-//!    two per event.
-//! 3. **release** when handling failed for good: `DEL key`, so a replay from the
-//!    dead-letter topic handles it again.
+//!    set to `done`.
+//! 3. **release** when handling failed for good: the field is removed, so a
+//!    replay from the dead-letter topic handles it again.
+//!
+//! The version before kept a key per event id, `idem:<worker>:<event_id>`,
+//! with the same values; a claim still reads those keys (they expire within a
+//! ttl of the upgrade) and release removes them, so an event an old pod
+//! handled stays handled.
 //!
 //! A crash between the side effect and step 2 makes the event run again after
 //! the lease: the one window no broker-side protocol can close without the side
@@ -27,9 +43,8 @@
 //!
 //! On a Redis Cluster the guard is given the worker's scoped store
 //! ([`crate::state::slot`]): every key above gets the worker's hash tag, so a
-//! batch's claims, the claim-call marker and [`IdempotencyGuard::done_op`]
-//! inside a worker's `apply_for` transaction are all in one slot. A batch
-//! script added here takes the keys through the store like every other call.
+//! batch's claims, the claim-call marker and [`IdempotencyGuard::done_ops`]
+//! inside a worker's `apply_for` transaction are all in one slot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,18 +134,38 @@ impl IdempotencyGuard {
         self.clock.now_ms().max(0) as u64
     }
 
-    /// The write that marks `id` handled, for a worker's atomic update
-    /// ([`crate::Ctx::apply_for`]): the update and the mark land together, so a
-    /// crash can never leave the effect applied but the event unmarked.
-    pub fn done_op(&self, id: &str) -> StateOp {
-        StateOp::Set {
-            key: self.mark_key(id),
-            value: DONE.to_vec(),
-            ttl: Some(self.ttl),
-        }
+    /// The writes that mark `ids` handled, for a worker's atomic update
+    /// ([`crate::Ctx::apply_for`]): the update and the marks land together, so
+    /// a crash can never leave the effect applied but an event unmarked.
+    pub fn done_ops<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> [StateOp; 2] {
+        self.write_ops(ids, DONE)
     }
 
-    /// The key of `id`'s mark (what [`IdempotencyGuard::done_op`] writes).
+    /// Sets `ids` to `value` in the current generation's hash.
+    fn write_ops<'a>(&self, ids: impl IntoIterator<Item = &'a str>, value: &[u8]) -> [StateOp; 2] {
+        let key = self.generation_key(self.now_ms() / self.generation_ms());
+        [
+            StateOp::HashSet {
+                key: key.clone(),
+                fields: ids
+                    .into_iter()
+                    .map(|id| (id.to_string(), value.to_vec()))
+                    .collect(),
+            },
+            StateOp::Expire {
+                key,
+                ttl: self.hash_ttl(),
+            },
+        ]
+    }
+
+    /// How long a generation's hash lives after its last write.
+    fn hash_ttl(&self) -> Duration {
+        Duration::from_millis(self.generation_ms() * (GENERATIONS_PER_TTL + 1))
+    }
+
+    /// The key of `id`'s claim or mark in the version before generation
+    /// hashes (read until they expire).
     fn mark_key(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.namespace.len() + id.len());
         k.push_str(&self.namespace);
@@ -138,9 +173,8 @@ impl IdempotencyGuard {
         k
     }
 
-    /// The hash of the marks of generation `g` (periods of
-    /// [`GENERATIONS_PER_TTL`]-th of the ttl since the epoch), for a worker
-    /// that commits its own marks.
+    /// The hash of the claims and marks of generation `g` (periods of
+    /// [`GENERATIONS_PER_TTL`]-th of the ttl since the epoch).
     fn generation_key(&self, g: u64) -> String {
         format!("idem-gen:{}{g}", &self.namespace["idem:".len()..])
     }
@@ -155,19 +189,25 @@ impl IdempotencyGuard {
         (self.ttl.as_millis() as u64 / GENERATIONS_PER_TTL).max(1)
     }
 
-    /// The hashes a mark may be in: the current generation's (the one
-    /// written) first, then the [`GENERATIONS_PER_TTL`] before it (a mark
-    /// written at the start of the oldest is a ttl old at the start of the
-    /// current one), then the day hashes of the version before.
-    fn mark_hashes(&self) -> Vec<String> {
-        let now = self.now_ms();
+    /// The generation hashes a claim or mark may be in: the current one
+    /// (the one written) first, then the [`GENERATIONS_PER_TTL`] before it.
+    fn generation_hashes(&self, now: u64) -> Vec<String> {
         let current = now / self.generation_ms();
-        let today = now / DAY.as_millis() as u64;
-        let back = self.ttl.as_millis().div_ceil(DAY.as_millis()) as u64;
         (0..=GENERATIONS_PER_TTL)
             .map(|n| self.generation_key(current.saturating_sub(n)))
-            .chain((today.saturating_sub(back)..=today).map(|d| self.day_key(d)))
             .collect()
+    }
+
+    /// The hashes a mark may be in: the generation hashes, then the day
+    /// hashes of the version before them (only a worker that commits its
+    /// own marks wrote those).
+    fn mark_hashes(&self) -> Vec<String> {
+        let now = self.now_ms();
+        let today = now / DAY.as_millis() as u64;
+        let back = self.ttl.as_millis().div_ceil(DAY.as_millis()) as u64;
+        let mut hashes = self.generation_hashes(now);
+        hashes.extend((today.saturating_sub(back)..=today).map(|d| self.day_key(d)));
+        hashes
     }
 
     /// For a worker that commits its own marks
@@ -189,7 +229,7 @@ impl IdempotencyGuard {
             seen,
             fields: ids.clone().into_iter().map(str::to_string).collect(),
             keys: self.keys(ids),
-            ttl: Duration::from_millis(self.generation_ms() * (GENERATIONS_PER_TTL + 1)),
+            ttl: self.hash_ttl(),
         }
     }
 
@@ -250,12 +290,22 @@ impl IdempotencyGuard {
         token: &str,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StateError> {
-        let keys = self.keys(ids);
-        if keys.is_empty() {
+        let value = format!("p:{}:{token}", self.now_ms());
+        self.write(ids, value.as_bytes()).await
+    }
+
+    /// Sets `ids` to `value` in the current generation's hash (nothing for
+    /// no ids).
+    async fn write<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        let ops = self.write_ops(ids, value);
+        if matches!(&ops[0], StateOp::HashSet { fields, .. } if fields.is_empty()) {
             return Ok(());
         }
-        let value = format!("p:{}:{token}", self.now_ms());
-        self.store.set_many(&keys, value.as_bytes(), self.ttl).await
+        self.store.apply(&ops).await
     }
 
     fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -266,24 +316,33 @@ impl IdempotencyGuard {
         format!("{}~{token}", self.namespace)
     }
 
-    /// Claims every id in one round trip (more only for ids found pending).
-    /// Ids repeated within the call: the first is claimed, the others are
-    /// duplicates.
+    /// Claims every id in one round trip (one more only for ids found
+    /// pending). Ids repeated within the call: the first is claimed, the
+    /// others are duplicates.
     pub async fn claim<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<Claims, StateError> {
-        let keys = self.keys(ids);
+        let fields: Vec<String> = ids.into_iter().map(str::to_string).collect();
         let token = format!("{:016x}", rand::random::<u64>());
         let now = self.now_ms();
         let value = format!("p:{now}:{token}");
+        let hashes = self.generation_hashes(now);
+        let keys = self.keys(fields.iter().map(String::as_str));
         let previous = self
             .store
-            .set_nx_get_many(&keys, value.as_bytes(), self.ttl)
+            .claim_fields(
+                &hashes,
+                &keys,
+                &fields,
+                &[],
+                value.as_bytes(),
+                self.hash_ttl(),
+            )
             .await?;
-        let mut claims = Vec::with_capacity(keys.len());
+        let mut claims = Vec::with_capacity(fields.len());
         // Pending claims of other calls, resolved below: (index, claimed at, token).
-        let mut pending: Vec<(usize, u64, String)> = Vec::new();
+        let mut pending: Vec<(usize, u64, &str)> = Vec::new();
         for (i, p) in previous.iter().enumerate() {
             claims.push(match p.as_deref() {
                 None => Claim::Claimed,
@@ -292,7 +351,7 @@ impl IdempotencyGuard {
                     // A repeat of an id claimed earlier in this same call.
                     Some((_, t)) if t == token => Claim::Duplicate,
                     Some((ms, t)) => {
-                        pending.push((i, ms, t.to_string()));
+                        pending.push((i, ms, t));
                         Claim::InProgress
                     }
                     None => Claim::InProgress,
@@ -304,23 +363,42 @@ impl IdempotencyGuard {
         }
         let mut complete: HashMap<&str, bool> = HashMap::new();
         for (_, _, t) in &pending {
-            if !complete.contains_key(t.as_str()) {
+            if !complete.contains_key(t) {
                 let done = self.store.get(&self.marker(t)).await?.is_some();
                 complete.insert(t, done);
             }
         }
+        // Abandoned claims, taken over if they are still what was found.
         let lease_ms = self.lease.as_millis() as u64;
-        for (i, ms, t) in &pending {
-            if complete[t.as_str()] {
-                claims[*i] = Claim::Duplicate;
-            } else if now.saturating_sub(*ms) >= lease_ms {
-                let expected = previous[*i].as_deref().unwrap_or_default();
-                let taken = self
-                    .store
-                    .compare_and_set(&keys[*i], expected, value.as_bytes(), Some(self.ttl))
-                    .await?;
-                if taken {
-                    claims[*i] = Claim::Claimed;
+        let mut abandoned: Vec<usize> = Vec::new();
+        for &(i, ms, t) in &pending {
+            if complete[t] {
+                claims[i] = Claim::Duplicate;
+            } else if now.saturating_sub(ms) >= lease_ms {
+                abandoned.push(i);
+            }
+        }
+        if !abandoned.is_empty() {
+            let fields: Vec<String> = abandoned.iter().map(|&i| fields[i].clone()).collect();
+            let keys: Vec<String> = abandoned.iter().map(|&i| keys[i].clone()).collect();
+            let expected: Vec<Vec<u8>> = abandoned
+                .iter()
+                .map(|&i| previous[i].clone().unwrap_or_default())
+                .collect();
+            let taken = self
+                .store
+                .claim_fields(
+                    &hashes,
+                    &keys,
+                    &fields,
+                    &expected,
+                    value.as_bytes(),
+                    self.hash_ttl(),
+                )
+                .await?;
+            for (&i, t) in abandoned.iter().zip(taken) {
+                if t.is_none() {
+                    claims[i] = Claim::Claimed;
                 }
             }
         }
@@ -335,28 +413,39 @@ impl IdempotencyGuard {
             .await
     }
 
-    /// Marks ids handled one by one, for the guard's ttl.
+    /// Marks ids handled one by one.
     pub async fn complete<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StateError> {
-        let keys = self.keys(ids);
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.store.set_many(&keys, DONE, self.ttl).await
+        self.write(ids, DONE).await
     }
 
-    /// Gives claims back so the ids can be handled again.
+    /// Gives claims back so the ids can be handled again: removes them from
+    /// every generation hash they may be in, and the keys of the version
+    /// before.
     pub async fn release<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StateError> {
-        let keys = self.keys(ids);
-        if keys.is_empty() {
+        let fields: Vec<String> = ids.into_iter().map(str::to_string).collect();
+        if fields.is_empty() {
             return Ok(());
         }
-        self.store.delete(&keys).await.map(|_| ())
+        let mut ops: Vec<StateOp> = self
+            .generation_hashes(self.now_ms())
+            .into_iter()
+            .map(|key| StateOp::HashDelete {
+                key,
+                fields: fields.clone(),
+            })
+            .collect();
+        ops.extend(
+            self.keys(fields.iter().map(String::as_str))
+                .into_iter()
+                .map(|key| StateOp::Delete { key }),
+        );
+        self.store.apply(&ops).await
     }
 }
 
@@ -460,6 +549,96 @@ mod tests {
         // Completing the renewed claim call still completes it.
         g.complete_claims(&mine.token).await.unwrap();
         assert_eq!(claim(&g, &["slow"]).await, vec![Claim::Duplicate]);
+    }
+
+    #[tokio::test]
+    async fn claims_are_seen_across_generations_and_taken_over_once_abandoned() {
+        use chrono::TimeZone;
+        let ttl = Duration::from_secs(3_600);
+        let generation = ttl / GENERATIONS_PER_TTL as u32;
+        // A second before a generation ends.
+        let start = chrono::Utc.timestamp_millis_opt(0).unwrap()
+            + chrono::Duration::milliseconds(100 * generation.as_millis() as i64 - 1_000);
+        let (clock, hand) = Clock::manual(start);
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(store.clone(), "w", Duration::from_secs(30), ttl)
+            .with_clock(clock);
+        let first = g.claim(["held", "done", "lost"]).await.unwrap();
+        assert_eq!(first.claims, vec![Claim::Claimed; 3]);
+        g.complete(["done"]).await.unwrap();
+        // The next generation: the claims of the one before still hold.
+        hand.advance(Duration::from_secs(2));
+        assert_eq!(
+            claim(&g, &["held", "done", "lost"]).await,
+            vec![Claim::InProgress, Claim::Duplicate, Claim::InProgress]
+        );
+        g.renew(&first.token, ["held"]).await.unwrap();
+        // After the lease: the renewed one holds, the other is taken over once.
+        hand.advance(Duration::from_secs(29));
+        let second = g.claim(["held", "lost"]).await.unwrap();
+        assert_eq!(second.claims, vec![Claim::InProgress, Claim::Claimed]);
+        assert_eq!(
+            claim(&g, &["lost"]).await,
+            vec![Claim::InProgress],
+            "taken over exactly once"
+        );
+        g.complete_claims(&second.token).await.unwrap();
+        assert_eq!(claim(&g, &["lost"]).await, vec![Claim::Duplicate]);
+        // Released: free again, whichever generation held it.
+        g.release(["held"]).await.unwrap();
+        assert_eq!(claim(&g, &["held"]).await, vec![Claim::Claimed]);
+        // A ttl and a half after the last write, every hash is gone.
+        hand.advance(ttl * 3 / 2 + Duration::from_secs(1));
+        assert_eq!(
+            claim(&g, &["done", "lost"]).await,
+            vec![Claim::Claimed, Claim::Claimed]
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_and_marks_of_the_key_per_event_version_are_still_read() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        );
+        let ttl = Some(Duration::from_secs(600));
+        let now = g.now_ms();
+        // What an old pod left: a done mark, a completed claim call, a claim
+        // it is still handling, and one it abandoned.
+        store.set("idem:w:done", b"done", ttl).await.unwrap();
+        let completed = format!("p:{now}:old1");
+        store
+            .set("idem:w:completed", completed.as_bytes(), ttl)
+            .await
+            .unwrap();
+        store.set("idem:w:~old1", b"done", ttl).await.unwrap();
+        let held = format!("p:{now}:old2");
+        store
+            .set("idem:w:held", held.as_bytes(), ttl)
+            .await
+            .unwrap();
+        let abandoned = format!("p:{}:old3", now - 60_000);
+        store
+            .set("idem:w:abandoned", abandoned.as_bytes(), ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim(&g, &["done", "completed", "held", "abandoned", "new"]).await,
+            vec![
+                Claim::Duplicate,
+                Claim::Duplicate,
+                Claim::InProgress,
+                Claim::Claimed,
+                Claim::Claimed
+            ]
+        );
+        // Release removes an old pod's claim too.
+        g.release(["held"]).await.unwrap();
+        assert_eq!(store.get("idem:w:held").await.unwrap(), None);
+        assert_eq!(claim(&g, &["held"]).await, vec![Claim::Claimed]);
     }
 
     /// Marks `ids` with the guard's op; whether they were all unmarked.

@@ -236,7 +236,7 @@ impl Ctx {
     pub async fn apply_for(&self, event: &Inbound, ops: Vec<StateOp>) -> Result<(), WorkerError> {
         let mut ops = ops;
         if let Some(g) = &self.guard {
-            ops.push(g.done_op(&event.event.event_id));
+            ops.extend(g.done_ops([event.event.event_id.as_str()]));
         }
         self.state.apply(&ops).await.map_err(WorkerError::from)
     }
@@ -310,7 +310,7 @@ impl Ctx {
     /// `ops` and the idempotency marks of `events` (when there is a guard).
     fn with_marks(&self, events: &[Inbound], mut ops: Vec<StateOp>) -> Vec<StateOp> {
         if let Some(g) = &self.guard {
-            ops.extend(events.iter().map(|e| g.done_op(&e.event.event_id)));
+            ops.extend(g.done_ops(events.iter().map(|e| e.event.event_id.as_str())));
         }
         ops
     }
@@ -629,13 +629,15 @@ mod tests {
                 .unwrap(),
             Applied::Duplicates(vec![false, true])
         );
-        // A mark of the guard's own (a version that claimed) counts too.
-        store.apply(&[guard.done_op("d")]).await.unwrap();
+        // A mark of the guard's own counts too, and one of the version
+        // before generation hashes (a key per event).
+        store.apply(&guard.done_ops(["d"])).await.unwrap();
+        store.set("idem:w:e", b"done", None).await.unwrap();
         assert_eq!(
-            ctx.apply_once_for_all(&[c.clone(), inbound("d")], count(2))
+            ctx.apply_once_for_all(&[c.clone(), inbound("d"), inbound("e")], count(3))
                 .await
                 .unwrap(),
-            Applied::Duplicates(vec![false, true])
+            Applied::Duplicates(vec![false, true, true])
         );
         assert_eq!(
             ctx.apply_once_for_all(std::slice::from_ref(&c), count(1))

@@ -155,20 +155,18 @@ async fn a_master_lost_mid_batch_is_unavailable_and_its_slots_come_back() {
     let cfg = config(&cluster);
     let store = worker_store(&cfg, "w").await;
     let ids: Vec<String> = (0..50).map(|i| format!("idem:w:e{i}")).collect();
-    assert!(store
-        .set_nx_get_many(&ids, b"p:1:t", Duration::from_secs(600))
-        .await
-        .unwrap()
-        .iter()
-        .all(Option::is_none));
+    let fields: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+    let hashes: Vec<String> = vec!["idem-gen:w:2".into(), "idem-gen:w:1".into()];
+    let claim = |value: &'static [u8]| {
+        store.claim_fields(&hashes, &ids, &fields, &[], value, Duration::from_secs(600))
+    };
+    assert!(claim(b"p:1:t").await.unwrap().iter().all(Option::is_none));
     let (_, slot) = physical(&cluster, &cfg, "w", &ids[0]);
     let owner = cluster.owner_of(slot).unwrap();
 
     // The master of the worker's slot dies (no replica to fail over to).
     cluster.node_mut(owner).stop();
-    let claims = store
-        .set_nx_get_many(&ids, b"p:2:u", Duration::from_secs(600))
-        .await;
+    let claims = claim(b"p:2:u").await;
     assert!(is_unavailable(&claims), "{claims:?}");
     let tx = store
         .apply(&[StateOp::IncrBy {
@@ -186,10 +184,7 @@ async fn a_master_lost_mid_batch_is_unavailable_and_its_slots_come_back() {
     cluster.wait_ok(Duration::from_secs(60)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match store
-            .set_nx_get_many(&ids, b"p:3:v", Duration::from_secs(600))
-            .await
-        {
+        match claim(b"p:3:v").await {
             Ok(v) => {
                 assert_eq!(v.len(), ids.len());
                 break;

@@ -500,20 +500,22 @@ async fn events_a_worker_passes_by_are_not_claimed_and_the_others_still_once() {
 
     let client = redis::Client::open(env.redis.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", config.redis.key_prefix))
+    // Claims are fields of the worker's generation hashes.
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}idem-gen:*", config.redis.key_prefix))
         .query_async(&mut con)
         .await
         .unwrap();
-    let claimed = |prefix: &str| {
-        keys.iter()
-            .filter(|k| {
-                k.rsplit(':')
-                    .next()
-                    .is_some_and(|id| id.starts_with(prefix))
-            })
-            .count()
-    };
+    let mut keys: Vec<String> = Vec::new();
+    for h in &hashes {
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(h)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        keys.extend(fields);
+    }
+    let claimed = |prefix: &str| keys.iter().filter(|id| id.starts_with(prefix)).count();
     assert_eq!(claimed("e-"), 100, "each acted-on event claimed: {keys:?}");
     assert_eq!(claimed("skip-"), 0, "no passed-by event claimed: {keys:?}");
 

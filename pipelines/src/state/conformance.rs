@@ -12,8 +12,8 @@ pub async fn run_all(store: &dyn StateStore) {
     get_set_delete_round_trip(store).await;
     set_nx_sets_only_when_absent(store).await;
     ttl_expires_keys(store).await;
-    set_nx_get_many_claims_each_key_once(store).await;
-    set_nx_get_many_answers_a_large_batch_in_order(store).await;
+    claim_fields_claims_each_field_once(store).await;
+    claim_fields_answers_a_large_batch_in_order(store).await;
     set_many_overwrites_with_ttl(store).await;
     compare_and_set_swaps_only_the_expected_value(store).await;
     incr_by_counts_from_zero(store).await;
@@ -631,59 +631,122 @@ async fn ttl_expires_keys(s: &dyn StateStore) {
     s.delete(&["conf:ttl".into()]).await.unwrap();
 }
 
-async fn set_nx_get_many_claims_each_key_once(s: &dyn StateStore) {
-    let keys: Vec<String> = vec!["conf:c1".into(), "conf:c2".into(), "conf:c1".into()];
-    s.set("conf:c2", b"done", None).await.unwrap();
+async fn claim_fields_claims_each_field_once(s: &dyn StateStore) {
+    let hashes: Vec<String> = vec!["conf:g2".into(), "conf:g1".into()];
+    let hset = |key: &str, field: &str, value: &str| StateOp::HashSet {
+        key: key.into(),
+        fields: vec![(field.into(), value.as_bytes().to_vec())],
+    };
+    s.apply(&[
+        hset("conf:g1", "b", "done"),
+        hset("conf:g2", "d", "new"),
+        hset("conf:g1", "d", "old"),
+        hset("conf:g1", "e", "in-hash"),
+    ])
+    .await
+    .unwrap();
+    s.set("conf:k:c", b"p:1:x", None).await.unwrap();
+    s.set("conf:k:e", b"in-key", None).await.unwrap();
+    s.set("conf:k:z", b"done", None).await.unwrap();
+    let fields: Vec<String> = ["a", "b", "c", "a", "d", "e"].map(String::from).to_vec();
+    let keys: Vec<String> = fields.iter().map(|f| format!("conf:k:{f}")).collect();
+    let ttl = Duration::from_secs(5);
     let got = s
-        .set_nx_get_many(&keys, b"pending", Duration::from_secs(5))
+        .claim_fields(&hashes, &keys, &fields, &[], b"p:2:me", ttl)
         .await
         .unwrap();
+    let some = |v: &str| Some(v.as_bytes().to_vec());
     assert_eq!(
         got,
-        vec![None, Some(b"done".to_vec()), Some(b"pending".to_vec())],
-        "absent keys are claimed (None), present keys return their value, a repeat sees the claim"
+        vec![
+            None,
+            some("done"),
+            some("p:1:x"),
+            some("p:2:me"),
+            some("new"),
+            some("in-hash")
+        ],
+        "a field found nowhere is claimed (None); else the value of the first hash \
+         holding it, then of its key; a repeat finds the claim"
+    );
+    assert_eq!(s.hget("conf:g2", "a").await.unwrap(), some("p:2:me"));
+    assert_eq!(
+        s.hget("conf:g1", "a").await.unwrap(),
+        None,
+        "only the first hash is written"
+    );
+    // A compare-and-set: taken where the value found is still the one expected.
+    let cas: Vec<String> = ["c", "b", "y"].map(String::from).to_vec();
+    let cas_keys: Vec<String> = cas.iter().map(|f| format!("conf:k:{f}")).collect();
+    let expected = vec![b"p:1:x".to_vec(), b"p:0:gone".to_vec(), Vec::new()];
+    assert_eq!(
+        s.claim_fields(&hashes, &cas_keys, &cas, &expected, b"p:3:me", ttl)
+            .await
+            .unwrap(),
+        vec![None, some("done"), None],
+        "equal (or absent, expected empty): set; different: the value found"
+    );
+    assert_eq!(s.hget("conf:g2", "c").await.unwrap(), some("p:3:me"));
+    // Without keys, only the hashes are asked.
+    assert_eq!(
+        s.claim_fields(&hashes, &[], &["z".to_string()], &[], b"p:4:me", ttl)
+            .await
+            .unwrap(),
+        vec![None]
     );
     assert_eq!(
-        s.set_nx_get_many(&[], b"p", Duration::from_secs(1))
+        s.claim_fields(&hashes, &[], &[], &[], b"p", ttl)
             .await
             .unwrap(),
         Vec::<Option<Vec<u8>>>::new()
     );
-    s.delete(&["conf:c1".into(), "conf:c2".into()])
-        .await
-        .unwrap();
+    let mut all = hashes.clone();
+    all.extend(["conf:k:c", "conf:k:e", "conf:k:z"].map(String::from));
+    s.delete(&all).await.unwrap();
 }
 
 /// A batch the size the pipeline claims, with values found at scattered
-/// places (first, last, repeats): each answer lands on its own key, and the
-/// claims expire with the ttl.
-async fn set_nx_get_many_answers_a_large_batch_in_order(s: &dyn StateStore) {
-    let keys: Vec<String> = (0..1000).map(|i| format!("conf:big{i}")).collect();
+/// places (first, last, repeats) of an older hash: each answer is its own
+/// field's, and the claims expire with the hash they were written to.
+async fn claim_fields_answers_a_large_batch_in_order(s: &dyn StateStore) {
+    let hashes: Vec<String> = vec!["conf:big:new".into(), "conf:big:old".into()];
+    let fields: Vec<String> = (0..1000).map(|i| format!("e{i}")).collect();
     let present = [0usize, 1, 499, 998, 999];
-    for &i in &present {
-        s.set(&keys[i], format!("was{i}").as_bytes(), None)
-            .await
-            .unwrap();
-    }
-    let mut asked = keys.clone();
-    asked.push(keys[5].clone());
+    s.apply(&[StateOp::HashSet {
+        key: hashes[1].clone(),
+        fields: present
+            .iter()
+            .map(|&i| (fields[i].clone(), format!("was{i}").into_bytes()))
+            .collect(),
+    }])
+    .await
+    .unwrap();
+    let mut asked = fields.clone();
+    asked.push(fields[5].clone());
     let got = s
-        .set_nx_get_many(&asked, b"p", Duration::from_millis(300))
+        .claim_fields(&hashes, &[], &asked, &[], b"p", Duration::from_millis(300))
         .await
         .unwrap();
-    assert_eq!(got.len(), asked.len(), "one answer per key");
-    for (i, v) in got.iter().enumerate().take(keys.len()) {
+    assert_eq!(got.len(), asked.len(), "one answer per field");
+    for (i, v) in got.iter().enumerate().take(fields.len()) {
         let want = present.contains(&i).then(|| format!("was{i}").into_bytes());
-        assert_eq!(v, &want, "answer for key {i}");
+        assert_eq!(v, &want, "answer for field {i}");
     }
     assert_eq!(got[1000], Some(b"p".to_vec()), "a repeat sees the claim");
     tokio::time::sleep(Duration::from_millis(450)).await;
     let again = s
-        .set_nx_get_many(&keys[2..4], b"q", Duration::from_secs(5))
+        .claim_fields(
+            &hashes,
+            &[],
+            &fields[2..4],
+            &[],
+            b"q",
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
-    assert_eq!(again, vec![None, None], "claims expire with their ttl");
-    s.delete(&keys).await.unwrap();
+    assert_eq!(again, vec![None, None], "claims expire with their hash");
+    s.delete(&hashes).await.unwrap();
 }
 
 /// Adds gathered by [`super::merge_sorted_set_adds`] into `ZAddMany`s end

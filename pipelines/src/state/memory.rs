@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{ScoreRange, Scored, StateError, StateOp, StateStore};
+use super::{no_hash_to_claim_in, ScoreRange, Scored, StateError, StateOp, StateStore};
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -171,35 +171,83 @@ impl StateStore for MemoryStore {
         }))
     }
 
-    async fn set_nx_get_many(
+    async fn claim_fields(
         &self,
+        hashes: &[String],
         keys: &[String],
+        fields: &[String],
+        expected: &[Vec<u8>],
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let Some(into) = hashes.first().filter(|_| !fields.is_empty()) else {
+            return no_hash_to_claim_in(fields);
+        };
         self.with(|m, now| {
-            keys.iter()
-                .map(|key| {
-                    let k = self.key(key);
-                    match live(m, &k, now) {
+            let mut answers = Vec::with_capacity(fields.len());
+            let mut wrote = false;
+            for (i, field) in fields.iter().enumerate() {
+                let mut found: Option<Vec<u8>> = None;
+                for h in hashes {
+                    match live(m, &self.key(h), now) {
+                        None => {}
                         Some(Entry {
-                            value: Value::Bytes(b),
+                            value: Value::Hash(map),
                             ..
-                        }) => Ok(Some(b.clone())),
-                        Some(_) => Err(wrong_type(key)),
-                        None => {
-                            m.insert(
-                                k,
-                                Entry {
-                                    value: Value::Bytes(value.to_vec()),
-                                    expires_at: Some(now + ttl),
-                                },
-                            );
-                            Ok(None)
+                        }) => {
+                            if let Some(v) = map.get(field) {
+                                found = Some(v.clone());
+                                break;
+                            }
                         }
+                        Some(_) => return Err(wrong_type(h)),
                     }
-                })
-                .collect()
+                }
+                if found.is_none() {
+                    if let Some(key) = keys.get(i) {
+                        found = match live(m, &self.key(key), now) {
+                            None => None,
+                            Some(Entry {
+                                value: Value::Bytes(b),
+                                ..
+                            }) => Some(b.clone()),
+                            Some(_) => return Err(wrong_type(key)),
+                        };
+                    }
+                }
+                let want = expected.get(i).map(Vec::as_slice).unwrap_or_default();
+                if found.as_deref().unwrap_or_default() != want {
+                    answers.push(found);
+                    continue;
+                }
+                let k = self.key(into);
+                if live(m, &k, now).is_none() {
+                    m.insert(
+                        k.clone(),
+                        Entry {
+                            value: Value::Hash(HashMap::new()),
+                            expires_at: None,
+                        },
+                    );
+                }
+                match m.get_mut(&k) {
+                    Some(Entry {
+                        value: Value::Hash(map),
+                        ..
+                    }) => {
+                        map.insert(field.clone(), value.to_vec());
+                    }
+                    _ => return Err(wrong_type(into)),
+                }
+                wrote = true;
+                answers.push(None);
+            }
+            if wrote {
+                if let Some(e) = m.get_mut(&self.key(into)) {
+                    e.expires_at = Some(now + ttl);
+                }
+            }
+            Ok(answers)
         })
     }
 

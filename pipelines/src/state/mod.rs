@@ -75,11 +75,23 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<bool, StateError>;
     /// Removes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> Result<u64, StateError>;
-    /// For each key, `SET key value NX PX ttl GET`: sets it when absent and
-    /// returns the value that was there (`None` when this call set it).
-    async fn set_nx_get_many(
+    /// Claims fields of hashes in one atomic step (the idempotency guard's
+    /// claims, kept in its generation hashes). Each of `fields`, in order,
+    /// is looked up in `hashes` (the first holding it wins; a hash that does
+    /// not exist costs nothing per field), then, when `keys` is not empty,
+    /// in its own string key `keys[i]` (the layout before: a key per field).
+    /// The value found, or absent, is compared with `expected[i]` (absent
+    /// when `expected` is empty or `expected[i]` is empty: stored values are
+    /// never empty): when equal, the field is set to `value` in `hashes[0]`,
+    /// whose expiry becomes `ttl`, and the answer is `None`; otherwise the
+    /// answer is the value found. A field repeated in the call finds what its
+    /// first occurrence left.
+    async fn claim_fields(
         &self,
+        hashes: &[String],
         keys: &[String],
+        fields: &[String],
+        expected: &[Vec<u8>],
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError>;
@@ -192,6 +204,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn distinct_count(&self, keys: &[String]) -> Result<u64, StateError>;
     /// Merges distinct counts: `dest` becomes the union of `dest` and `sources`.
     async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError>;
+}
+
+/// [`StateStore::claim_fields`] with no hash: nothing to answer for no
+/// fields, an error for some.
+pub(crate) fn no_hash_to_claim_in(fields: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+    match fields.first() {
+        None => Ok(Vec::new()),
+        Some(f) => Err(StateError::Protocol {
+            key: f.clone(),
+            message: "claim_fields was given no hash to claim in".into(),
+        }),
+    }
 }
 
 /// Opens the store a config names: `memory:`, a Redis URL or a Redis Cluster

@@ -190,14 +190,24 @@ impl StateStore for Scoped {
             .await
             .map_err(|e| self.unscoped(e))
     }
-    async fn set_nx_get_many(
+    async fn claim_fields(
         &self,
+        hashes: &[String],
         keys: &[String],
+        fields: &[String],
+        expected: &[Vec<u8>],
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         self.inner
-            .set_nx_get_many(&self.keys(keys), value, ttl)
+            .claim_fields(
+                &self.keys(hashes),
+                &self.keys(keys),
+                fields,
+                expected,
+                value,
+                ttl,
+            )
             .await
             .map_err(|e| self.unscoped(e))
     }
