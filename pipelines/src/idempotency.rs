@@ -55,6 +55,9 @@ use crate::state::{StateError, StateOp, StateStore};
 
 const DONE: &[u8] = b"done";
 const DAY: Duration = Duration::from_secs(86_400);
+/// Keys looked at, at most, to tell whether a worker's Redis holds keys of
+/// the version before generation hashes (once per worker and Redis).
+const LAYOUT_SCAN_BUDGET: usize = 2_000_000;
 
 /// Generations of marks per idempotency ttl, for a worker that commits its
 /// own marks ([`IdempotencyGuard::mark_once_op`]): more keeps marks closer
@@ -100,6 +103,8 @@ pub struct IdempotencyGuard {
     lease: Duration,
     ttl: Duration,
     clock: Clock,
+    /// [`IdempotencyGuard::keys_of_version_before_until`], once known.
+    legacy_until: Arc<tokio::sync::OnceCell<u64>>,
 }
 
 /// `p:<ms>:<token>` → (ms, token).
@@ -117,6 +122,7 @@ impl IdempotencyGuard {
             lease,
             ttl,
             clock: Clock::System,
+            legacy_until: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
@@ -173,6 +179,65 @@ impl IdempotencyGuard {
         k
     }
 
+    /// Until when (ms since the epoch) claims and marks must also read the
+    /// per-event keys of the version before generation hashes. Decided once
+    /// per worker and Redis, by the first process of this version, and
+    /// recorded in `idem-layout:<worker>` (read once per process): when such
+    /// keys exist then (an upgrade), or the store cannot tell (a cluster; a
+    /// keyspace of more than [`LAYOUT_SCAN_BUDGET`] keys), that start plus
+    /// the ttl (the last of them expires by then) and a day (old pods still
+    /// running in the rollout); when none exists (a new install, where none
+    /// will ever be written), 0. After a rollback to the version before,
+    /// delete the key before upgrading again.
+    async fn keys_of_version_before_until(&self) -> Result<u64, StateError> {
+        let parse = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX)
+        };
+        let decide = || async {
+            let key = self.layout_key();
+            if let Some(v) = self.store.get(&key).await? {
+                return Ok(parse(&v));
+            }
+            let until = match self
+                .store
+                .any_key_with_prefix(&self.namespace, LAYOUT_SCAN_BUDGET)
+                .await?
+            {
+                Some(false) => 0,
+                _ => self.now_ms() + (self.ttl + DAY).as_millis() as u64,
+            };
+            // Two first processes at once: the first to record decides.
+            self.store
+                .set_nx(&key, until.to_string().as_bytes(), None)
+                .await?;
+            Ok(self.store.get(&key).await?.map_or(until, |v| parse(&v)))
+        };
+        self.legacy_until.get_or_try_init(decide).await.copied()
+    }
+
+    /// The per-event keys of the version before to read for `ids`: none
+    /// once [`IdempotencyGuard::keys_of_version_before_until`] has passed.
+    async fn keys_of_version_before<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<String>, StateError> {
+        Ok(
+            if self.now_ms() < self.keys_of_version_before_until().await? {
+                self.keys(ids)
+            } else {
+                Vec::new()
+            },
+        )
+    }
+
+    fn layout_key(&self) -> String {
+        let worker = &self.namespace["idem:".len()..self.namespace.len() - 1];
+        format!("idem-layout:{worker}")
+    }
+
     /// The hash of the claims and marks of generation `g` (periods of
     /// [`GENERATIONS_PER_TTL`]-th of the ttl since the epoch).
     fn generation_key(&self, g: u64) -> String {
@@ -215,22 +280,26 @@ impl IdempotencyGuard {
     /// handled, in the hash of the current generation's marks, unless one
     /// of them is marked already: in a hash of the generations of the last
     /// ttl, or where a version before kept marks (a hash per processing
-    /// day; a key per event, the guard's claims and marks). One write per
+    /// day; a key per event, the guard's claims and marks, while
+    /// [`IdempotencyGuard::keys_of_version_before_until`] says). One write per
     /// update instead of a key per event, and one lookup per event in each
     /// of [`GENERATIONS_PER_TTL`] + 1 hashes. A generation's hash expires
     /// [`GENERATIONS_PER_TTL`] + 1 generations after its last write: when
     /// its newest mark is at least a ttl old, and its oldest less than one
     /// and a half (with two generations per ttl).
-    pub fn mark_once_op<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) -> StateOp {
+    pub async fn mark_once_op<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<StateOp, StateError> {
         let mut seen = self.mark_hashes();
         let into = seen.remove(0);
-        StateOp::MarkOnce {
+        Ok(StateOp::MarkOnce {
             into,
             seen,
             fields: ids.clone().into_iter().map(str::to_string).collect(),
-            keys: self.keys(ids),
+            keys: self.keys_of_version_before(ids).await?,
             ttl: self.hash_ttl(),
-        }
+        })
     }
 
     /// For a worker that commits its own marks: whether each of `ids` was
@@ -328,7 +397,9 @@ impl IdempotencyGuard {
         let now = self.now_ms();
         let value = format!("p:{now}:{token}");
         let hashes = self.generation_hashes(now);
-        let keys = self.keys(fields.iter().map(String::as_str));
+        let keys = self
+            .keys_of_version_before(fields.iter().map(String::as_str))
+            .await?;
         let previous = self
             .store
             .claim_fields(
@@ -380,7 +451,10 @@ impl IdempotencyGuard {
         }
         if !abandoned.is_empty() {
             let fields: Vec<String> = abandoned.iter().map(|&i| fields[i].clone()).collect();
-            let keys: Vec<String> = abandoned.iter().map(|&i| keys[i].clone()).collect();
+            let keys: Vec<String> = abandoned
+                .iter()
+                .filter_map(|&i| keys.get(i).cloned())
+                .collect();
             let expected: Vec<Vec<u8>> = abandoned
                 .iter()
                 .map(|&i| previous[i].clone().unwrap_or_default())
@@ -641,12 +715,69 @@ mod tests {
         assert_eq!(claim(&g, &["held"]).await, vec![Claim::Claimed]);
     }
 
+    #[tokio::test]
+    async fn a_new_install_never_reads_keys_of_the_version_before() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        let g = IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        );
+        assert_eq!(claim(&g, &["a"]).await, vec![Claim::Claimed]);
+        assert_eq!(
+            store.get("idem-layout:w").await.unwrap(),
+            Some(b"0".to_vec()),
+            "recorded: no key of the version before"
+        );
+        // Not looked for again, by this process or the next.
+        store.set("idem:w:x", b"done", None).await.unwrap();
+        assert_eq!(claim(&g, &["x"]).await, vec![Claim::Claimed]);
+        let next = IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        );
+        store.set("idem:w:y", b"done", None).await.unwrap();
+        assert_eq!(claim(&next, &["y"]).await, vec![Claim::Claimed]);
+    }
+
+    #[tokio::test]
+    async fn keys_of_the_version_before_are_read_for_a_ttl_and_a_day_after_an_upgrade() {
+        use chrono::TimeZone;
+        let ttl = Duration::from_secs(7 * 86_400);
+        let (clock, hand) =
+            Clock::manual(chrono::Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap());
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        store.set("idem:w:old", b"done", None).await.unwrap();
+        let guard = || {
+            IdempotencyGuard::new(store.clone(), "w", Duration::from_secs(30), ttl)
+                .with_clock(clock.clone())
+        };
+        let g = guard();
+        let upgraded = g.now_ms();
+        assert_eq!(claim(&g, &["old"]).await, vec![Claim::Duplicate]);
+        let until = upgraded + (ttl + DAY).as_millis() as u64;
+        assert_eq!(
+            store.get("idem-layout:w").await.unwrap(),
+            Some(until.to_string().into_bytes())
+        );
+        // An old pod still running writes more; a process started later reads
+        // the recorded window.
+        hand.advance(ttl);
+        store.set("idem:w:late", b"done", None).await.unwrap();
+        assert_eq!(claim(&guard(), &["late"]).await, vec![Claim::Duplicate]);
+        // Once the window has passed, the keys are not read.
+        hand.advance(DAY);
+        store.set("idem:w:after", b"done", None).await.unwrap();
+        assert_eq!(claim(&g, &["after"]).await, vec![Claim::Claimed]);
+    }
+
     /// Marks `ids` with the guard's op; whether they were all unmarked.
     async fn mark_once(store: &dyn StateStore, g: &IdempotencyGuard, ids: &[&str]) -> bool {
-        store
-            .apply_checked(&[g.mark_once_op(ids.iter().copied())])
-            .await
-            .unwrap()[0]
+        let op = g.mark_once_op(ids.iter().copied()).await.unwrap();
+        store.apply_checked(&[op]).await.unwrap()[0]
     }
 
     #[tokio::test]
@@ -673,7 +804,7 @@ mod tests {
         hand.advance(ttl / GENERATIONS_PER_TTL as u32 + Duration::from_millis(1));
         assert!(mark_once(&*store, &g, &["a"]).await);
         // The hash a mark is written to lives until its last lookup.
-        let StateOp::MarkOnce { ttl: kept, .. } = g.mark_once_op(["x"]) else {
+        let StateOp::MarkOnce { ttl: kept, .. } = g.mark_once_op(["x"]).await.unwrap() else {
             unreachable!()
         };
         assert_eq!(

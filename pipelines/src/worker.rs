@@ -293,7 +293,7 @@ impl Ctx {
             return Ok(Applied::Duplicates(repeats));
         }
         let mut all = Vec::with_capacity(ops.len() + 1);
-        all.push(g.mark_once_op(ids.clone()));
+        all.push(g.mark_once_op(ids.clone()).await?);
         all.extend(ops);
         let mut flags = self.state.apply_checked(&all).await?;
         if flags.first().copied().unwrap_or(true) {
@@ -595,6 +595,8 @@ mod tests {
     #[tokio::test]
     async fn marks_in_the_update_land_each_event_once_and_name_the_duplicates() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
+        // A mark of the version before generation hashes (a key per event).
+        store.set("idem:w:e", b"done", None).await.unwrap();
         let guard = IdempotencyGuard::new(
             store.clone(),
             "w",
@@ -629,10 +631,9 @@ mod tests {
                 .unwrap(),
             Applied::Duplicates(vec![false, true])
         );
-        // A mark of the guard's own counts too, and one of the version
-        // before generation hashes (a key per event).
+        // A mark of the guard's own counts too, and the one of the version
+        // before.
         store.apply(&guard.done_ops(["d"])).await.unwrap();
-        store.set("idem:w:e", b"done", None).await.unwrap();
         assert_eq!(
             ctx.apply_once_for_all(&[c.clone(), inbound("d"), inbound("e")], count(3))
                 .await

@@ -394,6 +394,17 @@ async fn redis_store_passes_the_conformance_suite() {
     cfg.key_prefix = "{conf}:".into();
     let store = pipelines::state::RedisStore::connect(&cfg).await.unwrap();
     pipelines::state::conformance::run_all(&store).await;
+    // One node can always tell whether a prefix has keys (a cluster cannot).
+    use pipelines::state::StateStore;
+    store.set("idem:w:1", b"done", None).await.unwrap();
+    assert_eq!(
+        store.any_key_with_prefix("idem:w:", 1_000).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store.any_key_with_prefix("idem:v:", 1_000).await.unwrap(),
+        Some(false)
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ pub async fn run_all(store: &dyn StateStore) {
     set_nx_sets_only_when_absent(store).await;
     ttl_expires_keys(store).await;
     claim_fields_claims_each_field_once(store).await;
+    any_key_with_prefix_finds_only_live_keys_of_the_prefix(store).await;
     claim_fields_answers_a_large_batch_in_order(store).await;
     set_many_overwrites_with_ttl(store).await;
     compare_and_set_swaps_only_the_expected_value(store).await;
@@ -703,6 +704,47 @@ async fn claim_fields_claims_each_field_once(s: &dyn StateStore) {
     let mut all = hashes.clone();
     all.extend(["conf:k:c", "conf:k:e", "conf:k:z"].map(String::from));
     s.delete(&all).await.unwrap();
+}
+
+/// Answers `None` only where the store cannot tell (a cluster); a glob
+/// character in the prefix is a plain character.
+async fn any_key_with_prefix_finds_only_live_keys_of_the_prefix(s: &dyn StateStore) {
+    let tells = |got: Option<bool>, want: bool| got.is_none() || got == Some(want);
+    assert!(tells(
+        s.any_key_with_prefix("conf:pfx*:", 10).await.unwrap(),
+        false
+    ));
+    s.set("conf:pfxa:1", b"x", None).await.unwrap();
+    s.set("conf:gone:1", b"x", Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert!(tells(
+        s.any_key_with_prefix("conf:pfx*:", 1_000_000)
+            .await
+            .unwrap(),
+        false
+    ));
+    assert!(tells(
+        s.any_key_with_prefix("conf:pfx", 1_000_000).await.unwrap(),
+        true
+    ));
+    s.set("conf:pfx*:2", b"x", None).await.unwrap();
+    assert!(tells(
+        s.any_key_with_prefix("conf:pfx*:", 1_000_000)
+            .await
+            .unwrap(),
+        true
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tells(
+        s.any_key_with_prefix("conf:gone:", 1_000_000)
+            .await
+            .unwrap(),
+        false
+    ));
+    s.delete(&["conf:pfxa:1".into(), "conf:pfx*:2".into()])
+        .await
+        .unwrap();
 }
 
 /// A batch the size the pipeline claims, with values found at scattered

@@ -171,6 +171,18 @@ impl StateStore for MemoryStore {
         }))
     }
 
+    async fn any_key_with_prefix(
+        &self,
+        prefix: &str,
+        _budget: usize,
+    ) -> Result<Option<bool>, StateError> {
+        let p = self.key(prefix);
+        Ok(Some(self.with(|m, now| {
+            m.iter()
+                .any(|(k, e)| k.starts_with(&p) && e.expires_at.is_none_or(|t| t > now))
+        })))
+    }
+
     async fn claim_fields(
         &self,
         hashes: &[String],

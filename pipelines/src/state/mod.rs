@@ -95,6 +95,16 @@ pub trait StateStore: Send + Sync + 'static {
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError>;
+    /// Whether some key starts with `prefix`, looking at no more than about
+    /// `budget` keys: `None` when it cannot tell (the budget ran out; a
+    /// cluster, whose keys are spread over its nodes). `SCAN … MATCH` on
+    /// Redis: for a one-time question (are there keys of an older layout?),
+    /// never in a hot path.
+    async fn any_key_with_prefix(
+        &self,
+        prefix: &str,
+        budget: usize,
+    ) -> Result<Option<bool>, StateError>;
     /// Sets every key to `value` with `ttl`, in one round trip.
     async fn set_many(
         &self,

@@ -738,6 +738,48 @@ impl StateStore for RedisStore {
             .map_err(|e| classify(key, e))
     }
 
+    async fn any_key_with_prefix(
+        &self,
+        prefix: &str,
+        budget: usize,
+    ) -> Result<Option<bool>, StateError> {
+        let Conn::Node(node) = &self.conn else {
+            return Ok(None);
+        };
+        let mut c = node.clone();
+        let mut pattern = String::new();
+        for ch in self.key(prefix).chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(ch);
+        }
+        pattern.push('*');
+        let (mut cursor, mut looked) = (0u64, 0usize);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| classify(prefix, e))?;
+            if !keys.is_empty() {
+                return Ok(Some(true));
+            }
+            looked += 1000;
+            cursor = next;
+            if cursor == 0 {
+                return Ok(Some(false));
+            }
+            if looked >= budget {
+                return Ok(None);
+            }
+        }
+    }
+
     async fn claim_fields(
         &self,
         hashes: &[String],

@@ -190,6 +190,17 @@ impl StateStore for Scoped {
             .await
             .map_err(|e| self.unscoped(e))
     }
+    async fn any_key_with_prefix(
+        &self,
+        prefix: &str,
+        budget: usize,
+    ) -> Result<Option<bool>, StateError> {
+        self.inner
+            .any_key_with_prefix(&self.key(prefix), budget)
+            .await
+            .map_err(|e| self.unscoped(e))
+    }
+
     async fn claim_fields(
         &self,
         hashes: &[String],
