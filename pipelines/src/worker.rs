@@ -334,6 +334,19 @@ impl Ctx {
         .await
     }
 
+    /// How many partitions `topic` has (the cluster's metadata): for a
+    /// worker that must know every partition of its input, not only the
+    /// ones it owns. Needs the process's Kafka producer.
+    pub async fn partition_count(&self, topic: &str) -> Result<usize, WorkerError> {
+        let Some(p) = &self.publisher else {
+            return Err(WorkerError::unavailable(
+                "kafka",
+                "no Kafka producer in this process",
+            ));
+        };
+        Ok(p.partition_count(topic).await?)
+    }
+
     /// Publishes a canonical event with the standard headers (`event-id`,
     /// `event-type`, `content-type`, `producer`) and its own. Give it an id
     /// from [`crate::derive_event_id`], so a repeat is recognisable.

@@ -136,6 +136,33 @@ impl Publisher {
         }
     }
 
+    /// How many partitions `topic` has, from the cluster's metadata
+    /// (blocking in librdkafka, so on the blocking pool).
+    pub async fn partition_count(&self, topic: &str) -> Result<usize, PublishError> {
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        let fetched = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Timeout::After(Duration::from_secs(5)))
+        })
+        .await;
+        let failed = |message: String| PublishError {
+            topic: topic.to_string(),
+            message: super::scrub(&self.cfg, &message),
+            kind: PublishFailure::Transient,
+        };
+        let metadata = fetched
+            .map_err(|e| failed(format!("metadata fetch did not finish: {e}")))?
+            .map_err(|e| failed(format!("cannot fetch the topic's metadata: {e}")))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len())
+            }
+            _ => Err(failed("the cluster does not know the topic yet".into())),
+        }
+    }
+
     /// Waits for queued messages to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(Timeout::After(timeout)) {

@@ -295,13 +295,14 @@ pub fn batch_ops(
     ops
 }
 
-/// Every partition's mark (unreadable values are skipped: they hold nothing back).
-pub async fn marks(state: &dyn StateStore) -> Result<Vec<PartitionMark>, WorkerError> {
+/// Every partition's mark, by its field ([`mark_field`]; unreadable values
+/// are skipped: they hold nothing back).
+pub async fn marks(state: &dyn StateStore) -> Result<BTreeMap<String, PartitionMark>, WorkerError> {
     Ok(state
         .hget_all(MARKS)
         .await?
-        .values()
-        .filter_map(|v| PartitionMark::decode(v))
+        .into_iter()
+        .filter_map(|(f, v)| Some((f, PartitionMark::decode(&v)?)))
         .collect())
 }
 

@@ -9,7 +9,9 @@
 //! partition cannot stall every window; when every partition is idle, the
 //! most advanced one decides. A partition's idle clock restarts when it is
 //! assigned (its mark says "nothing yet" if it was never read), so a new
-//! owner's backlog is read before windows close. So `idle_timeout` must be
+//! owner's backlog is read before windows close; a partition of the input
+//! topics with no mark at all (its owner has not started it yet) counts as
+//! "nothing yet" too, idle `idle_timeout` after the closer first missed it. So `idle_timeout` must be
 //! longer than the longest stall of a partition that has events waiting
 //! (a Redis outage, a rebalance): a partition stalled longer is taken for
 //! idle, windows may close without it, and its events then count as late

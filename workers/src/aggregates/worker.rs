@@ -43,7 +43,15 @@ pub struct AggregatesWorker {
     projects: HashSet<String>,
     /// Users already added to each open window's distinct counts.
     known_users: Mutex<KnownUsers>,
+    /// The mark field of every input partition, and when it was read (ms).
+    partitions: Mutex<Option<(i64, Vec<String>)>>,
+    /// When this process first found each input partition without a mark.
+    unmarked_since: Mutex<HashMap<String, i64>>,
 }
+
+/// How long the input topics' partition counts are used before they are
+/// read again (a topic may gain partitions).
+const PARTITIONS_REFRESH_MS: i64 = 60_000;
 
 fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -61,7 +69,59 @@ impl AggregatesWorker {
             closed: Mutex::new(HashSet::new()),
             projects: config.projects.iter().cloned().collect(),
             known_users: Mutex::new(KnownUsers::default()),
+            partitions: Mutex::new(None),
+            unmarked_since: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The mark field of every partition of the input topics (the cluster's
+    /// metadata, read again every [`PARTITIONS_REFRESH_MS`]).
+    async fn input_partitions(&self, ctx: &Ctx, now: i64) -> Result<Vec<String>, WorkerError> {
+        {
+            let cached = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, fields)) = cached.as_ref() {
+                if now.saturating_sub(*at) < PARTITIONS_REFRESH_MS && now >= *at {
+                    return Ok(fields.clone());
+                }
+            }
+        }
+        let mut fields = Vec::new();
+        for topic in default_topics(ctx.config()) {
+            let n = ctx.partition_count(&topic).await?;
+            fields.extend((0..n as i32).map(|p| store::mark_field(&topic, p)));
+        }
+        *self.partitions.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, fields.clone()));
+        Ok(fields)
+    }
+
+    /// Every input partition's mark. A partition no replica has marked yet
+    /// (assigned to a replica that has not started it, or new) holds the
+    /// watermark back like one assigned and not yet read, so windows do not
+    /// close without its events; it counts as idle `idle_timeout` after this
+    /// process first found it unmarked, so one that never gets a mark cannot
+    /// stall every window.
+    async fn all_marks(&self, ctx: &Ctx, now: i64) -> Result<Vec<PartitionMark>, WorkerError> {
+        let mut marks = store::marks(ctx.state()).await?;
+        let expected = self.input_partitions(ctx, now).await?;
+        let mut since = self
+            .unmarked_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for field in expected {
+            match marks.entry(field) {
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    since.remove(e.key());
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let first = *since.entry(e.key().clone()).or_insert(now);
+                    e.insert(PartitionMark {
+                        max_event_ms: NOTHING_YET,
+                        seen_ms: first,
+                    });
+                }
+            }
+        }
+        Ok(marks.into_values().collect())
     }
 
     fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), i64>> {
@@ -295,7 +355,7 @@ impl Worker for AggregatesWorker {
 
     async fn tick(&self, timer: &Timer, ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
         let now = ctx.now().timestamp_millis();
-        let marks = store::marks(ctx.state()).await?;
+        let marks = self.all_marks(ctx, now).await?;
         let Some(wm) = watermark::combined(&marks, now, self.lateness_ms, self.idle_ms) else {
             return Ok(None);
         };
@@ -430,6 +490,96 @@ mod tests {
             task_id: Some(task),
             completed_ms: (kind == "task.completed").then_some(t_s * 1000),
         }
+    }
+
+    /// Two replicas start: one has read its partitions far past minute 0
+    /// while the other has not yet marked its own (assigned, not started).
+    /// The unmarked partitions hold the watermark back until the other
+    /// replica marks them, or until they have been unmarked for
+    /// `idle_timeout`.
+    #[tokio::test]
+    async fn an_input_partition_nobody_has_marked_yet_holds_the_watermark_back() {
+        let mock = pipelines::kafka::mock::MockKafka::start(1).unwrap();
+        let mut config = PipelineConfig::default();
+        config.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
+        mock.create_topic(&config.topics.task_events, 4).unwrap();
+        mock.create_topic(&config.topics.analytics_events, 1)
+            .unwrap();
+        let publisher = pipelines::kafka::sink::Publisher::new(&config.kafka, "t").unwrap();
+        let ctx = Ctx::new(
+            "aggregates",
+            Arc::new(MemoryStore::new("t:")),
+            Some(publisher),
+            Arc::new(config.clone()),
+        );
+        let agg = AggregatesConfig::default();
+        let worker = AggregatesWorker::new(&agg).unwrap();
+        let (lateness, idle) = (ms(agg.allowed_lateness), ms(agg.idle_timeout));
+        let now = 1_764_000_000_000;
+        let read = PartitionMark {
+            max_event_ms: now - 1_000,
+            seen_ms: now,
+        };
+        let mark = |topic: &str, p: i32, m: PartitionMark| StateOp::HashSet {
+            key: store::MARKS.into(),
+            fields: vec![(store::mark_field(topic, p), m.encode().into_bytes())],
+        };
+        let tasks = config.topics.task_events.clone();
+        let analytics = config.topics.analytics_events.clone();
+        ctx.state()
+            .apply(&[
+                mark(&tasks, 0, read),
+                mark(&tasks, 1, read),
+                mark(&analytics, 0, read),
+            ])
+            .await
+            .unwrap();
+        let watermark =
+            |marks: Vec<PartitionMark>, at: i64| watermark::combined(&marks, at, lateness, idle);
+        let marks = worker.all_marks(&ctx, now).await.unwrap();
+        assert_eq!(marks.len(), 5, "every input partition: {marks:?}");
+        assert_eq!(watermark(marks, now), Some(i64::MIN), "held back");
+        // Still held a moment later; once marked by their owner, they count.
+        let marks = worker.all_marks(&ctx, now + idle - 1).await.unwrap();
+        assert_eq!(watermark(marks, now + idle - 1), Some(i64::MIN));
+        ctx.state()
+            .apply(&[mark(&tasks, 2, read), mark(&tasks, 3, read)])
+            .await
+            .unwrap();
+        let marks = worker.all_marks(&ctx, now + 10).await.unwrap();
+        assert_eq!(watermark(marks, now + 10), Some(now - 1_000 - lateness));
+        // One that stays unmarked is idle `idle_timeout` after it was missed.
+        let later = worker.all_marks(&ctx, now + 20).await.unwrap();
+        assert_eq!(later.len(), 5);
+        ctx.state()
+            .apply(&[StateOp::HashDelete {
+                key: store::MARKS.into(),
+                fields: vec![store::mark_field(&tasks, 3)],
+            }])
+            .await
+            .unwrap();
+        let missed_at = now + 30;
+        let marks = worker.all_marks(&ctx, missed_at).await.unwrap();
+        assert_eq!(watermark(marks, missed_at), Some(i64::MIN));
+        // The others keep delivering (active); the unmarked one turns idle.
+        let at = missed_at + idle;
+        let active = PartitionMark {
+            max_event_ms: now - 1_000,
+            seen_ms: at,
+        };
+        ctx.state()
+            .apply(&[
+                mark(&tasks, 0, active),
+                mark(&tasks, 1, active),
+                mark(&tasks, 2, active),
+                mark(&analytics, 0, active),
+            ])
+            .await
+            .unwrap();
+        let marks = worker.all_marks(&ctx, at - 1).await.unwrap();
+        assert_eq!(watermark(marks, at - 1), Some(i64::MIN));
+        let marks = worker.all_marks(&ctx, at).await.unwrap();
+        assert_eq!(watermark(marks, at), Some(now - 1_000 - lateness));
     }
 
     #[tokio::test]
