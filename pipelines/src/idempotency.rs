@@ -537,6 +537,16 @@ mod tests {
         )
     }
 
+    /// A guard of worker `w` on `store`: lease 30 s, ttl 10 minutes.
+    fn guard_on(store: &Arc<dyn StateStore>) -> IdempotencyGuard {
+        IdempotencyGuard::new(
+            store.clone(),
+            "w",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        )
+    }
+
     async fn claim(g: &IdempotencyGuard, ids: &[&str]) -> Vec<Claim> {
         g.claim(ids.iter().copied()).await.unwrap().claims
     }
@@ -672,12 +682,7 @@ mod tests {
     #[tokio::test]
     async fn claims_and_marks_of_the_key_per_event_version_are_still_read() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
-        let g = IdempotencyGuard::new(
-            store.clone(),
-            "w",
-            Duration::from_secs(30),
-            Duration::from_secs(600),
-        );
+        let g = guard_on(&store);
         let ttl = Some(Duration::from_secs(600));
         let now = g.now_ms();
         // What an old pod left: a done mark, a completed claim call, a claim
@@ -718,12 +723,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_install_never_reads_keys_of_the_version_before() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
-        let g = IdempotencyGuard::new(
-            store.clone(),
-            "w",
-            Duration::from_secs(30),
-            Duration::from_secs(600),
-        );
+        let g = guard_on(&store);
         assert_eq!(claim(&g, &["a"]).await, vec![Claim::Claimed]);
         assert_eq!(
             store.get("idem-layout:w").await.unwrap(),
@@ -733,12 +733,7 @@ mod tests {
         // Not looked for again, by this process or the next.
         store.set("idem:w:x", b"done", None).await.unwrap();
         assert_eq!(claim(&g, &["x"]).await, vec![Claim::Claimed]);
-        let next = IdempotencyGuard::new(
-            store.clone(),
-            "w",
-            Duration::from_secs(30),
-            Duration::from_secs(600),
-        );
+        let next = guard_on(&store);
         store.set("idem:w:y", b"done", None).await.unwrap();
         assert_eq!(claim(&next, &["y"]).await, vec![Claim::Claimed]);
     }

@@ -426,6 +426,29 @@ impl RedisStore {
         k
     }
 
+    /// Sends `cmd`, an `EVALSHA` of `script`, loading the script first when
+    /// the server does not know it (a restart, a failover); errors name `key`.
+    async fn evalsha<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &Cmd,
+        key: &str,
+    ) -> Result<T, StateError> {
+        let mut c = self.conn.clone();
+        match cmd.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut c)
+                    .await
+                    .map_err(|e| classify(key, e))?;
+                cmd.query_async(&mut c).await
+            }
+            other => other,
+        }
+        .map_err(|e| classify(key, e))
+    }
+
     fn ms(d: Duration) -> u64 {
         (d.as_millis() as u64).max(1)
     }
@@ -827,19 +850,7 @@ impl StateStore for RedisStore {
         for e in expected {
             cmd.arg(e.as_slice());
         }
-        let mut c = self.conn.clone();
-        let values: Vec<Value> = match cmd.query_async(&mut c).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                CLAIM_FIELDS
-                    .prepare_invoke()
-                    .load_async(&mut c)
-                    .await
-                    .map_err(|e| classify(into, e))?;
-                cmd.query_async(&mut c).await
-            }
-            other => other,
-        }
-        .map_err(|e| classify(into, e))?;
+        let values: Vec<Value> = self.evalsha(&CLAIM_FIELDS, &cmd, into).await?;
         if values.len() != fields.len() {
             return Err(StateError::Protocol {
                 key: into.clone(),
@@ -1081,19 +1092,7 @@ impl StateStore for RedisStore {
                 cmd.arg(a);
             }
         }
-        let mut c = self.conn.clone();
-        let absent: Vec<i64> = match cmd.query_async(&mut c).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                APPLY
-                    .prepare_invoke()
-                    .load_async(&mut c)
-                    .await
-                    .map_err(|e| classify(first.key(), e))?;
-                cmd.query_async(&mut c).await
-            }
-            other => other,
-        }
-        .map_err(|e| classify(first.key(), e))?;
+        let absent: Vec<i64> = self.evalsha(&APPLY, &cmd, first.key()).await?;
         Ok(absent.into_iter().map(|a| a == 1).collect())
     }
 
