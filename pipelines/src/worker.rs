@@ -334,9 +334,9 @@ impl Ctx {
         .await
     }
 
-    /// How many partitions `topic` has (the cluster's metadata): for a
-    /// worker that must know every partition of its input, not only the
-    /// ones it owns. Needs the process's Kafka producer.
+    /// How many partitions `topic` has (the cluster's metadata; 0 when it
+    /// does not exist): for a worker that must know every partition of its
+    /// input, not only the ones it owns. Needs the process's Kafka producer.
     pub async fn partition_count(&self, topic: &str) -> Result<usize, WorkerError> {
         let Some(p) = &self.publisher else {
             return Err(WorkerError::unavailable(

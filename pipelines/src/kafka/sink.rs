@@ -137,14 +137,16 @@ impl Publisher {
     }
 
     /// How many partitions `topic` has, from the cluster's metadata
-    /// (blocking in librdkafka, so on the blocking pool).
+    /// (blocking in librdkafka, so on the blocking pool); 0 when the topic
+    /// does not exist.
     pub async fn partition_count(&self, topic: &str) -> Result<usize, PublishError> {
         let producer = self.producer.clone();
-        let name = topic.to_string();
+        // Every topic's metadata: asking for one by name would create it on
+        // a broker that creates topics on demand.
         let fetched = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(&name), Timeout::After(Duration::from_secs(5)))
+                .fetch_metadata(None, Timeout::After(Duration::from_secs(5)))
         })
         .await;
         let failed = |message: String| PublishError {
@@ -155,11 +157,13 @@ impl Publisher {
         let metadata = fetched
             .map_err(|e| failed(format!("metadata fetch did not finish: {e}")))?
             .map_err(|e| failed(format!("cannot fetch the topic's metadata: {e}")))?;
+        use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART as UNKNOWN;
         match metadata.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                Ok(t.partitions().len())
-            }
-            _ => Err(failed("the cluster does not know the topic yet".into())),
+            Some(t) if t.error().is_none() => Ok(t.partitions().len()),
+            // A topic that does not exist has no partitions to wait for.
+            Some(t) if t.error() == Some(UNKNOWN) => Ok(0),
+            None => Ok(0),
+            Some(t) => Err(failed(format!("the topic's metadata says {:?}", t.error()))),
         }
     }
 

@@ -503,8 +503,6 @@ mod tests {
         let mut config = PipelineConfig::default();
         config.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
         mock.create_topic(&config.topics.task_events, 4).unwrap();
-        mock.create_topic(&config.topics.analytics_events, 1)
-            .unwrap();
         let publisher = pipelines::kafka::sink::Publisher::new(&config.kafka, "t").unwrap();
         let ctx = Ctx::new(
             "aggregates",
@@ -536,8 +534,14 @@ mod tests {
             .unwrap();
         let watermark =
             |marks: Vec<PartitionMark>, at: i64| watermark::combined(&marks, at, lateness, idle);
+        // The analytics topic does not exist yet: nothing to wait for.
         let marks = worker.all_marks(&ctx, now).await.unwrap();
         assert_eq!(marks.len(), 5, "every input partition: {marks:?}");
+        *worker.partitions.lock().unwrap() = None;
+        mock.create_topic(&config.topics.analytics_events, 1)
+            .unwrap();
+        let marks = worker.all_marks(&ctx, now).await.unwrap();
+        assert_eq!(marks.len(), 5, "the analytics partition has a mark");
         assert_eq!(watermark(marks, now), Some(i64::MIN), "held back");
         // Still held a moment later; once marked by their owner, they count.
         let marks = worker.all_marks(&ctx, now + idle - 1).await.unwrap();
