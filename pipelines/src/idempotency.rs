@@ -306,7 +306,7 @@ impl IdempotencyGuard {
     /// handled (after a [`StateOp::MarkOnce`] stopped), giving up abandoned
     /// claims of a version before; an error while one is held.
     pub async fn handled(&self, ids: &[&str]) -> Result<Vec<bool>, StateError> {
-        let keys = self.keys(ids.iter().copied());
+        let keys = self.keys_of_version_before(ids.iter().copied()).await?;
         let mut handled = vec![false; ids.len()];
         for (i, value) in self.store.get_many(&keys).await?.into_iter().enumerate() {
             let Some(v) = value else { continue };
@@ -370,11 +370,11 @@ impl IdempotencyGuard {
         ids: impl IntoIterator<Item = &'a str>,
         value: &[u8],
     ) -> Result<(), StateError> {
-        let ops = self.write_ops(ids, value);
-        if matches!(&ops[0], StateOp::HashSet { fields, .. } if fields.is_empty()) {
+        let ids: Vec<&str> = ids.into_iter().collect();
+        if ids.is_empty() {
             return Ok(());
         }
-        self.store.apply(&ops).await
+        self.store.apply(&self.write_ops(ids, value)).await
     }
 
     fn keys<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
 use rdkafka::util::Timeout;
 
 use super::base_client_config;
@@ -157,11 +158,10 @@ impl Publisher {
         let metadata = fetched
             .map_err(|e| failed(format!("metadata fetch did not finish: {e}")))?
             .map_err(|e| failed(format!("cannot fetch the topic's metadata: {e}")))?;
-        use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART as UNKNOWN;
         match metadata.topics().iter().find(|t| t.name() == topic) {
             Some(t) if t.error().is_none() => Ok(t.partitions().len()),
             // A topic that does not exist has no partitions to wait for.
-            Some(t) if t.error() == Some(UNKNOWN) => Ok(0),
+            Some(t) if t.error() == Some(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Ok(0),
             None => Ok(0),
             Some(t) => Err(failed(format!("the topic's metadata says {:?}", t.error()))),
         }

@@ -701,6 +701,20 @@ async fn claim_fields_claims_each_field_once(s: &dyn StateStore) {
             .unwrap(),
         Vec::<Option<Vec<u8>>>::new()
     );
+    // Keys or expected values not one per field are refused, as is no hash.
+    let two: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    assert!(s
+        .claim_fields(&hashes, &keys[..1], &two, &[], b"p", ttl)
+        .await
+        .is_err());
+    assert!(s
+        .claim_fields(&hashes, &[], &two, &expected[..1], b"p", ttl)
+        .await
+        .is_err());
+    assert!(s
+        .claim_fields(&[], &[], &two, &[], b"p", ttl)
+        .await
+        .is_err());
     let mut all = hashes.clone();
     all.extend(["conf:k:c", "conf:k:e", "conf:k:z"].map(String::from));
     s.delete(&all).await.unwrap();

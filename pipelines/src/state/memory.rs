@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{no_hash_to_claim_in, ScoreRange, Scored, StateError, StateOp, StateStore};
+use super::{claim_target, ScoreRange, Scored, StateError, StateOp, StateStore};
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -192,8 +192,8 @@ impl StateStore for MemoryStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        let Some(into) = hashes.first().filter(|_| !fields.is_empty()) else {
-            return no_hash_to_claim_in(fields);
+        let Some(into) = claim_target(hashes, keys, fields, expected)? else {
+            return Ok(Vec::new());
         };
         self.with(|m, now| {
             let mut answers = Vec::with_capacity(fields.len());

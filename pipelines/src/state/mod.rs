@@ -216,15 +216,34 @@ pub trait StateStore: Send + Sync + 'static {
     async fn distinct_merge(&self, dest: &str, sources: &[String]) -> Result<(), StateError>;
 }
 
-/// [`StateStore::claim_fields`] with no hash: nothing to answer for no
-/// fields, an error for some.
-pub(crate) fn no_hash_to_claim_in(fields: &[String]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-    match fields.first() {
-        None => Ok(Vec::new()),
-        Some(f) => Err(StateError::Protocol {
-            key: f.clone(),
-            message: "claim_fields was given no hash to claim in".into(),
-        }),
+/// The arguments of [`StateStore::claim_fields`] checked, the same for every
+/// store: the hash written (`None`: no fields, nothing to do), or an error
+/// when fields come with no hash, or `keys` or `expected` are neither empty
+/// nor one per field.
+pub(crate) fn claim_target<'h>(
+    hashes: &'h [String],
+    keys: &[String],
+    fields: &[String],
+    expected: &[Vec<u8>],
+) -> Result<Option<&'h String>, StateError> {
+    let Some(field) = fields.first() else {
+        return Ok(None);
+    };
+    let bad = |message: String| StateError::Protocol {
+        key: field.clone(),
+        message,
+    };
+    for (what, n) in [("keys", keys.len()), ("expected values", expected.len())] {
+        if n != 0 && n != fields.len() {
+            return Err(bad(format!(
+                "claim_fields was given {n} {what} for {} fields",
+                fields.len()
+            )));
+        }
+    }
+    match hashes.first() {
+        Some(into) => Ok(Some(into)),
+        None => Err(bad("claim_fields was given no hash to claim in".into())),
     }
 }
 

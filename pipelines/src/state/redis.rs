@@ -812,18 +812,8 @@ impl StateStore for RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        let Some(into) = hashes.first().filter(|_| !fields.is_empty()) else {
-            return super::no_hash_to_claim_in(fields);
-        };
-        let keys = if keys.len() == fields.len() {
-            keys
-        } else {
-            &[]
-        };
-        let expected = if expected.len() == fields.len() {
-            expected
-        } else {
-            &[]
+        let Some(into) = super::claim_target(hashes, keys, fields, expected)? else {
+            return Ok(Vec::new());
         };
         let size: usize = hashes
             .iter()

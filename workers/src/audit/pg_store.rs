@@ -317,7 +317,7 @@ struct ChainHead<'r> {
 }
 
 impl ChainHead<'_> {
-    fn new<'r>(seq: i64, hash: String, last_offset: i64) -> ChainHead<'r> {
+    fn new(seq: i64, hash: String, last_offset: i64) -> Self {
         ChainHead {
             seq,
             hash,
