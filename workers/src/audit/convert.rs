@@ -5,8 +5,73 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use pipelines::event::TaskSnapshot;
 use pipelines::Inbound;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::record::{AuditRecord, Change, RecordSource};
+use super::record::{serialize_time, AuditRecord, Change, RawJson, RecordSource};
+
+/// Calls `$each!(name, kind)` for every field of [`TaskSnapshot`] (`time`
+/// for a `DateTime<Utc>`, `value` for the rest), in the order of
+/// their names: the order of a `serde_json::Value` object's keys, which is
+/// how records have always written snapshots (the hash chain covers those
+/// bytes). A field added to the snapshot must be added here:
+/// `a_snapshot_is_written_as_its_value_tree_writes_it` fails until it is.
+macro_rules! snapshot_fields_sorted {
+    ($each:ident) => {
+        $each!(assignee_id, value);
+        $each!(completed, value);
+        $each!(completed_at, time);
+        $each!(created_at, time);
+        $each!(description, value);
+        $each!(due_at, time);
+        $each!(due_local, value);
+        $each!(priority, value);
+        $each!(project_id, value);
+        $each!(recurrence, value);
+        $each!(status, value);
+        $each!(tags, value);
+        $each!(title, value);
+    };
+}
+
+/// A snapshot as the JSON object `serde_json::to_value(snapshot)` writes,
+/// byte for byte (keys sorted, absent fields left out), without building
+/// the value tree.
+struct SortedSnapshot<'a>(&'a TaskSnapshot);
+
+impl Serialize for SortedSnapshot<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut map = s.serialize_map(None)?;
+        macro_rules! field {
+            ($f:ident, value) => {
+                if let Some(v) = &t.$f {
+                    map.serialize_entry(stringify!($f), v)?;
+                }
+            };
+            ($f:ident, time) => {
+                if let Some(v) = &t.$f {
+                    map.serialize_entry(stringify!($f), &Time(v))?;
+                }
+            };
+        }
+        snapshot_fields_sorted!(field);
+        map.end()
+    }
+}
+
+/// A time as chrono writes it, by [`serialize_time`] (without `fmt`).
+struct Time<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Time<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_time(self.0, s)
+    }
+}
+
+/// The record's `details`: the snapshot's JSON text.
+fn details_of(t: &TaskSnapshot) -> Option<RawJson> {
+    RawJson::of(&SortedSnapshot(t)).ok()
+}
 
 /// Builds the audit record of one event, received (written) at `now`: the
 /// pipeline clock's time, whole microseconds, so a store writes the record
@@ -56,7 +121,7 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
         occurred_at: e.occurred_at.trunc_subsecs(6),
         received_at: now.trunc_subsecs(6),
         changes,
-        details: e.task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
+        details: e.task.as_ref().and_then(details_of),
         source: RecordSource {
             topic: inbound.source.topic.to_string(),
             partition: inbound.source.partition,
@@ -68,21 +133,31 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
     }
 }
 
-/// Field-by-field difference of two snapshots (see [`to_record`]).
+/// Field-by-field difference of two snapshots (see [`to_record`]): the
+/// fields present in `after` whose value differs from `before`'s (absent
+/// there: `null`), compared as their JSON values are. Only changed fields
+/// are turned into JSON values.
 pub fn diff(before: &TaskSnapshot, after: &TaskSnapshot) -> BTreeMap<String, Change> {
-    let to_map = |s: &TaskSnapshot| match serde_json::to_value(s) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    };
-    let before = to_map(before);
-    let after = to_map(after);
-    after
-        .into_iter()
-        .filter_map(|(k, new)| {
-            let old = before.get(&k).cloned().unwrap_or(serde_json::Value::Null);
-            (old != new).then_some((k, Change { old, new }))
-        })
-        .collect()
+    fn json<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+    }
+    let mut out = BTreeMap::new();
+    macro_rules! field {
+        ($f:ident, $kind:ident) => {
+            if let Some(new) = &after.$f {
+                if before.$f.as_ref() != Some(new) {
+                    let old = before.$f.as_ref().map_or(serde_json::Value::Null, json);
+                    let new = json(new);
+                    // Values unequal as types but written alike are no change.
+                    if old != new {
+                        out.insert(stringify!($f).to_string(), Change { old, new });
+                    }
+                }
+            }
+        };
+    }
+    snapshot_fields_sorted!(field);
+    out
 }
 
 #[cfg(test)]
@@ -117,5 +192,95 @@ mod tests {
         let d = diff(&TaskSnapshot::default(), &after);
         assert_eq!(d["due_at"].old, serde_json::Value::Null);
         assert_eq!(d["due_at"].new, "2026-01-10T09:00:00Z");
+    }
+
+    /// Snapshots with every combination of fields over a run of values:
+    /// escapes, non-ASCII text, sub-second times, local times with and
+    /// without a zone, empty and full lists.
+    fn snapshots() -> Vec<TaskSnapshot> {
+        use pipelines::event::{LocalTime, Recurrence};
+        let texts = [
+            "",
+            "a",
+            "quote \" and \\ back",
+            "tab\tnew\nline",
+            "ünï ✓ \u{1}",
+        ];
+        let times: Vec<DateTime<Utc>> = vec![
+            "2026-01-10T09:00:00Z".parse().unwrap(),
+            "2026-03-29T01:30:00.123Z".parse().unwrap(),
+            "1999-12-31T23:59:59.123456789Z".parse().unwrap(),
+        ];
+        let mut out = Vec::new();
+        let mut x: u64 = 7;
+        for _ in 0..4000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let bit = |n: u32| (x >> (20 + n)) & 1 == 1;
+            let text = |n: u32| texts[((x >> (n * 3)) % texts.len() as u64) as usize].to_string();
+            let time = |n: u32| times[((x >> (n * 2)) % times.len() as u64) as usize];
+            out.push(TaskSnapshot {
+                title: bit(0).then(|| text(0)),
+                description: bit(1).then(|| text(1)),
+                status: bit(2).then(|| text(2)),
+                completed: bit(3).then(|| bit(14)),
+                priority: bit(4).then(|| text(4)),
+                due_at: bit(5).then(|| time(5)),
+                due_local: bit(6).then(|| LocalTime {
+                    local: time(6).naive_utc(),
+                    timezone: bit(15).then(|| "Europe/Berlin".to_string()),
+                }),
+                tags: bit(7).then(|| (0..(x >> 40) % 3).map(|i| text(i as u32)).collect()),
+                recurrence: bit(8).then(|| Recurrence {
+                    rule: text(8),
+                    timezone: bit(16).then(|| "America/New_York".to_string()),
+                }),
+                assignee_id: bit(9).then(|| text(9)),
+                project_id: bit(10).then(|| text(10)),
+                completed_at: bit(11).then(|| time(11)),
+                created_at: bit(12).then(|| time(12)),
+            });
+        }
+        out
+    }
+
+    /// The hash chain covers the bytes a snapshot is written as: they must
+    /// be those of its value tree, as records were always written.
+    #[test]
+    fn a_snapshot_is_written_as_its_value_tree_writes_it() {
+        for t in snapshots() {
+            let tree = serde_json::to_string(&serde_json::to_value(&t).unwrap()).unwrap();
+            assert_eq!(details_of(&t).unwrap().get(), tree, "{t:?}");
+        }
+    }
+
+    /// The typed diff is the diff of the two value trees.
+    #[test]
+    fn diff_is_the_difference_of_the_value_trees() {
+        let tree_diff = |before: &TaskSnapshot, after: &TaskSnapshot| {
+            let to_map = |s: &TaskSnapshot| match serde_json::to_value(s).unwrap() {
+                serde_json::Value::Object(m) => m,
+                _ => unreachable!(),
+            };
+            let before = to_map(before);
+            to_map(after)
+                .into_iter()
+                .filter_map(|(k, new)| {
+                    let old = before.get(&k).cloned().unwrap_or(serde_json::Value::Null);
+                    (old != new).then_some((k, Change { old, new }))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let all = snapshots();
+        let mut changed = 0;
+        for pair in all.windows(2) {
+            let (before, after) = (&pair[0], &pair[1]);
+            let d = diff(before, after);
+            assert_eq!(d, tree_diff(before, after), "{before:?} -> {after:?}");
+            changed += d.len();
+            assert!(diff(after, after).is_empty());
+        }
+        assert!(changed > 10_000, "the cases change fields: {changed}");
     }
 }

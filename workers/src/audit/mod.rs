@@ -245,7 +245,7 @@ impl Worker for AuditWorker {
     }
 
     /// On PostgreSQL each batch is a transaction (chain locks and heads, a
-    /// batch index row, a durable COMMIT): batches of 1,000 instead of the
+    /// durable COMMIT): batches of 1,000 instead of the
     /// pipeline's 500 gave about +7% in the bench (six alternating pairs,
     /// 0 to +15%).
     fn preferred_max_batch(&self) -> Option<usize> {

@@ -10,12 +10,13 @@
 //! - `append` is one transaction per batch: lock the batch's chains and read
 //!   their heads (one round trip), skip the records at or below each chain's
 //!   last source offset (a redelivery: a chain is one source partition),
-//!   `COPY … BINARY` the new ones, advance the chain heads and add the
-//!   batch's row to `audit_batch_index`, COMMIT. A redelivered message
-//!   therefore never makes a second row, without a per-event index lookup.
-//! - Queries by task or user find their records through `audit_batch_index`
-//!   (one row per batch and chain: its range of `chain_seq` and its distinct
-//!   task and actor ids, GIN-indexed) instead of a B-tree entry per record.
+//!   `COPY … BINARY` the new ones, advance the chain heads, COMMIT. A
+//!   redelivered message therefore never makes a second row, without a
+//!   per-event index lookup.
+//! - Indexes: the primary key (chain, chain_seq, received_at), the order
+//!   `verify` reads in; BRIN on occurred_at (time ranges); one BRIN index of
+//!   Bloom filters over task_id and actor_id for queries by task or user
+//!   (migration 4 says what it costs and saves).
 //! - Tamper evidence: one SHA-256 chain per source (`topic/partition`), each
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
 //!   canonical JSON; `verify` recomputes every chain.
@@ -31,7 +32,7 @@
 //! microseconds, as PostgreSQL keeps them), and truncates `occurred_at` to
 //! microseconds, so the hash covers exactly what is stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Mutex as StdMutex;
@@ -45,7 +46,7 @@ use tokio_postgres::types::{FromSql, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::pg_tls::TlsSettings;
-use super::record::{as_stored, AuditRecord, Change, RecordSource};
+use super::record::{as_stored, AuditRecord, Change, RawJson, RecordSource};
 use super::store::{
     chain_hash, ActivityRow, AuditQuery, AuditStore, ChainBreak, StoreError, VerifyReport, GENESIS,
 };
@@ -66,6 +67,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         3,
         "batch_index",
         include_str!("../../migrations/audit/0003_batch_index.sql"),
+    ),
+    (
+        4,
+        "bloom_index",
+        include_str!("../../migrations/audit/0004_bloom_index.sql"),
     ),
 ];
 
@@ -112,12 +118,6 @@ const ADVANCE_HEADS: &str = "INSERT INTO audit_chain_heads (chain, seq, hash, la
      ON CONFLICT (chain) DO UPDATE
      SET seq = excluded.seq, hash = excluded.hash, last_offset = excluded.last_offset";
 
-/// One row per written batch and chain: where its records are and which
-/// tasks and actors they name (what `audit query --task/--user` looks up).
-const INDEX_BATCH: &str = "INSERT INTO audit_batch_index
-     (chain, first_seq, last_seq, received_at, task_ids, actor_ids)
-     VALUES ($1, $2, $3, $4, $5, $6)";
-
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
      chain, chain_seq, prev_hash, hash";
@@ -129,8 +129,9 @@ struct CopyRows {
 }
 
 impl CopyRows {
-    fn new() -> CopyRows {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+    /// Rows of about `bytes` in all.
+    fn with_capacity(bytes: usize) -> CopyRows {
+        let mut buf = BytesMut::with_capacity(bytes.max(64 * 1024));
         // Signature, flags, header extension length.
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0);
@@ -275,7 +276,7 @@ fn next_month(year: i32, month: u32) -> (i32, u32) {
 
 fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     let changes: Option<Json<BTreeMap<String, Change>>> = col(row, "changes")?;
-    let details: Option<Json<serde_json::Value>> = col(row, "details")?;
+    let details: Option<Json<RawJson>> = col(row, "details")?;
     Ok(AuditRecord {
         event_id: col(row, "event_id")?,
         event_type: col(row, "event_type")?,
@@ -303,28 +304,22 @@ fn chain_of(r: &AuditRecord) -> String {
 }
 
 /// A chain's head as the batch advances it.
-struct ChainHead<'r> {
+struct ChainHead {
     seq: i64,
     hash: String,
     /// The last source offset written to the chain (-1: none).
     last_offset: i64,
-    /// The batch's first record in the chain (`None`: the batch wrote none,
-    /// the head is unchanged), and the task and actor ids of its records
-    /// (for `audit_batch_index`).
-    first_seq: Option<i64>,
-    task_ids: BTreeSet<&'r str>,
-    actor_ids: BTreeSet<&'r str>,
+    /// Whether the batch wrote to the chain (else the head is unchanged).
+    advanced: bool,
 }
 
-impl ChainHead<'_> {
+impl ChainHead {
     fn new(seq: i64, hash: String, last_offset: i64) -> Self {
         ChainHead {
             seq,
             hash,
             last_offset,
-            first_seq: None,
-            task_ids: BTreeSet::new(),
-            actor_ids: BTreeSet::new(),
+            advanced: false,
         }
     }
 }
@@ -601,11 +596,10 @@ impl PgStore {
         let now = chrono::SubsecRound::trunc_subsecs(now, 6);
         self.ensure_partition(client, now).await?;
         let copy_sql = format!("COPY audit_records ({COLUMNS}) FROM STDIN BINARY");
-        let (lock, read_heads, advance, index, copy) = futures::try_join!(
+        let (lock, read_heads, advance, copy) = futures::try_join!(
             client.prepare_cached(LOCK_CHAINS),
             client.prepare_cached(READ_HEADS),
             client.prepare_cached(ADVANCE_HEADS),
-            client.prepare_cached(INDEX_BATCH),
             client.prepare_cached(&copy_sql),
         )
         .map_err(e("preparing an audit write"))?;
@@ -614,41 +608,64 @@ impl PgStore {
             .await
             .map_err(e("starting an audit write"))?;
 
+        // Each record's chain (an index into `chains`), its name made once
+        // per run of records from one source partition.
+        let mut chains: Vec<String> = Vec::new();
+        let mut chain_at: Vec<usize> = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let same = i > 0 && {
+                let p = &records[i - 1].source;
+                p.partition == r.source.partition && p.topic == r.source.topic
+            };
+            if !same {
+                let name = chain_of(r);
+                match chains.iter().position(|c| *c == name) {
+                    Some(at) => chain_at.push(at),
+                    None => {
+                        chains.push(name);
+                        chain_at.push(chains.len() - 1);
+                    }
+                }
+            } else {
+                chain_at.push(chain_at[i - 1]);
+            }
+        }
         // Serialize writers of the same chains (sorted: no lock-order
         // deadlock) and read their heads, in one round trip.
-        let mut chains: Vec<String> = records.iter().map(chain_of).collect();
-        chains.sort();
-        chains.dedup();
-        let keys = self.chain_lock_keys(&chains);
+        let mut sorted: Vec<&String> = chains.iter().collect();
+        sorted.sort();
+        let sorted: Vec<String> = sorted.into_iter().cloned().collect();
+        let keys = self.chain_lock_keys(&sorted);
         let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
-        let chain_params: [&(dyn ToSql + Sync); 1] = [&chains];
+        let chain_params: [&(dyn ToSql + Sync); 1] = [&sorted];
         let (_, heads) = futures::try_join!(
             tx.execute(&lock, &lock_params),
             tx.query(&read_heads, &chain_params),
         )
         .map_err(e("reading the audit chain heads"))?;
 
-        let mut head: BTreeMap<String, ChainHead> = chains
+        let mut head: Vec<ChainHead> = chains
             .iter()
-            .map(|c| (c.clone(), ChainHead::new(0, GENESIS.to_string(), -1)))
+            .map(|_| ChainHead::new(0, GENESIS.to_string(), -1))
             .collect();
         for row in &heads {
+            let chain: String = col(row, "chain")?;
             let last: Option<i64> = col(row, "last_offset")?;
-            head.insert(
-                col(row, "chain")?,
-                ChainHead::new(col(row, "seq")?, col(row, "hash")?, last.unwrap_or(-1)),
-            );
+            if let Some(at) = chains.iter().position(|c| *c == chain) {
+                head[at] = ChainHead::new(col(row, "seq")?, col(row, "hash")?, last.unwrap_or(-1));
+            }
         }
 
-        // The new records, with their place in their chain. A record at or
-        // below its chain's last offset is a redelivery: already written.
-        let mut rows = Vec::with_capacity(records.len());
-        let mut json = Vec::with_capacity(512);
-        for record in records {
-            let chain = chain_of(record);
-            let Some(h) = head.get_mut(&chain) else {
-                continue;
-            };
+        // The new records, with their place in their chain, straight into
+        // the COPY … BINARY buffer (the cheapest way into PostgreSQL for a
+        // batch, sent as one message: tokio-postgres's writer sends every
+        // 4 KB, a system call each). A record at or below its chain's last
+        // offset is a redelivery: already written.
+        let mut copy_rows = CopyRows::with_capacity(records.len() * 1024);
+        let mut new = 0;
+        let mut json = Vec::with_capacity(1024);
+        for (record, &at) in records.iter().zip(&chain_at) {
+            let h = &mut head[at];
             if record.source.offset <= h.last_offset {
                 continue;
             }
@@ -658,35 +675,10 @@ impl PgStore {
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let seq = h.seq + 1;
             let hash = chain_hash(seq as u64, &h.hash, &json);
-            let prev_hash = std::mem::replace(&mut h.hash, hash.clone());
+            let prev_hash = std::mem::replace(&mut h.hash, hash);
             h.seq = seq;
             h.last_offset = r.source.offset;
-            h.first_seq.get_or_insert(seq);
-            if let Some(t) = &record.task_id {
-                h.task_ids.insert(t);
-            }
-            if let Some(a) = &record.actor_id {
-                h.actor_ids.insert(a);
-            }
-            rows.push((r, chain, seq, prev_hash, hash));
-        }
-        let new = rows.len();
-        if new == 0 {
-            tx.rollback().await.map_err(e("ending an audit write"))?;
-            return Ok(0);
-        }
-        let changed: Vec<(&String, &ChainHead)> =
-            head.iter().filter(|(_, h)| h.first_seq.is_some()).collect();
-        let head_chains: Vec<&str> = changed.iter().map(|(c, _)| c.as_str()).collect();
-        let head_seqs: Vec<i64> = changed.iter().map(|(_, h)| h.seq).collect();
-        let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
-        let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
-
-        // COPY … BINARY, the cheapest way into PostgreSQL for a batch, as one
-        // message: tokio-postgres's writer sends every 4 KB, a system call
-        // each.
-        let mut copy_rows = CopyRows::new();
-        for (r, chain, seq, prev_hash, hash) in &rows {
+            h.advanced = true;
             let changes = (!r.changes.is_empty()).then_some(Json(&r.changes));
             let details = r.details.as_ref().map(Json);
             copy_rows.row(&[
@@ -706,12 +698,27 @@ impl PgStore {
                 &r.source.dialect,
                 &r.ip_address,
                 &r.user_agent,
-                chain,
-                seq,
-                prev_hash,
-                hash,
+                &chains[at],
+                &seq,
+                &prev_hash,
+                &h.hash,
             ])?;
+            new += 1;
         }
+        if new == 0 {
+            tx.rollback().await.map_err(e("ending an audit write"))?;
+            return Ok(0);
+        }
+        let changed: Vec<(&String, &ChainHead)> = chains
+            .iter()
+            .zip(&head)
+            .filter(|(_, h)| h.advanced)
+            .collect();
+        let head_chains: Vec<&str> = changed.iter().map(|(c, _)| c.as_str()).collect();
+        let head_seqs: Vec<i64> = changed.iter().map(|(_, h)| h.seq).collect();
+        let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
+        let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
+
         let sink = tx
             .copy_in(&copy)
             .await
@@ -722,45 +729,12 @@ impl PgStore {
             .await
             .map_err(e("writing audit records"))?;
         sink.finish().await.map_err(e("writing audit records"))?;
-        // The heads and the batch's index rows, pipelined: one round trip.
-        let index_rows: Vec<(Vec<&str>, Vec<&str>)> = changed
-            .iter()
-            .map(|(_, h)| {
-                (
-                    h.task_ids.iter().copied().collect(),
-                    h.actor_ids.iter().copied().collect(),
-                )
-            })
-            .collect();
-        let index_params: Vec<[&(dyn ToSql + Sync); 6]> = changed
-            .iter()
-            .zip(&index_rows)
-            .map(|((c, h), (tasks, actors))| {
-                [
-                    *c as &(dyn ToSql + Sync),
-                    &h.first_seq,
-                    &h.seq,
-                    &now,
-                    tasks,
-                    actors,
-                ]
-            })
-            .collect();
-        futures::try_join!(
-            async {
-                tx.execute(
-                    &advance,
-                    &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
-                )
-                .await
-                .map_err(e("advancing the audit chain heads"))
-            },
-            futures::future::try_join_all(index_params.iter().map(|p| async {
-                tx.execute(&index, p)
-                    .await
-                    .map_err(e("indexing the audit batch"))
-            })),
-        )?;
+        tx.execute(
+            &advance,
+            &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
+        )
+        .await
+        .map_err(e("advancing the audit chain heads"))?;
         tx.commit().await.map_err(e("committing audit records"))?;
         Ok(new)
     }
@@ -771,35 +745,29 @@ impl PgStore {
         q: &AuditQuery,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         type Param = Box<dyn ToSql + Sync + Send>;
-        // The filters, numbered from `$first`.
-        let filters = |first: usize| {
-            let mut clauses: Vec<String> = Vec::new();
-            let mut params: Vec<Param> = Vec::new();
-            let mut add = |clause: &str, p: Param| {
-                params.push(p);
-                clauses.push(format!("{clause} ${}", first + params.len() - 1));
-            };
-            if let Some(t) = &q.task_id {
-                add("task_id =", Box::new(t.clone()));
-            }
-            if let Some(u) = &q.user_id {
-                add("actor_id =", Box::new(u.clone()));
-            }
-            if let Some(t) = &q.event_type {
-                add("event_type =", Box::new(t.clone()));
-            }
-            if let Some(f) = q.from {
-                add("occurred_at >=", Box::new(f));
-            }
-            if let Some(t) = q.to {
-                add("occurred_at <", Box::new(t));
-            }
-            (clauses, params)
+        let mut clauses: Vec<String> = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
+        let mut add = |clause: &str, p: Param| {
+            params.push(p);
+            clauses.push(format!("{clause} ${}", params.len()));
         };
-        if q.task_id.is_some() || q.user_id.is_some() {
-            return self.query_through_index(client, q, filters(5)).await;
+        // task_id and actor_id are served by the Bloom filter index,
+        // occurred_at by its BRIN index.
+        if let Some(t) = &q.task_id {
+            add("task_id =", Box::new(t.clone()));
         }
-        let (clauses, params) = filters(1);
+        if let Some(u) = &q.user_id {
+            add("actor_id =", Box::new(u.clone()));
+        }
+        if let Some(t) = &q.event_type {
+            add("event_type =", Box::new(t.clone()));
+        }
+        if let Some(f) = q.from {
+            add("occurred_at >=", Box::new(f));
+        }
+        if let Some(t) = q.to {
+            add("occurred_at <", Box::new(t));
+        }
         let filter = if clauses.is_empty() {
             String::new()
         } else {
@@ -825,77 +793,6 @@ impl PgStore {
             .await
             .map_err(|e| pg_err("querying audit records", e))?;
         rows.iter().map(record_from_row).collect()
-    }
-
-    /// A query by task or user: the batches whose index row names them, then
-    /// each batch's matching records through the primary key (chain, range
-    /// of chain_seq, received_at). `filters` are numbered from `$5`.
-    async fn query_through_index(
-        &self,
-        client: &Object,
-        q: &AuditQuery,
-        (clauses, params): (Vec<String>, Vec<Box<dyn ToSql + Sync + Send>>),
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let e = |what: &'static str| move |e| pg_err(what, e);
-        let mut wanted: Vec<String> = Vec::new();
-        let mut ids: Vec<Vec<&str>> = Vec::new();
-        if let Some(t) = &q.task_id {
-            ids.push(vec![t.as_str()]);
-            wanted.push(format!("task_ids @> ${}", ids.len()));
-        }
-        if let Some(u) = &q.user_id {
-            ids.push(vec![u.as_str()]);
-            wanted.push(format!("actor_ids @> ${}", ids.len()));
-        }
-        let batches_sql = format!(
-            "SELECT chain, first_seq, last_seq, received_at FROM audit_batch_index WHERE {}",
-            wanted.join(" AND ")
-        );
-        let id_params: Vec<&(dyn ToSql + Sync)> =
-            ids.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let batches = client
-            .query(batches_sql.as_str(), &id_params)
-            .await
-            .map_err(e("finding the batches of audit records"))?;
-        let records_sql = format!(
-            "SELECT {COLUMNS} FROM audit_records
-             WHERE chain = $1 AND chain_seq BETWEEN $2 AND $3 AND received_at = $4 AND {}",
-            clauses.join(" AND ")
-        );
-        let statement = client
-            .prepare(&records_sql)
-            .await
-            .map_err(e("querying audit records"))?;
-        let mut out = Vec::new();
-        // A few hundred ranges at a time, pipelined on the connection.
-        for chunk in batches.chunks(256) {
-            let mut ranges = Vec::with_capacity(chunk.len());
-            for b in chunk {
-                let chain: String = col(b, "chain")?;
-                let first: i64 = col(b, "first_seq")?;
-                let last: i64 = col(b, "last_seq")?;
-                let at: DateTime<Utc> = col(b, "received_at")?;
-                ranges.push((chain, first, last, at));
-            }
-            let answers = futures::future::try_join_all(ranges.iter().map(|(c, f, l, at)| {
-                let mut p: Vec<&(dyn ToSql + Sync)> = vec![c, f, l, at];
-                p.extend(params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
-                let statement = &statement;
-                async move { client.query(statement, &p).await }
-            }))
-            .await
-            .map_err(e("querying audit records"))?;
-            for row in answers.iter().flatten() {
-                out.push(record_from_row(row)?);
-            }
-            // With a limit, only the newest `limit` so far are kept: memory
-            // stays bounded however many records match.
-            if q.limit.is_some() {
-                keep_newest(&mut out, q.limit);
-            }
-        }
-        keep_newest(&mut out, q.limit);
-        Ok(out)
     }
 
     async fn report_on(
@@ -1073,10 +970,9 @@ impl PgStore {
                 Some((n, end))
             })
             .collect();
-        // Every month before the last old one's end is dropped.
-        let Some(dropped_before) = old.iter().map(|(_, end)| *end).max() else {
+        if old.is_empty() {
             return Ok(0);
-        };
+        }
         let tx = client
             .transaction()
             .await
@@ -1099,12 +995,6 @@ impl PgStore {
                 .await
                 .map_err(e("dropping an audit partition"))?;
         }
-        tx.execute(
-            "DELETE FROM audit_batch_index WHERE received_at < $1",
-            &[&dropped_before],
-        )
-        .await
-        .map_err(e("dropping the index rows of dropped partitions"))?;
         // Each chain now starts at its oldest remaining record, or after its head.
         tx.batch_execute(
             "INSERT INTO audit_chain_anchors (chain, seq, prev_hash)
@@ -1215,16 +1105,6 @@ impl AuditStore for PgStore {
             .await;
         Self::release(client, &result);
         result
-    }
-}
-
-/// Sorts `records` by time (then event id) and keeps the newest `limit`.
-fn keep_newest(records: &mut Vec<AuditRecord>, limit: Option<usize>) {
-    records.sort_by(|a, b| {
-        (a.occurred_at, a.event_id.as_str()).cmp(&(b.occurred_at, b.event_id.as_str()))
-    });
-    if let Some(limit) = limit {
-        records.drain(..records.len().saturating_sub(limit));
     }
 }
 

@@ -47,14 +47,49 @@ pub struct AuditRecord {
     /// or computed from its previous snapshot).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub changes: BTreeMap<String, Change>,
-    /// The task snapshot the event carried, if any (JSON object).
+    /// The task snapshot the event carried, if any (a JSON object, as its
+    /// text: see [`RawJson`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+    pub details: Option<RawJson>,
     pub source: RecordSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+}
+
+/// A JSON value kept as its text, written exactly as it was made or read.
+///
+/// A record's snapshot is built once as text ([`super::convert`]) and then
+/// hashed, written and read back as those bytes: no `serde_json::Value`
+/// tree is built, serialized twice (hash, COPY) and dropped per record.
+/// Equal when the texts are equal (stores write them verbatim: PostgreSQL's
+/// `json` type and the file store's lines keep the text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `value` written as JSON (not parsed again to be checked).
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<RawJson, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a tree (for reading fields; not on the write path).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// The record as a store writes it: `received_at` = `now` (the pipeline
