@@ -603,10 +603,28 @@ impl PgStore {
             client.prepare_cached(&copy_sql),
         )
         .map_err(e("preparing an audit write"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(e("starting an audit write"))?;
+        let result = self
+            .write_batch(client, [&lock, &read_heads, &advance, &copy], records, now)
+            .await;
+        if result.is_err() {
+            // No transaction is left open on a connection that goes back to
+            // the pool (a broken one is closed: see `release`).
+            client.batch_execute("ROLLBACK").await.ok();
+        }
+        result
+    }
+
+    /// One batch's transaction, in four round trips: BEGIN with the chain
+    /// locks and heads; the COPY's start; its rows and end; the heads'
+    /// advance with COMMIT. On an error the caller rolls back.
+    async fn write_batch(
+        &self,
+        client: &Object,
+        [lock, read_heads, advance, copy]: [&tokio_postgres::Statement; 4],
+        records: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let e = |what: &'static str| move |e| pg_err(what, e);
 
         // Each record's chain (an index into `chains`), its name made once
         // per run of records from one source partition.
@@ -638,9 +656,10 @@ impl PgStore {
         let keys = self.chain_lock_keys(&sorted);
         let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
         let chain_params: [&(dyn ToSql + Sync); 1] = [&sorted];
-        let (_, heads) = futures::try_join!(
-            tx.execute(&lock, &lock_params),
-            tx.query(&read_heads, &chain_params),
+        let (_, _, heads) = futures::try_join!(
+            client.batch_execute("BEGIN"),
+            client.execute(lock, &lock_params),
+            client.query(read_heads, &chain_params),
         )
         .map_err(e("reading the audit chain heads"))?;
 
@@ -706,7 +725,10 @@ impl PgStore {
             new += 1;
         }
         if new == 0 {
-            tx.rollback().await.map_err(e("ending an audit write"))?;
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(e("ending an audit write"))?;
             return Ok(0);
         }
         let changed: Vec<(&String, &ChainHead)> = chains
@@ -719,8 +741,8 @@ impl PgStore {
         let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
         let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
 
-        let sink = tx
-            .copy_in(&copy)
+        let sink = client
+            .copy_in(copy)
             .await
             .map_err(e("writing audit records"))?;
         futures::pin_mut!(sink);
@@ -729,13 +751,26 @@ impl PgStore {
             .await
             .map_err(e("writing audit records"))?;
         sink.finish().await.map_err(e("writing audit records"))?;
-        tx.execute(
-            &advance,
-            &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
-        )
-        .await
-        .map_err(e("advancing the audit chain heads"))?;
-        tx.commit().await.map_err(e("committing audit records"))?;
+        // The COMMIT is sent behind the advance: if the advance fails, its
+        // error is what returns (PostgreSQL answers the COMMIT of a failed
+        // transaction with a rollback, and the caller rolls back anyway).
+        futures::try_join!(
+            async {
+                client
+                    .execute(
+                        advance,
+                        &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
+                    )
+                    .await
+                    .map_err(e("advancing the audit chain heads"))
+            },
+            async {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(e("committing audit records"))
+            },
+        )?;
         Ok(new)
     }
 
