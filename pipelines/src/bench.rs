@@ -334,14 +334,25 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
             });
             let run = tokio::spawn(async move { rt.run(vec![measured]).await });
             let deadline = Instant::now() + Duration::from_secs(600 + total / 1000);
+            let mut stall = Stall::default();
             while progress.handled.load(Ordering::Relaxed) < total {
-                if Instant::now() > deadline || run.is_finished() {
+                let handled = progress.handled.load(Ordering::Relaxed);
+                let stalled = stall.for_how_long(handled);
+                if Instant::now() > deadline || run.is_finished() || stalled >= STALL_LIMIT {
                     progress.done.store(true, Ordering::Relaxed);
                     shutdown.cancel();
+                    let why = if stalled >= STALL_LIMIT {
+                        format!(
+                            " (none for {}s: the run is stuck; one known cause is the mock \
+                             cluster dropping messages it could not keep, see the README's \
+                             Benchmarks)",
+                            stalled.as_secs()
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(BenchError(format!(
-                        "only {} of {} events were handled",
-                        progress.handled.load(Ordering::Relaxed),
-                        total
+                        "only {handled} of {total} events were handled{why}"
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -363,6 +374,28 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
         .join()
         .map_err(|_| BenchError("producer panicked".into()))??;
     Ok(report(label, total, wall, cpu, &progress))
+}
+
+/// A run in which no event is handled for this long is stuck: it fails
+/// with what it did instead of waiting for the overall deadline.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the handled count has stood still.
+#[derive(Default)]
+struct Stall {
+    last: Option<(u64, Instant)>,
+}
+
+impl Stall {
+    fn for_how_long(&mut self, handled: u64) -> Duration {
+        match self.last {
+            Some((seen, since)) if seen == handled => since.elapsed(),
+            _ => {
+                self.last = Some((handled, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
 }
 
 fn report(label: String, total: u64, wall: Duration, cpu: f64, progress: &Progress) -> BenchReport {
@@ -449,6 +482,16 @@ mod tests {
             .expect("samples decode")
             .occurred_at
             .timestamp()
+    }
+
+    #[test]
+    fn a_stall_is_how_long_the_count_has_stood_still() {
+        let mut stall = Stall::default();
+        assert_eq!(stall.for_how_long(10), Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(stall.for_how_long(10) >= Duration::from_millis(30));
+        assert_eq!(stall.for_how_long(11), Duration::ZERO);
+        assert!(stall.for_how_long(11) < Duration::from_millis(30));
     }
 
     #[test]
