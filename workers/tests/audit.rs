@@ -16,7 +16,7 @@ use pipelines::testing::{free_port, unique, RedisServer, TestProducer};
 use pipelines::{Inbound, Source};
 use taskstream::audit::convert::to_record;
 use taskstream::audit::file_store::FileStore;
-use taskstream::audit::pg_store::PgStore;
+use taskstream::audit::pg_store::{PgOptions, PgStore};
 use taskstream::audit::{AuditQuery, AuditRecord, AuditStore};
 
 mod common;
@@ -680,6 +680,32 @@ async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrat
     upgraded.drop_schema().await.unwrap();
 }
 
+/// Migrations that read the whole trail take longer than a statement may:
+/// they are not cut off at `audit.statement_timeout` (which would only
+/// start them again, forever, on a large trail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_are_not_held_to_the_statement_timeout() {
+    let schema = schema();
+    let mut options = PgOptions::new(&schema, 1);
+    options.statement_timeout = Duration::from_millis(1);
+    let store = PgStore::new(&database_url(), &options).unwrap();
+    store
+        .ready()
+        .await
+        .expect("migrated despite a 1 ms statement timeout");
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM taskstream_audit_migrations").await,
+        4
+    );
+    let cleanup = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    cleanup.drop_schema().await.unwrap();
+}
+
+/// A batch holds runs of records from several source partitions, in any
+/// order, with redeliveries among them: each chain gets its own records in
+/// order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order() {
     let schema = schema();

@@ -75,6 +75,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// The longest the migrations may take together. They are not held to
+/// `audit.statement_timeout`: one that builds an index over a large trail
+/// takes minutes, and cutting it off would only start it again. The worker
+/// is not ready meanwhile.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// The longest a readiness ping waits (the pipeline's probe waits 5 s).
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -449,7 +455,15 @@ impl PgStore {
         self.migrated
             .get_or_try_init(|| async {
                 let mut client = self.client().await?;
-                let result = self.bounded("migrating", self.migrate(&mut client)).await;
+                // Not `bounded`: a migration that reads the stored trail
+                // (3 and 4 do) can take longer than a statement may.
+                let result = tokio::time::timeout(MIGRATION_TIMEOUT, self.migrate(&mut client))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "migrating the audit schema took longer than {MIGRATION_TIMEOUT:?}"
+                        )))
+                    });
                 Self::release(client, &result);
                 result
             })
@@ -504,6 +518,12 @@ impl PgStore {
                 if applied.contains(version) {
                     continue;
                 }
+                tracing::info!(
+                    version,
+                    name,
+                    schema = %self.schema,
+                    "applying audit migration (on a large trail this can take minutes)"
+                );
                 let tx = client
                     .transaction()
                     .await
