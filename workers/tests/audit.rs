@@ -520,14 +520,14 @@ async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still
     upgraded.drop_schema().await.unwrap();
 }
 
-async fn sql_text(schema: &str, query: &str) -> String {
+/// The one value `query` returns.
+async fn sql_value<T: for<'a> tokio_postgres::types::FromSql<'a>>(schema: &str, query: &str) -> T {
     let client = connect_to(schema).await;
     client.query_one(query, &[]).await.unwrap().get(0)
 }
 
 async fn sql_count(schema: &str, query: &str) -> i64 {
-    let client = connect_to(schema).await;
-    client.query_one(query, &[]).await.unwrap().get(0)
+    sql_value(schema, query).await
 }
 
 /// The event ids `q` must return from `recs`, in order.
@@ -741,7 +741,7 @@ async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order(
     assert_eq!(store.append(&second, Utc::now()).await.unwrap(), 3);
     for (partition, offsets) in [(0, "1,2,3,4"), (1, "1,2,3,4"), (2, "7,8")] {
         let chain = format!("task-events/{partition}");
-        let got = sql_text(
+        let got: String = sql_value(
             &schema,
             &format!(
                 "SELECT string_agg(source_offset::text, ',' ORDER BY chain_seq) || '|' ||

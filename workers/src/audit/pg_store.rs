@@ -235,6 +235,21 @@ fn col<'a, T: FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, StoreError> {
         .map_err(|e| pg_err(&format!("reading column {name}"), e))
 }
 
+/// Runs `op` within `limit` (named `limit_name` in the error): past it the
+/// operation fails as unavailable.
+async fn within<T>(
+    limit: Duration,
+    limit_name: &str,
+    what: &str,
+    op: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "{what}: PostgreSQL did not answer within {limit:?} ({limit_name})"
+        )))
+    })
+}
+
 /// Whether `name` is a plain lower-case SQL identifier (what `audit.schema`
 /// accepts).
 pub fn is_plain_identifier(name: &str) -> bool {
@@ -305,8 +320,9 @@ fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     })
 }
 
-fn chain_of(r: &AuditRecord) -> String {
-    format!("{}/{}", r.source.topic, r.source.partition)
+/// The chain of records read from `topic`'s `partition`.
+fn chain_of(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
 }
 
 /// A chain's head as the batch advances it.
@@ -423,14 +439,7 @@ impl PgStore {
         what: &str,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.statement_timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "{what}: PostgreSQL did not answer within {:?} (audit.statement_timeout)",
-                    self.statement_timeout
-                )))
-            })
+        within(self.statement_timeout, "audit.statement_timeout", what, op).await
     }
 
     /// Returns `client` to the pool, or closes it when its operation failed
@@ -457,13 +466,13 @@ impl PgStore {
                 let mut client = self.client().await?;
                 // Not `bounded`: a migration that reads the stored trail
                 // (3 and 4 do) can take longer than a statement may.
-                let result = tokio::time::timeout(MIGRATION_TIMEOUT, self.migrate(&mut client))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StoreError::Unavailable(format!(
-                            "migrating the audit schema took longer than {MIGRATION_TIMEOUT:?}"
-                        )))
-                    });
+                let result = within(
+                    MIGRATION_TIMEOUT,
+                    "the migrations' limit",
+                    "migrating",
+                    self.migrate(&mut client),
+                )
+                .await;
                 Self::release(client, &result);
                 result
             })
@@ -646,33 +655,27 @@ impl PgStore {
     ) -> Result<usize, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
 
-        // Each record's chain (an index into `chains`), its name made once
-        // per run of records from one source partition.
-        let mut chains: Vec<String> = Vec::new();
-        let mut chain_at: Vec<usize> = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            let same = i > 0 && {
-                let p = &records[i - 1].source;
-                p.partition == r.source.partition && p.topic == r.source.topic
-            };
-            if !same {
-                let name = chain_of(r);
-                match chains.iter().position(|c| *c == name) {
-                    Some(at) => chain_at.push(at),
-                    None => {
-                        chains.push(name);
-                        chain_at.push(chains.len() - 1);
-                    }
-                }
-            } else {
-                chain_at.push(chain_at[i - 1]);
-            }
-        }
+        // Each record's chain (an index into `chains`): a batch holds few
+        // source partitions, and each chain's name is made once.
+        let mut sources: Vec<(&str, i32)> = Vec::new();
+        let chain_at: Vec<usize> = records
+            .iter()
+            .map(|r| {
+                let source = (r.source.topic.as_str(), r.source.partition);
+                sources
+                    .iter()
+                    .position(|s| *s == source)
+                    .unwrap_or_else(|| {
+                        sources.push(source);
+                        sources.len() - 1
+                    })
+            })
+            .collect();
+        let chains: Vec<String> = sources.iter().map(|s| chain_of(s.0, s.1)).collect();
         // Serialize writers of the same chains (sorted: no lock-order
         // deadlock) and read their heads, in one round trip.
-        let mut sorted: Vec<&String> = chains.iter().collect();
+        let mut sorted = chains.clone();
         sorted.sort();
-        let sorted: Vec<String> = sorted.into_iter().cloned().collect();
         let keys = self.chain_lock_keys(&sorted);
         let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_SPACE, &keys];
         let chain_params: [&(dyn ToSql + Sync); 1] = [&sorted];
