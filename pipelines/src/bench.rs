@@ -6,8 +6,10 @@
 //! mock keeps only ~5 MB per partition). The clock runs from the first produce
 //! to the last event handled. Latency is handling time minus the message's
 //! Kafka timestamp (millisecond resolution). CPU and peak RSS are this
-//! process's (mock brokers and producer included; Redis and PostgreSQL run in
-//! their own processes and are not counted).
+//! process's (mock brokers and producer included). Redis runs in its own
+//! process: its CPU is reported apart ([`BenchReport::redis_cpu_seconds_per_event`]),
+//! as the audit bench reports PostgreSQL's, so a run shows where the
+//! machine's time went without a profiler.
 //!
 //! Subjects: `baseline`, a bare consume-and-commit loop (the reference), or any
 //! [`Worker`] run through the full pipeline.
@@ -46,6 +48,56 @@ pub struct BenchReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub peak_rss_bytes: u64,
+    /// The Redis server's CPU (user + system, from `INFO cpu`) over the run,
+    /// per event; absent when the subject uses no Redis or the server does
+    /// not say. With `--redis-url` it counts whatever else that server did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_seconds_per_event: Option<f64>,
+    /// PostgreSQL's CPU over the run, per event (the audit bench, when the
+    /// server runs on this machine; see `taskstream bench`'s audit branch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_cpu_seconds_per_event: Option<f64>,
+}
+
+/// The CPU seconds (user + system) the Redis server at `url` has used since
+/// it started, from `INFO cpu`; `None` when it cannot be asked or does not
+/// say (a cluster answers for one node only: `None` too).
+pub async fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let info: String = tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::cmd("INFO").arg("cpu").query_async(&mut conn),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    used_cpu(&info)
+}
+
+/// `used_cpu_sys` + `used_cpu_user` of an `INFO cpu` answer.
+fn used_cpu(info: &str) -> Option<f64> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
+
+/// What a resource's CPU counter moved by over a run, per event.
+pub fn per_event(before: Option<f64>, after: Option<f64>, events: u64) -> Option<f64> {
+    Some((after? - before?).max(0.0) / events.max(1) as f64)
 }
 
 /// What to measure.
@@ -322,7 +374,8 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
                 .kafka
                 .properties
                 .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
-            config.redis.url = url;
+            let redis_cpu_before = redis_cpu_seconds(&url).await;
+            config.redis.url = url.clone();
             config.redis.key_prefix = format!("{}:", unique("bench"));
             config.metrics.addr = String::new();
             config.kafka.group_prefix = unique("bench");
@@ -359,12 +412,16 @@ pub async fn run(spec: BenchSpec, subject: Subject) -> Result<BenchReport, Bench
             }
             let wall = started.elapsed();
             let cpu = rusage().0 - start_cpu;
+            let redis_cpu = per_event(redis_cpu_before, redis_cpu_seconds(&url).await, total);
             shutdown.cancel();
             let _ = run.await;
             progress.done.store(true, Ordering::Relaxed);
             let _ = producer.join();
             drop(redis_server);
-            return Ok(report(label, total, wall, cpu, &progress));
+            return Ok(BenchReport {
+                redis_cpu_seconds_per_event: redis_cpu,
+                ..report(label, total, wall, cpu, &progress)
+            });
         }
     }
     let wall = started.elapsed();
@@ -415,6 +472,8 @@ fn report(label: String, total: u64, wall: Duration, cpu: f64, progress: &Progre
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         peak_rss_bytes: rusage().1,
+        redis_cpu_seconds_per_event: None,
+        postgres_cpu_seconds_per_event: None,
     }
 }
 
@@ -492,6 +551,33 @@ mod tests {
         assert!(stall.for_how_long(10) >= Duration::from_millis(30));
         assert_eq!(stall.for_how_long(11), Duration::ZERO);
         assert!(stall.for_how_long(11) < Duration::from_millis(30));
+    }
+
+    #[test]
+    fn redis_cpu_is_the_sum_of_system_and_user_time() {
+        let info = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\n\
+                    used_cpu_sys_children:9.000000\r\nused_cpu_user_children:9.000000\r\n";
+        assert_eq!(used_cpu(info), Some(3.75));
+        assert_eq!(used_cpu("# CPU\r\nused_cpu_sys:1.5\r\n"), None);
+        assert_eq!(per_event(Some(3.0), Some(5.0), 4), Some(0.5));
+        assert_eq!(per_event(None, Some(5.0), 4), None);
+    }
+
+    /// A real server's counter, which work moves.
+    #[tokio::test]
+    async fn redis_cpu_is_read_from_the_server() {
+        let server = RedisServer::start().expect("redis-server");
+        let before = redis_cpu_seconds(&server.url()).await.expect("INFO cpu");
+        // A few million steps of a script: tens of milliseconds of CPU.
+        let busy = "local x = 0 for i = 1, 5000000 do x = x + i end return x";
+        server.command(&["EVAL", busy, "0"]).expect("EVAL");
+        let after = redis_cpu_seconds(&server.url()).await.expect("INFO cpu");
+        assert!(after - before >= 0.005, "{before} s, then {after} s");
+    }
+
+    #[tokio::test]
+    async fn redis_cpu_is_unknown_where_no_server_answers() {
+        assert_eq!(redis_cpu_seconds("redis://127.0.0.1:1/").await, None);
     }
 
     #[test]

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pipelines::bench::{BenchReport, BenchSpec, NoopWorker, Sample, Subject};
+use pipelines::bench::{
+    per_event, redis_cpu_seconds, BenchReport, BenchSpec, NoopWorker, Sample, Subject,
+};
 use pipelines::kafka::mock::MockKafka;
 use pipelines::kafka::offsets::{OffsetReader, TopicPartition};
 use pipelines::testing::{unique, RedisServer};
 
 use crate::audit::{pg_store::PgStore, AuditWorker};
 use crate::config::Config;
-use child::{cpu_seconds_of, produce, Harness, WorkerProcess};
+use child::{cpu_seconds_of, postgres_cpu_seconds, produce, Harness, WorkerProcess};
 
 /// Runs the benchmark of `worker` (`baseline`, `pipeline`, `aggregates`,
 /// `audit`, `recurring`); `config_path` is the file a worker process reads
@@ -72,13 +74,18 @@ pub async fn run(
                 .context("connecting to PostgreSQL for the audit benchmark")?;
             let store = Arc::new(store);
             let worker = AuditWorker::new(store.clone(), "postgres", config.audit.clone());
+            let pg_before = postgres_cpu(&store).await;
             let report = pipelines::bench::run(
                 spec(config, events, partitions, redis_url, standard),
                 Subject::Worker(Arc::new(worker)),
             )
             .await;
+            let pg_cpu = per_event(pg_before, postgres_cpu(&store).await, events);
             store.drop_schema().await.ok();
-            return report.map_err(Into::into);
+            return Ok(BenchReport {
+                postgres_cpu_seconds_per_event: pg_cpu,
+                ..report?
+            });
         }
         "recurring" => {
             let mut recurring = config.recurring.clone();
@@ -175,6 +182,7 @@ async fn audit_files(
     )?;
     let reader = OffsetReader::new(&pipeline.kafka, "bench-audit", &unique("bench-peek"))?;
     let topic = pipeline.topics.task_events.clone();
+    let redis_before = redis_cpu_seconds(&url).await;
     let result = tokio::task::spawn_blocking(move || {
         watch_audit(
             worker, &reader, bootstrap, topic, &group, events, partitions,
@@ -182,8 +190,18 @@ async fn audit_files(
     })
     .await
     .context("the audit bench's watcher panicked")?;
+    let redis_cpu = per_event(redis_before, redis_cpu_seconds(&url).await, events);
     std::fs::remove_dir_all(&dir).ok();
-    result
+    Ok(BenchReport {
+        redis_cpu_seconds_per_event: redis_cpu,
+        ..result?
+    })
+}
+
+/// PostgreSQL's CPU seconds so far, when it runs on this machine.
+async fn postgres_cpu(store: &PgStore) -> Option<f64> {
+    let pids = store.local_server_pids().await.ok()??;
+    postgres_cpu_seconds(&pids)
 }
 
 /// Produces `events` while the child consumes them, until its group has
@@ -255,6 +273,8 @@ fn watch_audit(
         p50_ms: p50,
         p99_ms: p99,
         peak_rss_bytes,
+        redis_cpu_seconds_per_event: None,
+        postgres_cpu_seconds_per_event: None,
     })
 }
 

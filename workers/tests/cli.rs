@@ -288,4 +288,46 @@ fn audit_file_store_bench_measures_the_worker_process() {
         line["p99_ms"].as_f64().unwrap(),
     );
     assert!(p50 <= p99, "p50 {p50} above p99 {p99}");
+    let redis = line["redis_cpu_seconds_per_event"].as_f64().unwrap();
+    assert!(redis > 0.0, "the Redis server's CPU per event, got {redis}");
+    assert!(line.get("postgres_cpu_seconds_per_event").is_none());
+}
+
+/// `bench --worker audit` (PostgreSQL, on this machine) says where the
+/// machine's time went: the bench process's CPU, Redis's and PostgreSQL's,
+/// each per event; the baseline, which uses neither, names neither.
+#[test]
+fn audit_postgres_bench_reports_the_cpu_of_redis_and_postgres() {
+    let bench = |worker: &str| -> serde_json::Value {
+        let out = taskstream()
+            .args(["bench", "--worker", worker, "--events", "3000"])
+            .env_remove("TASKSTREAM_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
+    };
+    let line = bench("audit");
+    for key in [
+        "cpu_seconds_per_event",
+        "redis_cpu_seconds_per_event",
+        "postgres_cpu_seconds_per_event",
+    ] {
+        let v = line[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {line}"));
+        // Each event costs each of them some work: well above nothing, and
+        // well below a second.
+        assert!(v > 1e-7 && v < 0.1, "{key}: {v}");
+    }
+    let line = bench("baseline");
+    assert!(line.get("redis_cpu_seconds_per_event").is_none(), "{line}");
+    assert!(
+        line.get("postgres_cpu_seconds_per_event").is_none(),
+        "{line}"
+    );
 }

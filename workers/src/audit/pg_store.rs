@@ -577,6 +577,37 @@ impl PgStore {
         result
     }
 
+    /// The pids of the server's processes (`pg_stat_activity`: backends and
+    /// background processes) when the server runs on this machine (reached
+    /// over a Unix socket or loopback), for the benchmark's CPU figure;
+    /// `None` for a server elsewhere, whose pids mean nothing here.
+    pub async fn local_server_pids(&self) -> Result<Option<Vec<u32>>, StoreError> {
+        let client = self.client().await?;
+        let result = self
+            .bounded("listing PostgreSQL's processes", async {
+                let row = client
+                    .query_one(
+                        "SELECT inet_server_addr() IS NULL
+                                OR host(inet_server_addr()) IN ('127.0.0.1', '::1') AS local,
+                                (SELECT array_agg(pid) FROM pg_stat_activity) AS pids",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg_err("listing PostgreSQL's processes", e))?;
+                let local: bool = col(&row, "local")?;
+                let pids: Option<Vec<i32>> = col(&row, "pids")?;
+                Ok(local.then(|| {
+                    pids.unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| u32::try_from(p).ok())
+                        .collect()
+                }))
+            })
+            .await;
+        Self::release(client, &result);
+        result
+    }
+
     /// Creates the month's partition if it is not known to exist.
     async fn ensure_partition(&self, client: &Object, at: DateTime<Utc>) -> Result<(), StoreError> {
         let month = (at.year(), at.month());

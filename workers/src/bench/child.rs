@@ -36,25 +36,59 @@ pub fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
 /// CPU seconds (user + system) a process has used so far
 /// (`/proc/<pid>/stat`, fields 14 and 15).
 pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    Ok(process_times(pid)?.cpu_seconds)
+}
+
+/// What `/proc/<pid>/stat` says of a process's CPU time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessTimes {
+    /// Field 4: the parent's pid.
+    pub parent: u32,
+    /// Fields 14 and 15: its own user and system time, in seconds.
+    pub cpu_seconds: f64,
+    /// Fields 16 and 17: that of its children that have exited and been
+    /// waited for, in seconds.
+    pub exited_children_cpu_seconds: f64,
+}
+
+/// A process's CPU times from `/proc/<pid>/stat`.
+pub fn process_times(pid: u32) -> anyhow::Result<ProcessTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_stat(&stat).with_context(|| format!("no CPU times in /proc/{pid}/stat"))
+}
+
+fn parse_stat(stat: &str) -> Option<ProcessTimes> {
     // The command name (field 2) may hold spaces: count from its `)`.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("no command name in /proc/{pid}/stat"))?;
+    let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no CPU times in /proc/{pid}/stat"))
-    };
-    // After `)`: state is field 3, so utime (14) and stime (15) are 11 and 12.
-    let total = ticks(11)? + ticks(12)?;
+    // After `)`, field 3 (the state) is at 0: field n is at n - 3.
+    let number = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(total as f64 / hz as f64)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ProcessTimes {
+        parent: u32::try_from(number(4)?).ok()?,
+        cpu_seconds: (number(14)? + number(15)?) as f64 / hz,
+        exited_children_cpu_seconds: (number(16)? + number(17)?) as f64 / hz,
+    })
+}
+
+/// The CPU seconds PostgreSQL has used so far, from the pids of its
+/// processes (`pg_stat_activity`): theirs, and the postmaster's (their
+/// parent) with that of its children that exited, so a process that ends
+/// between two readings (an autovacuum worker, a closed connection) still
+/// counts. `None` when the processes cannot be read (another machine's).
+pub fn postgres_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    let mut postmaster = None;
+    let mut total = 0.0;
+    for &pid in pids {
+        // A process may end between the listing and this reading.
+        let Ok(t) = process_times(pid) else { continue };
+        total += t.cpu_seconds;
+        postmaster.get_or_insert(t.parent);
+    }
+    let master = process_times(postmaster?).ok()?;
+    Some(total + master.cpu_seconds + master.exited_children_cpu_seconds)
 }
 
 /// Where the child connects: the harness's broker and Redis.
@@ -182,4 +216,33 @@ pub fn produce(
         p.flush()?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "4242 (postgres: x (y)) S 17 4242 4242 0 -1 4194560 500 0 0 0 \
+                    300 200 1000 500 20 0 1 0 100 1000 10";
+        assert_eq!(
+            parse_stat(stat),
+            Some(ProcessTimes {
+                parent: 17,
+                cpu_seconds: 500.0 / hz,
+                exited_children_cpu_seconds: 1500.0 / hz,
+            })
+        );
+        assert_eq!(parse_stat("4242 (x) S 17"), None);
+    }
+
+    #[test]
+    fn this_process_reads_as_its_own_times() {
+        let t = process_times(std::process::id()).unwrap();
+        assert_eq!(t.parent, std::os::unix::process::parent_id());
+        assert!(t.cpu_seconds >= 0.0);
+    }
 }
