@@ -8,6 +8,7 @@
 
 #[cfg(feature = "testkit")]
 pub mod bench;
+pub mod buffers;
 pub mod clock;
 pub mod config;
 pub mod dlq;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers::BufferPool;
 use crate::config::RetryConfig;
 use crate::dlq::{self, DeadLetter};
 use crate::event::{decode, is_known_type, DecodeContext};
@@ -33,7 +34,16 @@ pub struct Pipeline {
     retry: RetryConfig,
     dlq_suffix: String,
     health: Arc<WorkerHealth>,
+    /// The decoded events of a batch, one buffer per batch in flight.
+    segments: BufferPool<Vec<Inbound>>,
 }
+
+/// Batch buffers kept for reuse (see [`BufferPool`]). A lane (one per
+/// assigned partition) holds one while its batch is in flight: eight cover
+/// the lanes of a replica with up to eight partitions; beyond, the others'
+/// buffers are made per batch. Held while idle: at most eight times the
+/// largest batch's, about 1.1 KB per event (18 MB for batches of 2,000).
+const SEGMENT_BUFFERS_KEPT: usize = 8;
 
 /// Retry bookkeeping of the event at the head of a segment.
 struct Failing {
@@ -65,6 +75,7 @@ impl Pipeline {
             retry,
             dlq_suffix,
             health,
+            segments: BufferPool::new(SEGMENT_BUFFERS_KEPT),
         }
     }
 
@@ -531,7 +542,7 @@ impl BatchProcessor for Pipeline {
         let ctx = self.ctx.with_stop(stop.clone());
         let mut finished_up_to: Option<i64> = None;
         // The current segment: decoded events and their record indices.
-        let mut segment: Vec<Inbound> = Vec::with_capacity(n);
+        let mut segment = self.segments.take(n);
         let mut indices: Vec<usize> = Vec::with_capacity(n);
         let mut complete = true;
 
@@ -581,7 +592,7 @@ impl BatchProcessor for Pipeline {
 
             if !segment.is_empty() {
                 let result = self
-                    .handle_segment(&ctx, stop, &batch, &indices, &segment)
+                    .handle_segment(&ctx, stop, &batch, &indices, segment.as_slice())
                     .await;
                 let offsets: Vec<i64> = segment.iter().map(|e| e.source.offset).collect();
                 segment.clear();

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use pipelines::buffers::BufferPool;
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerScope, Worker, WorkerError,
 };
@@ -41,7 +42,13 @@ pub struct AuditWorker {
     store: Arc<dyn AuditStore>,
     store_kind: &'static str,
     config: AuditConfig,
+    /// A batch's records, one buffer per batch in flight (see
+    /// `pipelines::buffers`).
+    records: BufferPool<Vec<AuditRecord>>,
 }
+
+/// Record buffers kept for reuse: as many as the pipeline keeps for events.
+const RECORD_BUFFERS_KEPT: usize = 8;
 
 impl AuditWorker {
     pub fn new(store: Arc<dyn AuditStore>, store_kind: &'static str, config: AuditConfig) -> Self {
@@ -49,6 +56,7 @@ impl AuditWorker {
             store,
             store_kind,
             config,
+            records: BufferPool::new(RECORD_BUFFERS_KEPT),
         }
     }
 
@@ -157,7 +165,8 @@ impl Worker for AuditWorker {
     /// only the offending one fails (and is dead-lettered).
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         let now = ctx.now();
-        let records: Vec<AuditRecord> = events.iter().map(|e| convert::to_record(e, now)).collect();
+        let mut records = self.records.take(events.len());
+        records.extend(events.iter().map(|e| convert::to_record(e, now)));
         let started = Instant::now();
         match self.store.append(&records, now).await {
             Ok(new) => {
@@ -169,7 +178,7 @@ impl Worker for AuditWorker {
             }
             Err(StoreError::Invalid(_)) if records.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(records.len());
-                for record in &records {
+                for record in records.iter() {
                     let started = Instant::now();
                     match self.store.append(std::slice::from_ref(record), now).await {
                         Ok(new) => {

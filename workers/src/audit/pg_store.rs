@@ -42,6 +42,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
+use pipelines::buffers::{BufferPool, Pooled};
 use tokio_postgres::types::{FromSql, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
@@ -129,15 +130,20 @@ const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, proje
      chain, chain_seq, prev_hash, hash";
 
 /// The rows of a `COPY … FROM STDIN BINARY` of [`COLUMNS`], in PostgreSQL's
-/// binary copy format, in one buffer.
-struct CopyRows {
-    buf: BytesMut,
+/// binary copy format, in one buffer (of the store's pool: see
+/// `pipelines::buffers`).
+struct CopyRows<'a> {
+    buf: Pooled<'a, BytesMut>,
 }
 
-impl CopyRows {
-    /// Rows of about `bytes` in all.
-    fn with_capacity(bytes: usize) -> CopyRows {
-        let mut buf = BytesMut::with_capacity(bytes.max(64 * 1024));
+/// `COPY` buffers kept for reuse: one per batch in flight, as many as the
+/// pipeline keeps for events.
+const COPY_BUFFERS_KEPT: usize = 8;
+
+impl<'a> CopyRows<'a> {
+    /// Rows of about `bytes` in all, in a buffer of `pool`.
+    fn with_capacity(pool: &'a BufferPool<BytesMut>, bytes: usize) -> CopyRows<'a> {
+        let mut buf = pool.take(bytes.max(64 * 1024));
         // Signature, flags, header extension length.
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0);
@@ -168,9 +174,11 @@ impl CopyRows {
         Ok(())
     }
 
+    /// The rows to send; the buffer goes back to its pool, and takes its
+    /// allocation back once they have been sent and dropped.
     fn finish(mut self) -> Bytes {
         self.buf.put_i16(-1);
-        self.buf.freeze()
+        self.buf.split().freeze()
     }
 }
 
@@ -210,6 +218,8 @@ pub struct PgStore {
     partitions: StdMutex<HashSet<(i32, u32)>>,
     /// Set once the migrations have been applied.
     migrated: tokio::sync::OnceCell<()>,
+    /// Buffers of the batches' `COPY` rows.
+    copy_buffers: BufferPool<BytesMut>,
 }
 
 /// Maps a driver error: data errors are the record's fault (`Invalid`);
@@ -404,6 +414,7 @@ impl PgStore {
             statement_timeout: options.statement_timeout,
             partitions: StdMutex::new(HashSet::new()),
             migrated: tokio::sync::OnceCell::new(),
+            copy_buffers: BufferPool::new(COPY_BUFFERS_KEPT),
         })
     }
 
@@ -734,7 +745,7 @@ impl PgStore {
         // batch, sent as one message: tokio-postgres's writer sends every
         // 4 KB, a system call each). A record at or below its chain's last
         // offset is a redelivery: already written.
-        let mut copy_rows = CopyRows::with_capacity(records.len() * 1024);
+        let mut copy_rows = CopyRows::with_capacity(&self.copy_buffers, records.len() * 1024);
         let mut new = 0;
         let mut json = Vec::with_capacity(1024);
         for (record, &at) in records.iter().zip(&chain_at) {
