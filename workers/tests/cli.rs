@@ -258,15 +258,11 @@ fn bench_refuses_an_event_rate_of_zero() {
     assert!(stderr.contains("--event-rate has value 0"), "{stderr}");
 }
 
-/// `bench --worker audit --store files` runs the worker as a child process:
-/// every event reaches the file store's consumer group and the memory figure
-/// is the child's, not this harness's (which holds the mock cluster).
-#[test]
-fn audit_file_store_bench_measures_the_worker_process() {
+/// The JSON line of `taskstream bench ARGS`, which must succeed.
+fn bench_line(args: &[&str]) -> serde_json::Value {
     let out = taskstream()
-        .args([
-            "bench", "--worker", "audit", "--store", "files", "--events", "3000",
-        ])
+        .arg("bench")
+        .args(args)
         .env_remove("TASKSTREAM_CONFIG")
         .output()
         .unwrap();
@@ -275,8 +271,15 @@ fn audit_file_store_bench_measures_the_worker_process() {
         "bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line: serde_json::Value =
-        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
+}
+
+/// `bench --worker audit --store files` runs the worker as a child process:
+/// every event reaches the file store's consumer group and the memory figure
+/// is the child's, not this harness's (which holds the mock cluster).
+#[test]
+fn audit_file_store_bench_measures_the_worker_process() {
+    let line = bench_line(&["--worker", "audit", "--store", "files", "--events", "3000"]);
     assert_eq!(line["worker"], "audit");
     assert_eq!(line["events"], 3000);
     let rss = line["peak_rss_bytes"].as_u64().unwrap();
@@ -298,20 +301,7 @@ fn audit_file_store_bench_measures_the_worker_process() {
 /// each per event; the baseline, which uses neither, names neither.
 #[test]
 fn audit_postgres_bench_reports_the_cpu_of_redis_and_postgres() {
-    let bench = |worker: &str| -> serde_json::Value {
-        let out = taskstream()
-            .args(["bench", "--worker", worker, "--events", "3000"])
-            .env_remove("TASKSTREAM_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
-    };
-    let line = bench("audit");
+    let line = bench_line(&["--worker", "audit", "--events", "3000"]);
     for key in [
         "cpu_seconds_per_event",
         "redis_cpu_seconds_per_event",
@@ -324,7 +314,7 @@ fn audit_postgres_bench_reports_the_cpu_of_redis_and_postgres() {
         // well below a second.
         assert!(v > 1e-7 && v < 0.1, "{key}: {v}");
     }
-    let line = bench("baseline");
+    let line = bench_line(&["--worker", "baseline", "--events", "3000"]);
     assert!(line.get("redis_cpu_seconds_per_event").is_none(), "{line}");
     assert!(
         line.get("postgres_cpu_seconds_per_event").is_none(),
