@@ -14,6 +14,15 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
+/// How many buffers of each kind a batch stage keeps (the pipeline's
+/// decoded events, the audit store's records and `COPY` rows). A lane (one
+/// per assigned partition) holds one while its batch is in flight: eight
+/// cover the lanes of a replica with up to eight partitions; beyond, the
+/// others' buffers are made per batch. Held while idle: at most eight times
+/// the largest batch's (for the events, about 1.1 KB each: 18 MB for batches
+/// of 2,000).
+pub const BATCH_BUFFERS_KEPT: usize = 8;
+
 /// What a [`BufferPool`] holds: a growable buffer that can be emptied.
 pub trait Buffer: Default {
     /// Empties it, keeping its allocation.

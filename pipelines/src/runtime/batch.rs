@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffers::BufferPool;
+use crate::buffers::{BufferPool, BATCH_BUFFERS_KEPT};
 use crate::config::RetryConfig;
 use crate::dlq::{self, DeadLetter};
 use crate::event::{decode, is_known_type, DecodeContext};
@@ -37,13 +37,6 @@ pub struct Pipeline {
     /// The decoded events of a batch, one buffer per batch in flight.
     segments: BufferPool<Vec<Inbound>>,
 }
-
-/// Batch buffers kept for reuse (see [`BufferPool`]). A lane (one per
-/// assigned partition) holds one while its batch is in flight: eight cover
-/// the lanes of a replica with up to eight partitions; beyond, the others'
-/// buffers are made per batch. Held while idle: at most eight times the
-/// largest batch's, about 1.1 KB per event (18 MB for batches of 2,000).
-const SEGMENT_BUFFERS_KEPT: usize = 8;
 
 /// Retry bookkeeping of the event at the head of a segment.
 struct Failing {
@@ -75,7 +68,7 @@ impl Pipeline {
             retry,
             dlq_suffix,
             health,
-            segments: BufferPool::new(SEGMENT_BUFFERS_KEPT),
+            segments: BufferPool::new(BATCH_BUFFERS_KEPT),
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pipelines::buffers::BufferPool;
+use pipelines::buffers::{BufferPool, BATCH_BUFFERS_KEPT};
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerScope, Worker, WorkerError,
 };
@@ -47,16 +47,13 @@ pub struct AuditWorker {
     records: BufferPool<Vec<AuditRecord>>,
 }
 
-/// Record buffers kept for reuse: as many as the pipeline keeps for events.
-const RECORD_BUFFERS_KEPT: usize = 8;
-
 impl AuditWorker {
     pub fn new(store: Arc<dyn AuditStore>, store_kind: &'static str, config: AuditConfig) -> Self {
         AuditWorker {
             store,
             store_kind,
             config,
-            records: BufferPool::new(RECORD_BUFFERS_KEPT),
+            records: BufferPool::new(BATCH_BUFFERS_KEPT),
         }
     }
 

@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
-use pipelines::buffers::{BufferPool, Pooled};
+use pipelines::buffers::{BufferPool, Pooled, BATCH_BUFFERS_KEPT};
 use tokio_postgres::types::{FromSql, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
@@ -135,10 +135,6 @@ const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, proje
 struct CopyRows<'a> {
     buf: Pooled<'a, BytesMut>,
 }
-
-/// `COPY` buffers kept for reuse: one per batch in flight, as many as the
-/// pipeline keeps for events.
-const COPY_BUFFERS_KEPT: usize = 8;
 
 impl<'a> CopyRows<'a> {
     /// Rows of about `bytes` in all, in a buffer of `pool`.
@@ -414,7 +410,7 @@ impl PgStore {
             statement_timeout: options.statement_timeout,
             partitions: StdMutex::new(HashSet::new()),
             migrated: tokio::sync::OnceCell::new(),
-            copy_buffers: BufferPool::new(COPY_BUFFERS_KEPT),
+            copy_buffers: BufferPool::new(BATCH_BUFFERS_KEPT),
         })
     }
 
