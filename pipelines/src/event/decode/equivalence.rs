@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::tests::{b64, replacements, variants, DECODABLE_SEEDS, SEED_003_REMINDER};
-use super::{decode, legacy, DecodeContext};
+use super::{decode, direct, legacy, DecodeContext};
 use crate::event::fixtures;
 
 const DEMO_EVENTS: &str = include_str!("../../../../config/demo/events.jsonl");
@@ -128,6 +128,31 @@ fn a_generated_corpus_decodes_alike() {
     );
 }
 
+/// Envelope task events of plain fields, mostly, so that many are read in
+/// one pass ([`direct`]) and the rest, one awkward value or key away, are
+/// not: both kinds are compared with the old decoder.
+#[test]
+fn plain_envelopes_decode_alike_in_one_pass_or_through_the_tree() {
+    let mut g = Gen::new(0x5EED_0013);
+    let (mut taken, mut decoded) = (0usize, 0usize);
+    for i in 0..30_000u32 {
+        let msg = g.plain_envelope();
+        let ctx = &CONTEXTS[(i % 4) as usize];
+        if let Some(event) = direct::envelope(&msg, msg.as_bytes(), ctx) {
+            // The same as the tree decoder's, whatever `legacy` says.
+            let tree = super::decode_tree(msg.as_bytes(), Some(&msg), ctx);
+            assert_eq!(Ok(&event), tree.as_ref(), "in {msg}");
+            taken += 1;
+        }
+        decoded += usize::from(same(msg.as_bytes(), ctx));
+    }
+    assert!(taken > 3_000, "{taken} read in one pass");
+    assert!(
+        decoded > taken + 5_000,
+        "{decoded} decoded, {taken} in one pass"
+    );
+}
+
 // ---------------------------------------------------------------- generator
 
 /// Random messages of every dialect, written as text so that key order,
@@ -243,6 +268,83 @@ impl Gen {
         }
         o.opt(self, 10, "metadata", Gen::metadata);
         self.finish(o)
+    }
+
+    /// An envelope task event whose fields are plain most of the time.
+    fn plain_envelope(&mut self) -> String {
+        let mut o = Obj::default();
+        o.opt(self, 90, "event_id", |g| g.mostly(Gen::plain_id, Gen::id));
+        let kind = self.pick(&[
+            "task.created",
+            "task.updated",
+            "task.completed",
+            "Task.Tags_Added",
+            "user.created",
+        ]);
+        let kind = self.kind_or_garbage(kind);
+        o.raw("event_type", &kind);
+        o.opt(self, 85, "timestamp", Gen::time);
+        o.opt(self, 60, "version", |g| {
+            g.mostly(Gen::plain_text, Gen::text)
+        });
+        let mut data = Obj::default();
+        data.opt(self, 95, "task_id", |g| g.mostly(Gen::plain_id, Gen::id));
+        data.opt(self, 70, "user_id", |g| g.mostly(Gen::plain_id, Gen::id));
+        for key in ["title", "description", "status", "priority"] {
+            data.opt(self, 50, key, |g| g.mostly(Gen::plain_text, Gen::text));
+        }
+        data.opt(self, 50, "completed", |g| {
+            g.mostly(|g| g.pick(&["true", "false"]).to_owned(), Gen::flag)
+        });
+        data.opt(self, 20, "completed_at", Gen::time);
+        data.opt(self, 40, "created_at", Gen::time);
+        data.opt(self, 30, "duration_minutes", Gen::number);
+        data.opt(self, 20, "reason", |g| g.mostly(Gen::plain_text, Gen::text));
+        if self.chance(10) {
+            // A key some rule reads.
+            let key = self.pick(&["name", "due_date", "tags", "id", "changes", "ip_address"]);
+            data.raw(key, "\"x\"");
+        }
+        let data = if self.chance(90) {
+            data.text()
+        } else {
+            self.finish(data)
+        };
+        o.raw("data", &data);
+        o.text()
+    }
+
+    /// `plain` most of the time, else `awkward`.
+    fn mostly(
+        &mut self,
+        plain: impl FnOnce(&mut Gen) -> String,
+        awkward: impl FnOnce(&mut Gen) -> String,
+    ) -> String {
+        if self.chance(90) {
+            plain(self)
+        } else {
+            awkward(self)
+        }
+    }
+
+    fn plain_id(&mut self) -> String {
+        if self.chance(50) {
+            self.below(100_000).to_string()
+        } else {
+            format!("\"t-{}\"", self.below(1000))
+        }
+    }
+
+    fn plain_text(&mut self) -> String {
+        self.pick(&[
+            "\"Buy groceries\"",
+            "\"Caf\u{e9} \u{1F600}\"",
+            "\"\u{5317}\u{4eac}\"",
+            "\"high\"",
+            "\"1.0\"",
+            "7",
+        ])
+        .to_owned()
     }
 
     fn task_data(&mut self) -> String {

@@ -71,11 +71,16 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
     // Checking the whole text once is cheaper than checking each string;
     // text that is not UTF-8 gets serde_json's own error.
     match std::str::from_utf8(bytes) {
-        Ok(text) => match Scanner::new(text).document() {
-            Some(node) => Ok(node),
-            None => serde_json::from_str(text),
-        },
+        Ok(text) => parse_text(text),
         Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
+/// [`parse`] of text already checked as UTF-8.
+pub(super) fn parse_text(text: &str) -> Result<Node<'_>, serde_json::Error> {
+    match Scanner::new(text).document() {
+        Some(node) => Ok(node),
+        None => serde_json::from_str(text),
     }
 }
 
@@ -273,7 +278,7 @@ impl<'a> Scanner<'a> {
 /// `"` with no escape or control character before it (`None` otherwise).
 /// Strings are short: eight bytes at a time, without a call.
 #[inline(always)]
-fn plain_string_len(bytes: &[u8]) -> Option<usize> {
+pub(super) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // The bytes of `w` that are zero; exact for the lowest one, which is

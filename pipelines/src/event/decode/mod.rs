@@ -15,6 +15,9 @@
 //! `attributes`, so nothing the producer said is dropped silently. Only those
 //! leftovers become `serde_json::Value`s.
 //!
+//! The envelope dialect's plain task events skip the tree: [`direct`] reads
+//! them in one pass, and gives every message it is not sure of to the tree.
+//!
 //! Decoding never panics. A message that cannot be decoded is a
 //! [`DecodeError`] whose text names the field and the offending value, because
 //! that text is what a human reads in the dead-letter record.
@@ -22,6 +25,7 @@
 mod canonical;
 mod cloudevents;
 mod detect;
+mod direct;
 mod error;
 mod event_dialects;
 mod fields;
@@ -74,10 +78,29 @@ pub struct DecodeContext<'a> {
 /// identical message is recognised as a duplicate. A message without a
 /// timestamp gets the Kafka timestamp.
 pub fn decode(payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
+    // Checked once for both readers.
+    let text = std::str::from_utf8(payload).ok();
+    if let Some(event) = text.and_then(|text| direct::envelope(text, payload, ctx)) {
+        return Ok(event);
+    }
+    decode_tree(payload, text, ctx)
+}
+
+/// [`decode`] through the [`Node`] tree: every message [`direct`] does not
+/// take. `text` is `payload` when it is UTF-8.
+fn decode_tree(
+    payload: &[u8],
+    text: Option<&str>,
+    ctx: &DecodeContext<'_>,
+) -> Result<TaskEvent, DecodeError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
-    let node = json::parse(payload).map_err(|e| DecodeError::NotJson {
+    let parsed = match text {
+        Some(text) => json::parse_text(text),
+        None => json::parse(payload),
+    };
+    let node = parsed.map_err(|e| DecodeError::NotJson {
         error: e.to_string(),
     })?;
     let obj = match node {
