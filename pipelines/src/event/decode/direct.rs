@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde_json::Number;
 
-use super::json::{plain_string_len, Node, Obj};
+use super::json::{ends_value, integer_at, plain_string_len, Node, Obj};
 use super::kinds::{normalize_kind, Entity};
 use super::time::parse_time_str;
 use super::{finish, DecodeContext, Draft};
@@ -451,11 +451,7 @@ impl<'a> Cursor<'a> {
             _ => return None,
         };
         // As the tree reader: a value ends at a delimiter.
-        matches!(
-            self.bytes.get(self.at),
-            Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-        )
-        .then_some(value)
+        ends_value(self.bytes.get(self.at)).then_some(value)
     }
 
     fn word(&mut self, word: &str, value: Scalar<'a>) -> Option<Scalar<'a>> {
@@ -468,30 +464,12 @@ impl<'a> Cursor<'a> {
             })
     }
 
-    /// `-?(0|[1-9][0-9]*)` of up to 18 digits, as the tree reader takes it.
+    /// An integer as the tree reader takes it.
     fn integer(&mut self) -> Option<Scalar<'a>> {
-        let bytes = self.bytes;
         let begin = self.at;
-        let negative = bytes[begin] == b'-';
-        let start = begin + usize::from(negative);
-        let digits = bytes
-            .get(start..)?
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if digits == 0 || digits > 18 || (bytes[start] == b'0' && (digits > 1 || negative)) {
-            return None;
-        }
-        let value = bytes[start..start + digits]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        self.at = start + digits;
-        let number = if negative {
-            Number::from(-(value as i64))
-        } else {
-            Number::from(value)
-        };
-        Some(Scalar::Int(self.text.get(begin..self.at)?, number))
+        let (end, number) = integer_at(self.bytes, begin)?;
+        self.at = end;
+        Some(Scalar::Int(self.text.get(begin..end)?, number))
     }
 }
 

@@ -157,39 +157,15 @@ impl<'a> Scanner<'a> {
 
     /// Whether a value may end here (serde_json decides anything else).
     fn delimited(&self) -> bool {
-        matches!(
-            self.peek(),
-            None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-        )
+        ends_value(self.text.as_bytes().get(self.at))
     }
 
     /// `-?(0|[1-9][0-9]*)` of up to 18 digits: what serde_json reads as a
     /// `u64` (or, negative, an `i64`).
     fn integer(&mut self) -> Option<Node<'a>> {
-        let bytes = self.text.as_bytes();
-        let negative = bytes[self.at] == b'-';
-        let start = self.at + usize::from(negative);
-        let digits = bytes
-            .get(start..)?
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        // "-0", leading zeros, empty and long numbers are serde_json's.
-        if digits == 0 || digits > 18 || (bytes[start] == b'0' && (digits > 1 || negative)) {
-            return None;
-        }
-        let value = bytes[start..start + digits]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        self.at = start + digits;
-        if !self.delimited() {
-            return None;
-        }
-        Some(Node::Num(if negative {
-            Number::from(-(value as i64))
-        } else {
-            Number::from(value)
-        }))
+        let (end, number) = integer_at(self.text.as_bytes(), self.at)?;
+        self.at = end;
+        self.delimited().then_some(Node::Num(number))
     }
 
     fn array(&mut self) -> Option<Node<'a>> {
@@ -272,6 +248,42 @@ impl<'a> Scanner<'a> {
         self.depth += 1;
         (self.depth <= SCANNER_MAX_DEPTH).then_some(())
     }
+}
+
+/// The integer starting at `at`, `-?(0|[1-9][0-9]*)` of up to 18 digits
+/// (what serde_json reads as a `u64`, or negative an `i64`), and where it
+/// ends; `None` for anything else ("-0", leading zeros, long numbers), which
+/// is serde_json's to read.
+#[inline]
+pub(super) fn integer_at(bytes: &[u8], at: usize) -> Option<(usize, Number)> {
+    let negative = *bytes.get(at)? == b'-';
+    let start = at + usize::from(negative);
+    let digits = bytes
+        .get(start..)?
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 || digits > 18 || (bytes[start] == b'0' && (digits > 1 || negative)) {
+        return None;
+    }
+    let value = bytes[start..start + digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let number = if negative {
+        Number::from(-(value as i64))
+    } else {
+        Number::from(value)
+    };
+    Some((start + digits, number))
+}
+
+/// Whether a value may end before `next` (serde_json decides anything else).
+#[inline]
+pub(super) fn ends_value(next: Option<&u8>) -> bool {
+    matches!(
+        next,
+        None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+    )
 }
 
 /// The length of the string whose body starts `bytes`, when it ends at a
