@@ -1,12 +1,14 @@
-//! The envelope dialect's plain task events read in one pass, without the
-//! [`Node`] tree: the first step towards a decoder that reads every dialect
-//! once (see the README's benchmark section: reading into the tree and
+//! The envelope and standard dialects' plain task events read in one pass,
+//! without the [`Node`] tree: the first steps towards a decoder that reads
+//! every dialect once (see the README's benchmark section: reading into the tree and
 //! moving fields between objects is about two thirds of decoding).
 //!
 //! [`envelope`] takes only what it is sure of: a top level of `event_id`,
-//! `event_type` (a dotted task type), `timestamp`, `version` and a `data`
-//! object whose keys are the snapshot fields below or keys no rule of the
-//! tree decoder reads ([`READ_BY_RULES`]), with plain values (strings without
+//! `event_type` (a dotted task type, or a snake one: the standard dialect),
+//! `timestamp`, `version`, `user_id`, a `metadata` object (`version` and
+//! keys no rule reads) and a `data` object whose keys are the snapshot
+//! fields below or keys no rule of the tree decoder reads
+//! ([`READ_BY_RULES`]), with plain values (strings without
 //! escapes, integers, booleans, null). Anything else (another key, a repeat,
 //! a blank or mistyped field, nesting, an escape, an error) returns `None`
 //! and the tree decoder reads the message, so the result is always the tree
@@ -18,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Number;
 
 use super::json::{ends_value, integer_at, plain_string_len, Node, Obj};
-use super::kinds::{normalize_kind, Entity};
+use super::kinds::{is_bare_action, normalize_kind, Entity};
 use super::time::parse_time_str;
 use super::{finish, DecodeContext, Draft};
 use crate::event::model::{Dialect, TaskEvent, TaskSnapshot};
@@ -38,25 +40,40 @@ pub(super) fn envelope(text: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> O
         return None;
     }
 
+    // As the tree's dispatch: a dotted type is the envelope dialect, a
+    // snake one the standard dialect (`task_status_changed`), a bare
+    // action (`updated`) the task-data dialect, which is the tree's.
     let raw = top.event_type?;
-    if !raw.contains('.') {
+    let dialect = if raw.contains('.') {
+        Dialect::Envelope
+    } else if !is_bare_action(raw) {
+        Dialect::Standard
+    } else {
         return None;
-    }
+    };
     let kind = normalize_kind(raw, None);
     if Entity::of(&kind) != Entity::Task {
         return None;
     }
-    let mut d = Draft::new(kind, Dialect::Envelope);
+    let (data, meta) = (top.data, top.metadata);
+    // A field given twice (at the top and in `data`, or at the top and in
+    // `metadata`) is the tree's to settle.
+    if (top.user_id.is_some() && data.user_id.is_some())
+        || (top.version.is_some() && meta.version.is_some())
+    {
+        return None;
+    }
+    let mut d = Draft::new(kind, dialect);
     d.event_id = top.event_id;
     d.occurred_at = top.timestamp;
-    d.schema_version = top.version;
-    let data = top.data;
+    d.schema_version = top.version.or(meta.version);
     d.task_id = data.task_id;
-    d.user_id = data.user_id;
+    d.user_id = top.user_id.or(data.user_id);
     if data.snapshot != TaskSnapshot::default() {
         d.task = Some(data.snapshot);
     }
     d.attributes = data.rest;
+    d.attributes.merge(meta.rest);
     finish(d, payload, ctx).ok()
 }
 
@@ -68,7 +85,9 @@ struct Top<'a> {
     event_type: Option<&'a str>,
     timestamp: Option<DateTime<Utc>>,
     version: Option<String>,
+    user_id: Option<String>,
     data: Data<'a>,
+    metadata: Meta<'a>,
 }
 
 impl<'a> Top<'a> {
@@ -99,9 +118,39 @@ impl<'a> Top<'a> {
                 c.object(|c, key| data.field(c, key))?;
                 16
             }
+            "user_id" => {
+                self.user_id = Some(text(c.scalar()?)?);
+                32
+            }
+            "metadata" => {
+                let meta = &mut self.metadata;
+                c.object(|c, key| meta.field(c, key))?;
+                64
+            }
             _ => return None,
         };
         once(&mut self.seen, bit)
+    }
+}
+
+/// The `metadata` object, as read so far: its `version`, and keys no rule
+/// reads (`source`), which join the event's `attributes` after `data`'s.
+#[derive(Default)]
+struct Meta<'a> {
+    version: Option<String>,
+    rest: Obj<'a>,
+}
+
+impl<'a> Meta<'a> {
+    fn field(&mut self, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+        if key == "version" {
+            if self.version.is_some() {
+                return None;
+            }
+            self.version = Some(text(c.scalar()?)?);
+            return Some(());
+        }
+        attribute(&mut self.rest, c, key)
     }
 }
 
@@ -159,24 +208,28 @@ impl<'a> Data<'a> {
                 s.created_at = Some(time(c.scalar()?)?);
                 256
             }
-            _ => {
-                if READ_BY_RULES.binary_search(&key).is_ok() || self.rest.contains_key(key) {
-                    return None;
-                }
-                let value = match c.scalar()? {
-                    Scalar::Str(s) => Node::Str(Cow::Borrowed(s)),
-                    Scalar::Int(_, n) => Node::Num(n),
-                    Scalar::Bool(b) => Node::Bool(b),
-                    Scalar::Null => Node::Null,
-                };
-                self.rest.insert(Cow::Borrowed(key), value);
-                return Some(());
-            }
+            _ => return attribute(&mut self.rest, c, key),
         };
         let seen = self.seen;
         self.seen |= bit;
         (seen & bit == 0).then_some(())
     }
+}
+
+/// A key no rule reads, with a plain value, into `rest`; `None` for a key
+/// some rule reads or one already there.
+fn attribute<'a>(rest: &mut Obj<'a>, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+    if READ_BY_RULES.binary_search(&key).is_ok() || rest.contains_key(key) {
+        return None;
+    }
+    let value = match c.scalar()? {
+        Scalar::Str(s) => Node::Str(Cow::Borrowed(s)),
+        Scalar::Int(_, n) => Node::Num(n),
+        Scalar::Bool(b) => Node::Bool(b),
+        Scalar::Null => Node::Null,
+    };
+    rest.insert(Cow::Borrowed(key), value);
+    Some(())
 }
 
 /// Sets `bit` in `seen`; `None` when it was set already (a repeated key).
@@ -505,6 +558,16 @@ mod tests {
         let (_, bench) = crate::bench::sample_event(0);
         let e = taken(&bench);
         assert_eq!(e.task.unwrap().title.as_deref(), Some("Buy groceries 0"));
+        // The standard dialect: an actor at the top, `metadata`.
+        let (_, bench) = crate::bench::sample_event(2);
+        let e = taken(&bench);
+        assert_eq!(e.dialect, Dialect::Standard);
+        assert_eq!(e.kind, "task.status_changed");
+        assert_eq!(e.schema_version.as_deref(), Some("1.0"));
+        assert_eq!(e.attributes["source"], "django_backend");
+        assert_eq!(e.attributes["action"], "status_changed");
+        let e = taken(crate::event::decode::tests::SEED_000_STANDARD);
+        assert_eq!(e.user_id.as_deref(), Some("123"));
         // Keys no rule reads are attributes; no id: the content hash.
         let e = taken(
             r#"{"event_type": "task.completed", "data": {"task_id": -7, "reason": "done", "seq": 3, "ok": true, "gone": null, "élève": "x"}}"#,
@@ -520,6 +583,11 @@ mod tests {
             // Other dialects and entities.
             r#"{"event_type": "updated", "task_id": 1, "task_data": {}}"#,
             r#"{"eventType": "task.created", "taskId": 1}"#,
+            r#"{"event_type": "completed", "data": {"task_id": 1}}"#,
+            // Given twice: the tree settles which wins.
+            r#"{"event_type": "task_created", "user_id": 1, "data": {"task_id": 1, "user_id": 2}}"#,
+            r#"{"event_type": "task_created", "version": "1", "metadata": {"version": "2"}, "data": {"task_id": 1}}"#,
+            r#"{"event_type": "task_created", "metadata": {"ip_address": "::1"}, "data": {"task_id": 1}}"#,
             r#"{"event_type": "user.created", "data": {"user_id": 1}}"#,
             // A key some rule reads, a repeat, a blank, a mistyped value.
             r#"{"event_type": "task.created", "data": {"task_id": 1, "due_date": "2026-01-01"}}"#,
