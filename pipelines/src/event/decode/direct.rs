@@ -17,9 +17,9 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde_json::Number;
 
-use super::json::{ends_value, integer_at, plain_string_len, Node, Obj};
+use super::fields::number_text;
+use super::json::{Node, Obj, Scanner};
 use super::kinds::{is_bare_action, normalize_kind, Entity};
 use super::time::parse_time_str;
 use super::{finish, DecodeContext, Draft};
@@ -28,15 +28,10 @@ use crate::event::model::{Dialect, TaskEvent, TaskSnapshot};
 /// The message decoded, or `None` when it is not one [`envelope`] takes.
 /// `text` is the message (`payload`) checked as UTF-8.
 pub(super) fn envelope(text: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Option<TaskEvent> {
-    let mut c = Cursor {
-        text,
-        bytes: payload,
-        at: 0,
-    };
+    let mut c = Scanner::new(text);
     let mut top = Top::default();
-    c.object(|c, key| top.field(c, key))?;
-    c.skip_ws();
-    if c.at != payload.len() {
+    object(&mut c, |c, key| top.field(c, key))?;
+    if !c.at_end() {
         return None;
     }
 
@@ -80,7 +75,7 @@ pub(super) fn envelope(text: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> O
 /// The top level, as read so far.
 #[derive(Default)]
 struct Top<'a> {
-    seen: u8,
+    seen: u16,
     event_id: Option<String>,
     event_type: Option<&'a str>,
     timestamp: Option<DateTime<Utc>>,
@@ -91,14 +86,14 @@ struct Top<'a> {
 }
 
 impl<'a> Top<'a> {
-    fn field(&mut self, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+    fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
         let bit = match key {
             "event_id" => {
                 self.event_id = Some(text(c.scalar()?)?);
                 1
             }
             "event_type" => {
-                let Scalar::Str(s) = c.scalar()? else {
+                let Node::Str(Cow::Borrowed(s)) = c.scalar()? else {
                     return None;
                 };
                 self.event_type = Some(s).filter(|s| !s.trim().is_empty());
@@ -115,7 +110,7 @@ impl<'a> Top<'a> {
             }
             "data" => {
                 let data = &mut self.data;
-                c.object(|c, key| data.field(c, key))?;
+                object(c, |c, key| data.field(c, key))?;
                 16
             }
             "user_id" => {
@@ -124,7 +119,7 @@ impl<'a> Top<'a> {
             }
             "metadata" => {
                 let meta = &mut self.metadata;
-                c.object(|c, key| meta.field(c, key))?;
+                object(c, |c, key| meta.field(c, key))?;
                 64
             }
             _ => return None,
@@ -142,7 +137,7 @@ struct Meta<'a> {
 }
 
 impl<'a> Meta<'a> {
-    fn field(&mut self, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+    fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
         if key == "version" {
             if self.version.is_some() {
                 return None;
@@ -166,7 +161,7 @@ struct Data<'a> {
 }
 
 impl<'a> Data<'a> {
-    fn field(&mut self, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+    fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
         let s = &mut self.snapshot;
         let bit = match key {
             "task_id" => {
@@ -194,7 +189,7 @@ impl<'a> Data<'a> {
                 32
             }
             "completed" => {
-                let Scalar::Bool(b) = c.scalar()? else {
+                let Node::Bool(b) = c.scalar()? else {
                     return None;
                 };
                 s.completed = Some(b);
@@ -210,57 +205,51 @@ impl<'a> Data<'a> {
             }
             _ => return attribute(&mut self.rest, c, key),
         };
-        let seen = self.seen;
-        self.seen |= bit;
-        (seen & bit == 0).then_some(())
+        once(&mut self.seen, bit)
     }
 }
 
 /// A key no rule reads, with a plain value, into `rest`; `None` for a key
 /// some rule reads or one already there.
-fn attribute<'a>(rest: &mut Obj<'a>, c: &mut Cursor<'a>, key: &'a str) -> Option<()> {
+fn attribute<'a>(rest: &mut Obj<'a>, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
     if READ_BY_RULES.binary_search(&key).is_ok() || rest.contains_key(key) {
         return None;
     }
-    let value = match c.scalar()? {
-        Scalar::Str(s) => Node::Str(Cow::Borrowed(s)),
-        Scalar::Int(_, n) => Node::Num(n),
-        Scalar::Bool(b) => Node::Bool(b),
-        Scalar::Null => Node::Null,
-    };
+    let value = c.scalar()?;
     rest.insert(Cow::Borrowed(key), value);
     Some(())
 }
 
 /// Sets `bit` in `seen`; `None` when it was set already (a repeated key).
-fn once(seen: &mut u8, bit: u8) -> Option<()> {
+fn once(seen: &mut u16, bit: u16) -> Option<()> {
     let was = *seen;
     *seen |= bit;
     (was & bit == 0).then_some(())
 }
 
-/// An id or a text: a non-blank string, or an integer as written (what the
-/// tree decoder's `conv_id` and `conv_text` make of them).
-fn text(v: Scalar<'_>) -> Option<String> {
+/// An id or a text: a non-blank string, or an integer (what the tree
+/// decoder's `conv_id` and `conv_text` make of them).
+fn text(v: Node<'_>) -> Option<String> {
     match v {
-        // Blank strings count as absent in the tree decoder (they stay in
-        // `attributes`): leave every doubtful start to it.
-        Scalar::Str(s) if s.as_bytes().first().is_some_and(u8::is_ascii_graphic) => {
-            Some(s.to_owned())
-        }
-        Scalar::Int(text, _) => Some(text.to_owned()),
+        Node::Str(s) if plain_start(&s) => Some(s.into_owned()),
+        Node::Num(n) => Some(number_text(&n)),
         _ => None,
     }
 }
 
 /// A time written as a string, as the tree decoder reads it.
-fn time(v: Scalar<'_>) -> Option<DateTime<Utc>> {
+fn time(v: Node<'_>) -> Option<DateTime<Utc>> {
     match v {
-        Scalar::Str(s) if s.as_bytes().first().is_some_and(u8::is_ascii_graphic) => {
-            parse_time_str(s)
-        }
+        Node::Str(s) if plain_start(&s) => parse_time_str(&s),
         _ => None,
     }
+}
+
+/// Whether `s` starts with a visible ASCII character. Blank strings count
+/// as absent in the tree decoder (they stay in `attributes`): every other
+/// start is left to it.
+fn plain_start(s: &str) -> bool {
+    s.as_bytes().first().is_some_and(u8::is_ascii_graphic)
 }
 
 /// Every key some rule of the tree decoder reads (every string literal of
@@ -427,102 +416,37 @@ const READ_BY_RULES: &[&str] = &[
     "webhook",
 ];
 
-/// One plain value: a string without escapes, an integer the tree reader
-/// takes (up to 18 digits, as written), a boolean or null.
-enum Scalar<'a> {
-    Str(&'a str),
-    Int(&'a str, Number),
-    Bool(bool),
-    Null,
-}
-
-/// A position in the message.
-struct Cursor<'a> {
-    text: &'a str,
-    /// `text`'s bytes.
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
-            self.at += 1;
+/// An object; `field` reads each value after its key.
+fn object<'a>(
+    c: &mut Scanner<'a>,
+    mut field: impl FnMut(&mut Scanner<'a>, &'a str) -> Option<()>,
+) -> Option<()> {
+    if c.next_token()? != b'{' {
+        return None;
+    }
+    c.advance();
+    if c.next_token()? == b'}' {
+        c.advance();
+        return Some(());
+    }
+    loop {
+        if c.next_token()? != b'"' {
+            return None;
         }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_ws();
-        self.bytes.get(self.at).copied()
-    }
-
-    fn expect(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| self.at += 1)
-    }
-
-    /// An object; `field` reads each value after its key.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.expect(b'{')?;
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
+        let key = c.string()?;
+        if c.next_token()? != b':' {
+            return None;
         }
-        loop {
-            if self.peek()? != b'"' {
-                return None;
+        c.advance();
+        field(c, key)?;
+        match c.next_token()? {
+            b',' => c.advance(),
+            b'}' => {
+                c.advance();
+                return Some(());
             }
-            let key = self.string()?;
-            self.expect(b':')?;
-            field(self, key)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// A string without escapes or control characters (the cursor is on
-    /// its opening quote).
-    fn string(&mut self) -> Option<&'a str> {
-        let start = self.at + 1;
-        let len = plain_string_len(self.bytes.get(start..)?)?;
-        self.at = start + len + 1;
-        self.text.get(start..start + len)
-    }
-
-    fn scalar(&mut self) -> Option<Scalar<'a>> {
-        let value = match self.peek()? {
-            b'"' => return self.string().map(Scalar::Str),
-            b't' => self.word("true", Scalar::Bool(true))?,
-            b'f' => self.word("false", Scalar::Bool(false))?,
-            b'n' => self.word("null", Scalar::Null)?,
-            b'-' | b'0'..=b'9' => self.integer()?,
             _ => return None,
-        };
-        // As the tree reader: a value ends at a delimiter.
-        ends_value(self.bytes.get(self.at)).then_some(value)
-    }
-
-    fn word(&mut self, word: &str, value: Scalar<'a>) -> Option<Scalar<'a>> {
-        self.bytes
-            .get(self.at..)?
-            .starts_with(word.as_bytes())
-            .then(|| {
-                self.at += word.len();
-                value
-            })
-    }
-
-    /// An integer as the tree reader takes it.
-    fn integer(&mut self) -> Option<Scalar<'a>> {
-        let begin = self.at;
-        let (end, number) = integer_at(self.bytes, begin)?;
-        self.at = end;
-        Some(Scalar::Int(self.text.get(begin..end)?, number))
+        }
     }
 }
 

@@ -88,7 +88,7 @@ pub(super) fn parse_text(text: &str) -> Result<Node<'_>, serde_json::Error> {
 /// anything it does not handle (an escape, a control character in a string,
 /// a fraction or exponent, a long integer, deep nesting, an error); [`parse`]
 /// then asks serde_json.
-struct Scanner<'a> {
+pub(super) struct Scanner<'a> {
     text: &'a str,
     at: usize,
     depth: u32,
@@ -98,7 +98,7 @@ struct Scanner<'a> {
 const SCANNER_MAX_DEPTH: u32 = 64;
 
 impl<'a> Scanner<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(super) fn new(text: &'a str) -> Self {
         Scanner {
             text,
             at: 0,
@@ -114,6 +114,23 @@ impl<'a> Scanner<'a> {
 
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// The next byte that is not white space, skipped to.
+    pub(super) fn next_token(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.peek()
+    }
+
+    /// Moves past the byte [`Scanner::next_token`] returned.
+    pub(super) fn advance(&mut self) {
+        self.at += 1;
+    }
+
+    /// Whether only white space is left.
+    pub(super) fn at_end(&mut self) -> bool {
+        self.skip_ws();
+        self.at == self.text.len()
     }
 
     fn skip_ws(&mut self) {
@@ -137,8 +154,17 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string without escapes or control characters, borrowed.
-    fn string(&mut self) -> Option<&'a str> {
+    /// A value that is not an object or array; `None` for those, too.
+    pub(super) fn scalar(&mut self) -> Option<Node<'a>> {
+        match self.next_token()? {
+            b'{' | b'[' => None,
+            _ => self.value(),
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed (the
+    /// scanner is on its opening quote).
+    pub(super) fn string(&mut self) -> Option<&'a str> {
         let bytes = self.text.as_bytes();
         let start = self.at + 1;
         let end = start + plain_string_len(bytes.get(start..)?)?;
@@ -255,7 +281,7 @@ impl<'a> Scanner<'a> {
 /// ends; `None` for anything else ("-0", leading zeros, long numbers), which
 /// is serde_json's to read.
 #[inline]
-pub(super) fn integer_at(bytes: &[u8], at: usize) -> Option<(usize, Number)> {
+fn integer_at(bytes: &[u8], at: usize) -> Option<(usize, Number)> {
     let negative = *bytes.get(at)? == b'-';
     let start = at + usize::from(negative);
     let digits = bytes
@@ -279,7 +305,7 @@ pub(super) fn integer_at(bytes: &[u8], at: usize) -> Option<(usize, Number)> {
 
 /// Whether a value may end before `next` (serde_json decides anything else).
 #[inline]
-pub(super) fn ends_value(next: Option<&u8>) -> bool {
+fn ends_value(next: Option<&u8>) -> bool {
     matches!(
         next,
         None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
