@@ -1,18 +1,26 @@
-//! The envelope and standard dialects' plain task events read in one pass,
-//! without the [`Node`] tree: the first steps towards a decoder that reads
-//! every dialect once (see the README's benchmark section: reading into the tree and
-//! moving fields between objects is about two thirds of decoding).
+//! Plain task events read in one pass, without the [`Node`] tree: the
+//! envelope, standard, task-data and camel-case dialects, bare or wrapped
+//! in a CloudEvent (see the README's benchmark section: reading into the
+//! tree and moving fields between objects was about two thirds of decoding).
 //!
-//! [`envelope`] takes only what it is sure of: a top level of `event_id`,
-//! `event_type` (a dotted task type, or a snake one: the standard dialect),
-//! `timestamp`, `version`, `user_id`, a `metadata` object (`version` and
-//! keys no rule reads) and a `data` object whose keys are the snapshot
-//! fields below or keys no rule of the tree decoder reads
-//! ([`READ_BY_RULES`]), with plain values (strings without
-//! escapes, integers, booleans, null). Anything else (another key, a repeat,
-//! a blank or mistyped field, nesting, an escape, an error) returns `None`
-//! and the tree decoder reads the message, so the result is always the tree
-//! decoder's: the equivalence tests compare both on every message.
+//! [`read`] takes only what it is sure of:
+//! - a message of an event type (`event_type` or `eventType`), an id
+//!   (`event_id`, `eventId`), `timestamp`, `version`, an actor, a task id,
+//!   an assignee, a `metadata` object (`version` and keys no rule reads), a
+//!   payload object (`data`, `task_data` or `payload`, as the dialect names
+//!   it), a `previous_task_data` object of snapshot fields only, and keys no
+//!   rule of the tree decoder reads ([`READ_BY_RULES`]);
+//! - in the payload, the task and actor ids, the snapshot fields [`Body`]
+//!   names, and keys no rule reads (the event's `attributes`);
+//! - or such a message as the `data` of a CloudEvent whose other keys are
+//!   plain values;
+//! - plain values only: strings without escapes, integers, booleans, null,
+//!   and arrays of strings or integers for `tags`.
+//!
+//! Anything else (another key, a repeat, an alias given twice, a blank or
+//! mistyped field, nesting, an escape, an error) returns `None` and the tree
+//! decoder reads the message, so the result is always the tree decoder's:
+//! the equivalence tests compare both on every message.
 
 use std::borrow::Cow;
 
@@ -25,111 +33,247 @@ use super::time::parse_time_str;
 use super::{finish, DecodeContext, Draft};
 use crate::event::model::{Dialect, TaskEvent, TaskSnapshot};
 
-/// The message decoded, or `None` when it is not one [`envelope`] takes.
+/// The message decoded, or `None` when it is not one [`read`] takes.
 /// `text` is the message (`payload`) checked as UTF-8.
-pub(super) fn envelope(text: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Option<TaskEvent> {
+pub(super) fn read(text: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Option<TaskEvent> {
     let mut c = Scanner::new(text);
-    let mut top = Top::default();
-    object(&mut c, |c, key| top.field(c, key))?;
+    let mut top = Message::default();
+    object(&mut c, |c, key| top.field(c, key, false))?;
     if !c.at_end() {
         return None;
     }
-
-    // As the tree's dispatch: a dotted type is the envelope dialect, a
-    // snake one the standard dialect (`task_status_changed`), a bare
-    // action (`updated`) the task-data dialect, which is the tree's.
-    let raw = top.event_type?;
-    let dialect = if raw.contains('.') {
-        Dialect::Envelope
-    } else if !is_bare_action(raw) {
-        Dialect::Standard
+    let draft = if top.rest.contains_key("specversion") {
+        top.cloudevent()?
     } else {
-        return None;
+        top.event()?
     };
-    let kind = normalize_kind(raw, None);
-    if Entity::of(&kind) != Entity::Task {
-        return None;
-    }
-    let (data, meta) = (top.data, top.metadata);
-    // A field given twice (at the top and in `data`, or at the top and in
-    // `metadata`) is the tree's to settle.
-    if (top.user_id.is_some() && data.user_id.is_some())
-        || (top.version.is_some() && meta.version.is_some())
-    {
-        return None;
-    }
-    let mut d = Draft::new(kind, dialect);
-    d.event_id = top.event_id;
-    d.occurred_at = top.timestamp;
-    d.schema_version = top.version.or(meta.version);
-    d.task_id = data.task_id;
-    d.user_id = top.user_id.or(data.user_id);
-    if data.snapshot != TaskSnapshot::default() {
-        d.task = Some(data.snapshot);
-    }
-    d.attributes = data.rest;
-    d.attributes.merge(meta.rest);
-    finish(d, payload, ctx).ok()
+    finish(draft, payload, ctx).ok()
 }
 
-/// The top level, as read so far.
+// The bits of `Message::seen`: one per slot, so that a key given twice, or
+// two aliases of one field, are refused.
+const TYPE: u16 = 1;
+const ID: u16 = 2;
+const TIME: u16 = 4;
+const VERSION: u16 = 8;
+const ACTOR: u16 = 16;
+const TASK: u16 = 32;
+const ASSIGNEE: u16 = 64;
+const METADATA: u16 = 128;
+const PREVIOUS: u16 = 256;
+const PAYLOAD: u16 = 512;
+
+/// One message object, as read so far: the top level, or a CloudEvent's
+/// `data`.
 #[derive(Default)]
-struct Top<'a> {
+struct Message<'a> {
     seen: u16,
+    /// The key that named the type (`event_type` or `eventType`) and the type.
+    kind: Option<(&'static str, &'a str)>,
     event_id: Option<String>,
-    event_type: Option<&'a str>,
     timestamp: Option<DateTime<Utc>>,
     version: Option<String>,
-    user_id: Option<String>,
-    data: Data<'a>,
+    actor: Option<String>,
+    task_id: Option<String>,
+    assignee: Option<String>,
     metadata: Meta<'a>,
+    /// The payload and the key it was under.
+    payload: Option<(&'static str, Body<'a>)>,
+    previous: Option<Body<'a>>,
+    /// A CloudEvent's `data`: a `data` object that is not a payload.
+    inner: Option<Box<Message<'a>>>,
+    /// Every other key, with a plain value.
+    rest: Obj<'a>,
 }
 
-impl<'a> Top<'a> {
-    fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
+impl<'a> Message<'a> {
+    fn field(&mut self, c: &mut Scanner<'a>, key: &'a str, nested: bool) -> Option<()> {
         let bit = match key {
-            "event_id" => {
-                self.event_id = Some(text(c.scalar()?)?);
-                1
-            }
-            "event_type" => {
+            "event_type" | "eventType" => {
                 let Node::Str(Cow::Borrowed(s)) = c.scalar()? else {
                     return None;
                 };
-                self.event_type = Some(s).filter(|s| !s.trim().is_empty());
-                self.event_type?;
-                2
+                if s.trim().is_empty() {
+                    return None;
+                }
+                let name = if key == "event_type" {
+                    "event_type"
+                } else {
+                    "eventType"
+                };
+                self.kind = Some((name, s));
+                TYPE
+            }
+            "event_id" | "eventId" => {
+                self.event_id = Some(text(c.scalar()?)?);
+                ID
             }
             "timestamp" => {
                 self.timestamp = Some(time(c.scalar()?)?);
-                4
+                TIME
             }
             "version" => {
                 self.version = Some(text(c.scalar()?)?);
-                8
+                VERSION
             }
-            "data" => {
-                let data = &mut self.data;
-                object(c, |c, key| data.field(c, key))?;
-                16
+            "actorId" | "actor_id" | "user_id" | "userId" => {
+                self.actor = Some(text(c.scalar()?)?);
+                ACTOR
             }
-            "user_id" => {
-                self.user_id = Some(text(c.scalar()?)?);
-                32
+            "task_id" | "taskId" => {
+                self.task_id = Some(text(c.scalar()?)?);
+                TASK
+            }
+            "assignee_id" | "assigneeId" => {
+                self.assignee = Some(text(c.scalar()?)?);
+                ASSIGNEE
             }
             "metadata" => {
                 let meta = &mut self.metadata;
                 object(c, |c, key| meta.field(c, key))?;
-                64
+                METADATA
             }
-            _ => return None,
+            "previous_task_data" => {
+                let body = self.previous.insert(Body::default());
+                object(c, |c, key| body.field(c, key))?;
+                PREVIOUS
+            }
+            "data" | "task_data" | "payload" => {
+                let name = match key {
+                    "data" => "data",
+                    "task_data" => "task_data",
+                    _ => "payload",
+                };
+                // A payload, or else (at the top, under `data`) the message
+                // a CloudEvent wraps: which one the wrapper's `specversion`
+                // says, and it may come later.
+                let at = c.clone();
+                let (_, body) = self.payload.insert((name, Body::default()));
+                if object(c, |c, key| body.field(c, key)).is_none() {
+                    self.payload = None;
+                    if name != "data" || nested {
+                        return None;
+                    }
+                    *c = at;
+                    let inner = self.inner.insert(Box::default());
+                    object(c, |c, key| inner.field(c, key, true))?;
+                }
+                PAYLOAD
+            }
+            _ => {
+                if self.rest.contains_key(key) {
+                    return None;
+                }
+                let value = c.scalar()?;
+                self.rest.insert(Cow::Borrowed(key), value);
+                return Some(());
+            }
         };
         once(&mut self.seen, bit)
+    }
+
+    /// The message as a task event, in the dialect its type key and type
+    /// name (as the tree's `dispatch`).
+    fn event(self) -> Option<Draft<'a>> {
+        let (type_key, raw) = self.kind?;
+        let (payload_key, body) = self.payload?;
+        if self.inner.is_some() || self.rest.keys().any(read_by_rules) {
+            return None;
+        }
+        let (dialect, kind, payload_keys): (_, _, &[&str]) = if type_key == "eventType" {
+            (
+                Dialect::CamelCase,
+                normalize_kind(raw, None),
+                &["payload", "data"],
+            )
+        } else if raw.contains('.') {
+            let keys = &["data", "task_data", "payload"];
+            (Dialect::Envelope, normalize_kind(raw, None), keys)
+        } else if payload_key == "task_data" || self.previous.is_some() || is_bare_action(raw) {
+            let kind = normalize_kind(raw, Some("task"));
+            (Dialect::TaskData, kind, &["task_data", "data"])
+        } else {
+            (
+                Dialect::Standard,
+                normalize_kind(raw, None),
+                &["data", "task_data"],
+            )
+        };
+        if !payload_keys.contains(&payload_key) || Entity::of(&kind) != Entity::Task {
+            return None;
+        }
+        // A field given at two levels is the tree's to settle.
+        let meta = self.metadata;
+        if (self.actor.is_some() && body.actor.is_some())
+            || (self.task_id.is_some() && body.task_id.is_some())
+            || (self.version.is_some() && meta.version.is_some())
+        {
+            return None;
+        }
+        let previous = match self.previous {
+            Some(p) if p.actor.is_some() || p.task_id.is_some() || !p.rest.is_empty() => {
+                return None
+            }
+            Some(p) => Some(p.snapshot).filter(|s| *s != TaskSnapshot::default()),
+            None => None,
+        };
+        let mut d = Draft::new(kind, dialect);
+        d.event_id = self.event_id;
+        d.occurred_at = self.timestamp;
+        d.schema_version = self.version.or(meta.version);
+        d.task_id = self.task_id.or(body.task_id);
+        d.user_id = self.actor.or(body.actor);
+        let mut snapshot = body.snapshot;
+        snapshot.assignee_id = self.assignee;
+        if snapshot != TaskSnapshot::default() {
+            d.task = Some(snapshot);
+        }
+        d.previous = previous;
+        d.attributes = body.rest;
+        d.attributes.merge(meta.rest);
+        d.attributes.merge(self.rest);
+        Some(d)
+    }
+
+    /// The message as a CloudEvent wrapping a task event in its `data`
+    /// object: the wrapper's `id` and `time` fill what the event lacks, its
+    /// `traceparent` is the trace, and its other keys are dropped (as the
+    /// tree's `decode_cloudevent`).
+    fn cloudevent(mut self) -> Option<Draft<'a>> {
+        // Event keys beside the wrapper's are the tree's.
+        if self.seen != PAYLOAD {
+            return None;
+        }
+        let inner = self.inner?;
+        let rest = &mut self.rest;
+        if !matches!(rest.get("specversion"), Some(Node::Str(_)))
+            || !matches!(rest.get("type"), None | Some(Node::Null | Node::Str(_)))
+            || rest.contains_key("data_base64")
+            || rest.contains_key("traceid")
+        {
+            return None;
+        }
+        let mut d = inner.event()?;
+        if d.event_id.is_none() {
+            if let Some(id) = rest.take("id") {
+                d.event_id = Some(text(id)?);
+            }
+        }
+        if d.occurred_at.is_none() {
+            if let Some(t) = rest.take("time") {
+                d.occurred_at = Some(time(t)?);
+            }
+        }
+        if let Some(trace) = rest.take("traceparent") {
+            d.context.trace_parent = Some(text(trace)?);
+        }
+        d.cloudevents = true;
+        Some(d)
     }
 }
 
 /// The `metadata` object, as read so far: its `version`, and keys no rule
-/// reads (`source`), which join the event's `attributes` after `data`'s.
+/// reads (`source`), which join the event's `attributes` after the payload's.
 #[derive(Default)]
 struct Meta<'a> {
     version: Option<String>,
@@ -149,27 +293,27 @@ impl<'a> Meta<'a> {
     }
 }
 
-/// The `data` object, as read so far.
+/// A payload object (or a previous state), as read so far.
 #[derive(Default)]
-struct Data<'a> {
+struct Body<'a> {
     seen: u16,
     task_id: Option<String>,
-    user_id: Option<String>,
+    actor: Option<String>,
     snapshot: TaskSnapshot,
     /// Keys no rule reads: the event's `attributes`.
     rest: Obj<'a>,
 }
 
-impl<'a> Data<'a> {
+impl<'a> Body<'a> {
     fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
         let s = &mut self.snapshot;
         let bit = match key {
-            "task_id" => {
+            "task_id" | "taskId" => {
                 self.task_id = Some(text(c.scalar()?)?);
                 1
             }
-            "user_id" => {
-                self.user_id = Some(text(c.scalar()?)?);
+            "actorId" | "actor_id" | "user_id" | "userId" => {
+                self.actor = Some(text(c.scalar()?)?);
                 2
             }
             "title" => {
@@ -203,6 +347,20 @@ impl<'a> Data<'a> {
                 s.created_at = Some(time(c.scalar()?)?);
                 256
             }
+            "due_date" => {
+                // With a `Z`, never a wall-clock reading to localise (zone
+                // keys are the tree's).
+                s.due_at = match c.scalar()? {
+                    Node::Str(t) if t.ends_with('Z') => time(Node::Str(t))?,
+                    _ => return None,
+                }
+                .into();
+                512
+            }
+            "tags" => {
+                s.tags = Some(tags(c)?);
+                1024
+            }
             _ => return attribute(&mut self.rest, c, key),
         };
         once(&mut self.seen, bit)
@@ -212,12 +370,48 @@ impl<'a> Data<'a> {
 /// A key no rule reads, with a plain value, into `rest`; `None` for a key
 /// some rule reads or one already there.
 fn attribute<'a>(rest: &mut Obj<'a>, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
-    if READ_BY_RULES.binary_search(&key).is_ok() || rest.contains_key(key) {
+    if read_by_rules(key) || rest.contains_key(key) {
         return None;
     }
     let value = c.scalar()?;
     rest.insert(Cow::Borrowed(key), value);
     Some(())
+}
+
+/// Whether some rule of the tree decoder reads `key`. Most keys asked about
+/// are not such keys, and [`RULES_FILTER`] says so without comparing any.
+fn read_by_rules(key: &str) -> bool {
+    let [a, b] = filter_bits(key);
+    RULES_FILTER[a / 64] & (1 << (a % 64)) != 0
+        && RULES_FILTER[b / 64] & (1 << (b % 64)) != 0
+        && READ_BY_RULES.binary_search(&key).is_ok()
+}
+
+/// A Bloom filter of [`READ_BY_RULES`]: two bits of 2,048 per key (about
+/// one in thirty other keys gets past it to the binary search).
+const RULES_FILTER: [u64; 32] = {
+    let mut filter = [0u64; 32];
+    let mut i = 0;
+    while i < READ_BY_RULES.len() {
+        let [a, b] = filter_bits(READ_BY_RULES[i]);
+        filter[a / 64] |= 1 << (a % 64);
+        filter[b / 64] |= 1 << (b % 64);
+        i += 1;
+    }
+    filter
+};
+
+/// The two bits of `key` in [`RULES_FILTER`], from its FNV-1a hash.
+const fn filter_bits(key: &str) -> [usize; 2] {
+    let bytes = key.as_bytes();
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    [(hash & 2047) as usize, ((hash >> 11) & 2047) as usize]
 }
 
 /// Sets `bit` in `seen`; `None` when it was set already (a repeated key).
@@ -242,6 +436,34 @@ fn time(v: Node<'_>) -> Option<DateTime<Utc>> {
     match v {
         Node::Str(s) if plain_start(&s) => parse_time_str(&s),
         _ => None,
+    }
+}
+
+/// An array of strings and integers (as the tree's `conv_tags`).
+fn tags(c: &mut Scanner<'_>) -> Option<Vec<String>> {
+    if c.next_token()? != b'[' {
+        return None;
+    }
+    c.advance();
+    let mut tags = Vec::new();
+    if c.next_token()? == b']' {
+        c.advance();
+        return Some(tags);
+    }
+    loop {
+        match c.scalar()? {
+            Node::Str(s) => tags.push(s.into_owned()),
+            Node::Num(n) => tags.push(number_text(&n)),
+            _ => return None,
+        }
+        match c.next_token()? {
+            b',' => c.advance(),
+            b']' => {
+                c.advance();
+                return Some(tags);
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -461,7 +683,7 @@ mod tests {
     };
 
     fn direct(msg: &str) -> Option<TaskEvent> {
-        envelope(msg, msg.as_bytes(), &CTX)
+        read(msg, msg.as_bytes(), &CTX)
     }
 
     /// Taken here, and the same as the tree decoder's.
@@ -502,12 +724,73 @@ mod tests {
     }
 
     #[test]
+    fn the_task_data_and_camel_case_dialects_and_cloudevents_too() {
+        // The bench mix's other three shapes.
+        let (_, bench) = crate::bench::sample_event(1);
+        let e = taken(&bench);
+        assert_eq!(
+            (e.dialect, e.kind.as_str()),
+            (Dialect::TaskData, "task.updated")
+        );
+        let task = e.task.unwrap();
+        assert_eq!(task.tags, Some(vec!["work".into(), "important".into()]));
+        assert!(task.due_at.is_some());
+        assert_eq!(e.previous.unwrap().priority.as_deref(), Some("medium"));
+        let (_, bench) = crate::bench::sample_event(3);
+        let e = taken(&bench);
+        assert_eq!(e.dialect, Dialect::CamelCase);
+        assert_eq!(e.task.unwrap().assignee_id.as_deref(), Some("2"));
+        assert_eq!(e.attributes["teamId"], 1);
+        let (_, bench) = crate::bench::sample_event(4);
+        let e = taken(&bench);
+        assert!(e.cloudevents);
+        assert_eq!(e.event_id, "bench-4");
+        assert!(e.context.unwrap().trace_parent.is_some());
+        // A CloudEvent's id and time fill what its event lacks, whatever
+        // the order of its keys (Dapr writes them sorted: `data` first).
+        let e = taken(
+            r#"{"data": {"eventType": "task.created", "payload": {"taskId": "t", "tags": []}}, "id": 7, "source": "s", "specversion": "1.0", "time": "2026-11-01T10:00:00Z", "type": "com.dapr.event.sent"}"#,
+        );
+        assert_eq!(e.event_id, "7");
+        assert_eq!(e.task.unwrap().tags, Some(vec![]));
+        // A bare action with its payload under `data`, an empty previous state.
+        taken(r#"{"event_type": "completed", "data": {"task_id": 1}, "previous_task_data": {}}"#);
+        taken(r#"{"event_type": "updated", "task_id": 1, "task_data": {}}"#);
+    }
+
+    #[test]
     fn anything_doubtful_is_left_to_the_tree_decoder() {
         for msg in [
-            // Other dialects and entities.
-            r#"{"event_type": "updated", "task_id": 1, "task_data": {}}"#,
+            // Flat messages, other entities, a payload under another
+            // dialect's key, a type twice.
             r#"{"eventType": "task.created", "taskId": 1}"#,
-            r#"{"event_type": "completed", "data": {"task_id": 1}}"#,
+            r#"{"event_type": "task.created", "task_id": 1}"#,
+            r#"{"eventType": "task.created", "task_data": {"task_id": 1}}"#,
+            r#"{"event_type": "task_created", "payload": {"task_id": 1}}"#,
+            r#"{"event_type": "task.created", "eventType": "task.created", "data": {"task_id": 1}}"#,
+            r#"{"event_type": "task.created", "data": {"task_id": 1}, "payload": {}}"#,
+            r#"{"operation": "created", "data": {"task_id": 1}}"#,
+            // A previous state with more than snapshot fields.
+            r#"{"event_type": "updated", "task_id": 1, "task_data": {}, "previous_task_data": {"x": 1}}"#,
+            r#"{"event_type": "updated", "task_id": 1, "task_data": {}, "previous_task_data": {"task_id": 1}}"#,
+            // CloudEvents: `data` not an event, event keys beside the
+            // wrapper's, base64 data, a trace id, a mistyped `type`.
+            r#"{"specversion": "1.0", "id": "e", "data": {"task_id": 1}}"#,
+            r#"{"specversion": "1.0", "event_type": "task.created", "data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"specversion": "1.0", "data_base64": "e30=", "data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"specversion": "1.0", "traceid": "t", "data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"specversion": "1.0", "type": 1, "data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"specversion": 1, "data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"data": {"event_type": "task.created", "data": {"task_id": 1}}}"#,
+            r#"{"specversion": "1.0", "data": {"specversion": "1.0", "data": {"event_type": "task.created", "data": {"task_id": 1}}}}"#,
+            // Tags and due dates other than plain lists and UTC times.
+            r#"{"event_type": "task.created", "data": {"task_id": 1, "tags": "a, b"}}"#,
+            r#"{"event_type": "task.created", "data": {"task_id": 1, "tags": [true]}}"#,
+            r#"{"event_type": "task.created", "data": {"task_id": 1, "tags": [["a"]]}}"#,
+            r#"{"event_type": "task.created", "data": {"task_id": 1, "due_date": "2026-01-01T10:00:00+02:00"}}"#,
+            r#"{"event_type": "task.created", "data": {"task_id": 1, "due_date": "2026-01-01T10:00:00Z", "timezone": "Europe/Berlin"}}"#,
+            r#"{"event_type": "task.created", "task_id": 1, "data": {"task_id": 1}}"#,
+            r#"{"eventType": "task.created", "actorId": 1, "payload": {"userId": 1}}"#,
             // Given twice: the tree settles which wins.
             r#"{"event_type": "task_created", "user_id": 1, "data": {"task_id": 1, "user_id": 2}}"#,
             r#"{"event_type": "task_created", "version": "1", "metadata": {"version": "2"}, "data": {"task_id": 1}}"#,

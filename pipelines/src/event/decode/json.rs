@@ -88,6 +88,7 @@ pub(super) fn parse_text(text: &str) -> Result<Node<'_>, serde_json::Error> {
 /// anything it does not handle (an escape, a control character in a string,
 /// a fraction or exponent, a long integer, deep nesting, an error); [`parse`]
 /// then asks serde_json.
+#[derive(Clone)]
 pub(super) struct Scanner<'a> {
     text: &'a str,
     at: usize,
@@ -438,6 +439,11 @@ impl<'a> Obj<'a> {
 
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The keys in the order they were added.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_ref())
     }
 
     /// The keys in byte order (as a `serde_json::Map` lists them).

@@ -15,8 +15,9 @@
 //! `attributes`, so nothing the producer said is dropped silently. Only those
 //! leftovers become `serde_json::Value`s.
 //!
-//! The envelope dialect's plain task events skip the tree: [`direct`] reads
-//! them in one pass, and gives every message it is not sure of to the tree.
+//! Plain task events of the envelope, standard, task-data and camel-case
+//! dialects, bare or in a CloudEvent, skip the tree: [`direct`] reads them in
+//! one pass, and gives every message it is not sure of to the tree.
 //!
 //! Decoding never panics. A message that cannot be decoded is a
 //! [`DecodeError`] whose text names the field and the offending value, because
@@ -80,7 +81,7 @@ pub struct DecodeContext<'a> {
 pub fn decode(payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
     // Checked once for both readers.
     let text = std::str::from_utf8(payload).ok();
-    if let Some(event) = text.and_then(|text| direct::envelope(text, payload, ctx)) {
+    if let Some(event) = text.and_then(|text| direct::read(text, payload, ctx)) {
         return Ok(event);
     }
     decode_tree(payload, text, ctx)
