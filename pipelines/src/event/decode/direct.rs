@@ -842,7 +842,11 @@ mod tests {
             let rules = source.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
             let code = rules
                 .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
+                .filter(|l| {
+                    let l = l.trim_start();
+                    // Comments, and attributes (`cfg(target_arch = ..)`).
+                    !l.starts_with("//") && !l.starts_with("#[")
+                })
                 .map(|l| l.replace("\\\"", "").replace("'\"'", ""))
                 .collect::<Vec<_>>()
                 .join("\n");

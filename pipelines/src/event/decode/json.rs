@@ -315,7 +315,8 @@ fn ends_value(next: Option<&u8>) -> bool {
 
 /// The length of the string whose body starts `bytes`, when it ends at a
 /// `"` with no escape or control character before it (`None` otherwise).
-/// Strings are short: eight bytes at a time, without a call.
+/// Strings are short: sixteen bytes at a time where SSE2 is (every x86-64),
+/// then eight, without a call.
 #[inline(always)]
 pub(super) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
@@ -323,6 +324,19 @@ pub(super) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
     // The bytes of `w` that are zero; exact for the lowest one, which is
     // all that is used (higher ones may be false after a true one).
     let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    #[cfg(target_arch = "x86_64")]
+    let mut i = {
+        let mut i = 0;
+        while let Some(mask) = stops16(bytes, i) {
+            if mask != 0 {
+                let at = i + mask.trailing_zeros() as usize;
+                return (bytes[at] == b'"').then_some(at);
+            }
+            i += 16;
+        }
+        i
+    };
+    #[cfg(not(target_arch = "x86_64"))]
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let w = u64::from_le_bytes(chunk.try_into().ok()?);
@@ -344,6 +358,30 @@ pub(super) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// A bit for each of the sixteen bytes at `at` that ends a plain string
+/// (`"`, `\\`, a control character), or `None` when fewer than sixteen are
+/// left.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stops16(bytes: &[u8], at: usize) -> Option<u32> {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let chunk: &[u8; 16] = bytes.get(at..at + 16)?.try_into().ok()?;
+    // SAFETY: SSE2 is part of x86-64, and the load reads the sixteen bytes
+    // of `chunk` (unaligned loads allowed).
+    let mask = unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let escape = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // v <= 0x1f (unsigned): min(v, 0x1f) == v
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, escape), control))
+    };
+    Some(mask as u32)
 }
 
 /// Parses JSON held in a string or decoded bytes of the message (CloudEvents
@@ -758,6 +796,41 @@ mod tests {
             .map(Node::into_value)
             .map_err(|e| e.to_string());
         (value, node)
+    }
+
+    /// The vector and word loops stop where a byte-at-a-time reader does,
+    /// with the stop at every place of strings of every length up to 40,
+    /// and any bytes after it.
+    #[test]
+    fn plain_string_len_stops_where_a_byte_reader_does() {
+        fn reference(bytes: &[u8]) -> Option<usize> {
+            for (at, &b) in bytes.iter().enumerate() {
+                match b {
+                    b'"' => return Some(at),
+                    b'\\' | 0..=0x1f => return None,
+                    _ => {}
+                }
+            }
+            None
+        }
+        let mut checked = 0;
+        for len in 0..40 {
+            for stop in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'a'] {
+                for at in 0..=len {
+                    let mut bytes = vec![b'x'; len];
+                    if at < len {
+                        bytes[at] = stop;
+                    }
+                    for tail in [&b""[..], b"\"", b"\\\"", b"\x01", b"xxxxxxxxxxxxxxxxxxxx\""] {
+                        let mut all = bytes.clone();
+                        all.extend_from_slice(tail);
+                        assert_eq!(plain_string_len(&all), reference(&all), "{all:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 30_000, "{checked}");
     }
 
     #[test]
