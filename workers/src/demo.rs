@@ -201,6 +201,25 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
         move || crate::aggregates::demo::published(&bootstrap, &topic, 4, Duration::from_secs(20))
     })
     .await??;
+    let announcements = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        let topic = config.deadlines.output_topic.clone();
+        move || {
+            crate::deadlines::demo::published(&bootstrap, &topic, crate::deadlines::demo::EXPECTED)
+        }
+    })
+    .await??;
+    // The workers' own output is audited too (the deadline announcements,
+    // the reminders' tasks and notifications) and arrives at its own pace:
+    // the trail is read again once it holds the announcements and has
+    // stopped growing, so that every run prints the same trail.
+    let records = settled_trail(
+        store.as_ref(),
+        records.len() + announcements.len(),
+        &run,
+        &shutdown,
+    )
+    .await?;
     // Let the last offsets commit, then stop the way SIGTERM would.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     shutdown.cancel();
@@ -230,14 +249,6 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     })
     .await?;
     crate::aggregates::demo::print(&windows);
-    let announcements = tokio::task::spawn_blocking({
-        let bootstrap = bootstrap.clone();
-        let topic = config.deadlines.output_topic.clone();
-        move || {
-            crate::deadlines::demo::published(&bootstrap, &topic, crate::deadlines::demo::EXPECTED)
-        }
-    })
-    .await??;
     crate::deadlines::demo::print(&announcements);
     println!("\ndead letters:");
     for m in &dead {
@@ -278,4 +289,34 @@ pub async fn run(mut config: Config, out: &Path) -> anyhow::Result<()> {
     }
     drop(mock);
     Ok(())
+}
+
+/// The audit trail once it holds at least `at_least` records and has not
+/// grown for two seconds (at most 60 s, as the first wait).
+async fn settled_trail<T>(
+    store: &dyn audit::AuditStore,
+    at_least: usize,
+    run: &tokio::task::JoinHandle<T>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<audit::AuditRecord>> {
+    const QUIET: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = store.query(&AuditQuery::default()).await?;
+    let mut since = Instant::now();
+    while records.len() < at_least || since.elapsed() < QUIET {
+        if Instant::now() > deadline || run.is_finished() {
+            shutdown.cancel();
+            bail!(
+                "demo: the audit trail still grew, or held only {} of {at_least} records, after 60 s",
+                records.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = store.query(&AuditQuery::default()).await?;
+        if now.len() != records.len() {
+            records = now;
+            since = Instant::now();
+        }
+    }
+    Ok(records)
 }

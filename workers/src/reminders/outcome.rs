@@ -85,4 +85,27 @@ mod tests {
             a.event.event_id
         );
     }
+
+    /// Every outcome the worker publishes (`worker.rs`) is a type the other
+    /// workers handle: the audit worker skips an unknown type, so it never
+    /// reaches the trail (`notification.missed` once did not).
+    #[test]
+    fn every_outcome_is_a_known_event_type() {
+        let at = Utc.with_ymd_and_hms(2026, 6, 10, 9, 0, 0).unwrap();
+        for outcome in ["sent", "failed", "missed"] {
+            let record = FiredRecord {
+                reminder_id: "r1".into(),
+                task_id: "t1".into(),
+                user_id: "u1".into(),
+                channel: Channel::Email,
+                outcome: outcome.into(),
+                at,
+                scheduled_at: at,
+                reason: None,
+                message_id: None,
+            };
+            let kind = outcome_event("notification-events", &record).event.kind;
+            assert!(pipelines::event::is_known_type(&kind), "{kind}");
+        }
+    }
 }
