@@ -46,6 +46,50 @@ pub fn free_port() -> Result<u16, HarnessError> {
         .map_err(|e| HarnessError(e.to_string()))
 }
 
+/// `spawn`, again after `move_ports` while the server exits before it
+/// answers (`exited`), four times at most: a port [`free_port`] found can be
+/// taken by another test before the server binds it.
+fn on_free_ports<S>(
+    server: &mut S,
+    spawn: fn(&mut S) -> Result<(), HarnessError>,
+    exited: fn(&S) -> bool,
+    move_ports: fn(&mut S) -> Result<(), HarnessError>,
+) -> Result<(), HarnessError> {
+    let mut attempt = 1;
+    loop {
+        match spawn(server) {
+            Err(_) if attempt < 4 && exited(server) => {
+                attempt += 1;
+                move_ports(server)?;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The process id of the redis-server answering on `port` (`INFO server`),
+/// if one answers.
+fn answering_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while reply.len() < 65_536 {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("process_id:")) {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
+}
+
 /// A name no other test in this process (or a recent run) uses: for group ids,
 /// topics and key prefixes, so tests never share a consumer group.
 pub fn unique(name: &str) -> String {
@@ -80,7 +124,7 @@ impl RedisServer {
             server.make_certificate()?;
             server.tls_port = Some(free_port()?);
         }
-        server.spawn()?;
+        server.spawn_on_free_ports()?;
         Ok(server)
     }
 
@@ -89,8 +133,29 @@ impl RedisServer {
     fn start_cluster_node() -> Result<Self, HarnessError> {
         let mut server = Self::unstarted()?;
         server.cluster_port = Some(free_port()?);
-        server.spawn()?;
+        server.spawn_on_free_ports()?;
         Ok(server)
+    }
+
+    /// [`RedisServer::spawn`], again on other free ports while the server
+    /// exits before answering: a port `free_port` found can be taken by
+    /// another test before the server binds it.
+    fn spawn_on_free_ports(&mut self) -> Result<(), HarnessError> {
+        on_free_ports(
+            self,
+            Self::spawn,
+            |s| s.child.is_none(),
+            |s| {
+                s.port = free_port()?;
+                if s.tls_port.is_some() {
+                    s.tls_port = Some(free_port()?);
+                }
+                if s.cluster_port.is_some() {
+                    s.cluster_port = Some(free_port()?);
+                }
+                Ok(())
+            },
+        )
     }
 
     fn unstarted() -> Result<Self, HarnessError> {
@@ -162,6 +227,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
+        let log = std::fs::File::create(self.dir.join("server.log"))
+            .map_err(|e| HarnessError(e.to_string()))?;
         let mut command = Command::new("redis-server");
         if let Some(bus) = self.cluster_port {
             command
@@ -194,7 +261,8 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(&self.dir)
-            .stdout(Stdio::null())
+            // Its log (a bind error, say) goes to standard output.
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
@@ -205,22 +273,31 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                        return Ok(());
-                    }
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(HarnessError(format!(
+                    "redis-server on port {} exited ({status}): {}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            // Ours, not another test's server on a port taken first.
+            let ours = self.child.as_ref().map(Child::id);
+            if ours.is_some() && answering_pid(self.port) == ours {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(HarnessError(format!(
-            "redis-server on port {} did not start",
-            self.port
+            "redis-server on port {} did not start: {}",
+            self.port,
+            self.log()
         )))
+    }
+
+    /// What the server logged so far (the last run's, after a restart).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
@@ -463,4 +540,32 @@ pub fn commit_offsets(
     consumer
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .map_err(|e| HarnessError(format!("commit for group {group}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port was taken before it bound it says why at once
+    /// rather than after the ten-second wait, and the start retries on
+    /// another free port.
+    #[test]
+    fn a_taken_port_is_reported_at_once_and_the_start_moves_to_another() {
+        let first = RedisServer::start().expect("redis-server starts");
+        let mut second = RedisServer::unstarted().expect("a directory");
+        second.port = first.port();
+        let started = Instant::now();
+        let err = second.spawn().expect_err("the port is taken");
+        assert!(started.elapsed() < Duration::from_secs(5), "{err:?}");
+        assert!(second.child.is_none());
+        assert!(err.0.contains("exited"), "{err:?}");
+        assert!(err.0.contains("Address already in use"), "{err:?}");
+
+        second.port = first.port();
+        second
+            .spawn_on_free_ports()
+            .expect("started on another port");
+        assert_ne!(second.port(), first.port());
+        assert_eq!(second.command(&["PING"]).expect("it answers"), "PONG");
+    }
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::tls::TestCa;
-use super::{free_port, unique, HarnessError};
+use super::{free_port, on_free_ports, unique, HarnessError};
 
 /// A running throwaway cluster. Its superuser is `postgres` (trust auth on
 /// loopback), with the default database `postgres`.
@@ -97,17 +97,18 @@ fn children_of(pid: u32) -> Vec<i32> {
 impl PostgresServer {
     /// A cluster without TLS.
     pub fn start() -> Result<Self, HarnessError> {
-        Self::launch(false)
+        Self::launch(false, free_port()?)
     }
 
     /// A cluster with `ssl=on` and a server certificate for `localhost`,
     /// `127.0.0.1` and `db.test` signed by a fresh [`TestCa`]
     /// ([`PostgresServer::ca`]).
     pub fn start_tls() -> Result<Self, HarnessError> {
-        Self::launch(true)
+        Self::launch(true, free_port()?)
     }
 
-    fn launch(tls: bool) -> Result<Self, HarnessError> {
+    /// A cluster tried first on `port`.
+    fn launch(tls: bool, port: u16) -> Result<Self, HarnessError> {
         let bin = server_bin()?;
         // SAFETY: geteuid has no preconditions.
         let user = if unsafe { libc::geteuid() } == 0 {
@@ -118,7 +119,7 @@ impl PostgresServer {
         let dir = std::env::temp_dir().join(unique("taskstream-postgres"));
         std::fs::create_dir_all(dir.join("tls")).map_err(|e| HarnessError(e.to_string()))?;
         let mut server = PostgresServer {
-            port: free_port()?,
+            port,
             dir,
             bin,
             user,
@@ -150,7 +151,15 @@ impl PostgresServer {
                 server.dir.display()
             )));
         }
-        server.spawn()?;
+        on_free_ports(
+            &mut server,
+            Self::spawn,
+            |s| s.child.is_none(),
+            |s| {
+                s.port = free_port()?;
+                Ok(())
+            },
+        )?;
         Ok(server)
     }
 
@@ -193,11 +202,21 @@ impl PostgresServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ready = self
-                .command("pg_isready")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(HarnessError(format!(
+                    "postgres on port {} exited ({status}): {}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            // Ours, not another test's server on a port taken first.
+            let ready = self.pid_file_says_ready()
+                && self
+                    .command("pg_isready")
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                    .status()
+                    .is_ok_and(|s| s.success());
             if ready {
                 return Ok(());
             }
@@ -228,6 +247,20 @@ impl PostgresServer {
     /// The CA that signed the server's certificate ([`PostgresServer::start_tls`]).
     pub fn ca(&self) -> Option<&TestCa> {
         self.ca.as_ref()
+    }
+
+    /// Whether `postmaster.pid` names our server and says it accepts
+    /// connections (its first line is the pid, its eighth the status).
+    fn pid_file_says_ready(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let Ok(file) = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = file.lines().collect();
+        lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == Some(child.id())
+            && lines.get(7).is_some_and(|l| l.trim() == "ready")
     }
 
     /// What the server logged so far.
@@ -280,5 +313,25 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster whose port another server holds starts on another port,
+    /// and the harness waits for its own postmaster, not the other one.
+    #[test]
+    fn a_taken_port_moves_the_cluster_to_another() {
+        let first = PostgresServer::start().expect("postgres starts");
+        let second = PostgresServer::launch(false, first.port()).expect("starts elsewhere");
+        assert_ne!(second.port(), first.port());
+        assert!(second.pid_file_says_ready());
+        assert!(
+            second.log().contains(&second.port().to_string()),
+            "{}",
+            second.log()
+        );
     }
 }
