@@ -67,6 +67,14 @@ fn on_free_ports<S>(
     }
 }
 
+/// The exit status of the server process if it has ended, when it is also
+/// forgotten (its start failed: see [`on_free_ports`]).
+fn ended(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
+    let status = child.as_mut()?.try_wait().ok()??;
+    *child = None;
+    Some(status)
+}
+
 /// The process id of the redis-server answering on `port` (`INFO server`),
 /// if one answers.
 fn answering_pid(port: u16) -> Option<u32> {
@@ -273,8 +281,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
+            if let Some(status) = ended(&mut self.child) {
                 return Err(HarnessError(format!(
                     "redis-server on port {} exited ({status}): {}",
                     self.port,

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::tls::TestCa;
-use super::{free_port, on_free_ports, unique, HarnessError};
+use super::{ended, free_port, on_free_ports, unique, HarnessError};
 
 /// A running throwaway cluster. Its superuser is `postgres` (trust auth on
 /// loopback), with the default database `postgres`.
@@ -202,8 +202,7 @@ impl PostgresServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
+            if let Some(status) = ended(&mut self.child) {
                 return Err(HarnessError(format!(
                     "postgres on port {} exited ({status}): {}",
                     self.port,

@@ -26,7 +26,8 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
-use super::fields::number_text;
+use super::error::Loc;
+use super::fields::{conv_tags, number_text};
 use super::json::{Node, Obj, Scanner};
 use super::kinds::{is_bare_action, normalize_kind, Entity};
 use super::time::parse_time_str;
@@ -160,14 +161,7 @@ impl<'a> Message<'a> {
                 }
                 PAYLOAD
             }
-            _ => {
-                if self.rest.contains_key(key) {
-                    return None;
-                }
-                let value = c.scalar()?;
-                self.rest.insert(Cow::Borrowed(key), value);
-                return Some(());
-            }
+            _ => return plain(&mut self.rest, c, key),
         };
         once(&mut self.seen, bit)
     }
@@ -358,7 +352,13 @@ impl<'a> Body<'a> {
                 512
             }
             "tags" => {
-                s.tags = Some(tags(c)?);
+                // A list, read as the tree reads it (a string of joined
+                // tags is the tree's).
+                if c.next_token()? != b'[' {
+                    return None;
+                }
+                let loc = Loc { parent: "", key };
+                s.tags = Some(conv_tags(c.value()?, loc).ok()?);
                 1024
             }
             _ => return attribute(&mut self.rest, c, key),
@@ -370,7 +370,16 @@ impl<'a> Body<'a> {
 /// A key no rule reads, with a plain value, into `rest`; `None` for a key
 /// some rule reads or one already there.
 fn attribute<'a>(rest: &mut Obj<'a>, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
-    if read_by_rules(key) || rest.contains_key(key) {
+    if read_by_rules(key) {
+        return None;
+    }
+    plain(rest, c, key)
+}
+
+/// `key` with a plain value into `rest`; `None` for a value that is not
+/// plain or a key already there.
+fn plain<'a>(rest: &mut Obj<'a>, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
+    if rest.contains_key(key) {
         return None;
     }
     let value = c.scalar()?;
@@ -436,34 +445,6 @@ fn time(v: Node<'_>) -> Option<DateTime<Utc>> {
     match v {
         Node::Str(s) if plain_start(&s) => parse_time_str(&s),
         _ => None,
-    }
-}
-
-/// An array of strings and integers (as the tree's `conv_tags`).
-fn tags(c: &mut Scanner<'_>) -> Option<Vec<String>> {
-    if c.next_token()? != b'[' {
-        return None;
-    }
-    c.advance();
-    let mut tags = Vec::new();
-    if c.next_token()? == b']' {
-        c.advance();
-        return Some(tags);
-    }
-    loop {
-        match c.scalar()? {
-            Node::Str(s) => tags.push(s.into_owned()),
-            Node::Num(n) => tags.push(number_text(&n)),
-            _ => return None,
-        }
-        match c.next_token()? {
-            b',' => c.advance(),
-            b']' => {
-                c.advance();
-                return Some(tags);
-            }
-            _ => return None,
-        }
     }
 }
 

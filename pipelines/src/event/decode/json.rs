@@ -141,7 +141,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn value(&mut self) -> Option<Node<'a>> {
+    /// Any value; `None` for one it leaves to serde_json.
+    pub(super) fn value(&mut self) -> Option<Node<'a>> {
         self.skip_ws();
         match self.peek()? {
             b'"' => self.string().map(|s| Node::Str(Cow::Borrowed(s))),
@@ -486,7 +487,7 @@ impl<'a> Obj<'a> {
 
     /// The keys in byte order (as a `serde_json::Map` lists them).
     pub(super) fn sorted_keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.entries.iter().map(|(k, _)| k.as_ref()).collect();
+        let mut keys: Vec<&str> = self.keys().collect();
         keys.sort_unstable();
         keys
     }
