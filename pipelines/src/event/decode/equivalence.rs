@@ -139,7 +139,7 @@ fn plain_envelopes_decode_alike_in_one_pass_or_through_the_tree() {
     for i in 0..30_000u32 {
         let msg = g.plain_envelope();
         let ctx = &CONTEXTS[(i % 4) as usize];
-        if let Some(event) = direct::read(&msg, msg.as_bytes(), ctx) {
+        if let Some(event) = direct::read_event(&msg, ctx) {
             // The same as the tree decoder's, whatever `legacy` says.
             let tree = super::decode_tree(msg.as_bytes(), Some(&msg), ctx);
             assert_eq!(Ok(&event), tree.as_ref(), "in {msg}");
@@ -171,7 +171,7 @@ fn plain_messages_of_every_dialect_decode_alike_in_one_pass_or_through_the_tree(
     for i in 0..40_000u32 {
         let msg = g.plain_message();
         let ctx = &CONTEXTS[(i % 4) as usize];
-        if let Some(event) = direct::read(&msg, msg.as_bytes(), ctx) {
+        if let Some(event) = direct::read_event(&msg, ctx) {
             let tree = super::decode_tree(msg.as_bytes(), Some(&msg), ctx);
             assert_eq!(Ok(&event), tree.as_ref(), "in {msg}");
             let shape = format!("{:?}, CloudEvent {}", event.dialect, event.cloudevents);

@@ -81,8 +81,13 @@ pub struct DecodeContext<'a> {
 pub fn decode(payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
     // Checked once for both readers.
     let text = std::str::from_utf8(payload).ok();
-    if let Some(event) = text.and_then(|text| direct::read(text, payload, ctx)) {
-        return Ok(event);
+    if let Some(draft) = &mut text.and_then(direct::read) {
+        // An error here is the tree decoder's to report (it may find
+        // another first).
+        let event = finish(draft, payload, ctx);
+        if event.is_ok() {
+            return event;
+        }
     }
     decode_tree(payload, text, ctx)
 }
@@ -112,8 +117,8 @@ fn decode_tree(
             })
         }
     };
-    let draft = detect::dispatch(obj, ctx.topic, 0, None)?;
-    finish(draft, payload, ctx)
+    let mut draft = detect::dispatch(obj, ctx.topic, 0, None)?;
+    finish(&mut draft, payload, ctx)
 }
 
 /// An event being assembled; [`finish`] fills the id and time fallbacks.
@@ -160,8 +165,13 @@ impl Draft<'_> {
     }
 }
 
-/// Fills the fallbacks and checks what every event needs.
-fn finish(d: Draft<'_>, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
+/// Fills the fallbacks and checks what every event needs. The draft is
+/// taken from where it is (about a kilobyte: not moved to get here).
+fn finish(
+    d: &mut Draft<'_>,
+    payload: &[u8],
+    ctx: &DecodeContext<'_>,
+) -> Result<TaskEvent, DecodeError> {
     if Entity::of(&d.kind) == Entity::Task && d.task_id.is_none() {
         return Err(DecodeError::MissingField {
             field: "task_id".to_owned(),
@@ -182,28 +192,28 @@ fn finish(d: Draft<'_>, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskE
             })
         }
     };
-    let event_id = match d.event_id {
+    let event_id = match d.event_id.take() {
         Some(id) => id,
         None => content_id(payload),
     };
-    let context = (d.context != RequestContext::default()).then_some(d.context);
+    let context = (d.context != RequestContext::default()).then(|| std::mem::take(&mut d.context));
     Ok(TaskEvent {
         event_id,
-        kind: d.kind,
+        kind: std::mem::take(&mut d.kind),
         occurred_at,
-        task_id: d.task_id,
-        user_id: d.user_id,
-        project_id: d.project_id,
-        task: d.task,
-        previous: d.previous,
-        changes: d.changes,
-        reminder: d.reminder,
-        user: d.user,
+        task_id: d.task_id.take(),
+        user_id: d.user_id.take(),
+        project_id: d.project_id.take(),
+        task: d.task.take(),
+        previous: d.previous.take(),
+        changes: std::mem::take(&mut d.changes),
+        reminder: d.reminder.take(),
+        user: d.user.take(),
         context,
         dialect: d.dialect,
         cloudevents: d.cloudevents,
-        schema_version: d.schema_version,
-        attributes: d.attributes.into_map(),
+        schema_version: d.schema_version.take(),
+        attributes: std::mem::take(&mut d.attributes).into_map(),
     })
 }
 
