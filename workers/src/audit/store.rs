@@ -114,11 +114,45 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// deleting or reordering any record breaks every hash after it.
 pub fn chain_hash(seq: u64, prev_hash: &str, record_json: &[u8]) -> String {
     use sha2::{Digest, Sha256};
+    // Once per record written and verified: the decimal `seq` and the hex
+    // digest are made on the stack (`to_string` and `hex::encode`, a char
+    // at a time, were a tenth of `PgStore::write_batch`'s time in a profile).
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
     let mut h = Sha256::new();
-    h.update(seq.to_string().as_bytes());
+    h.update(&digits[at..]);
     h.update(b"\n");
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
     h.update(record_json);
-    hex::encode(h.finalize())
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut hex).expect("32 bytes are 64 hex digits");
+    // Hex digits are ASCII.
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn chain_hash_is_the_hex_sha256_of_seq_prev_hash_and_record() {
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX / 7, u64::MAX] {
+            let json = br#"{"event_id":"e-1"}"#;
+            let mut text = format!("{seq}\n{GENESIS}\n").into_bytes();
+            text.extend_from_slice(json);
+            let want = hex::encode(Sha256::digest(&text));
+            assert_eq!(chain_hash(seq, GENESIS, json), want, "seq {seq}");
+        }
+    }
 }
