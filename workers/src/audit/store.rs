@@ -117,19 +117,9 @@ pub fn chain_hash(seq: u64, prev_hash: &str, record_json: &[u8]) -> String {
     // Once per record written and verified: the decimal `seq` and the hex
     // digest are made on the stack (`to_string` and `hex::encode`, a char
     // at a time, were a tenth of `PgStore::write_batch`'s time in a profile).
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = seq;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+    let mut digits = itoa::Buffer::new();
     let mut h = Sha256::new();
-    h.update(&digits[at..]);
+    h.update(digits.format(seq).as_bytes());
     h.update(b"\n");
     h.update(prev_hash.as_bytes());
     h.update(b"\n");

@@ -88,30 +88,11 @@ pub(super) fn is_blank(v: &Node<'_>) -> bool {
 /// A number's JSON text: integers without the formatting machinery.
 pub(super) fn number_text(n: &serde_json::Number) -> String {
     match (n.as_u64(), n.as_i64()) {
-        (Some(u), _) => digits(u, false),
-        (None, Some(i)) => digits(i.unsigned_abs(), true),
+        // What `to_string` writes, without `fmt`: ids are mostly numbers.
+        (Some(u), _) => itoa::Buffer::new().format(u).to_owned(),
+        (None, Some(i)) => itoa::Buffer::new().format(i).to_owned(),
         _ => n.to_string(),
     }
-}
-
-/// The decimal text of `-u` or `u` (what `to_string` writes, without
-/// `fmt`): ids are mostly numbers.
-fn digits(mut u: u64, negative: bool) -> String {
-    let mut buf = [0u8; 21];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (u % 10) as u8;
-        u /= 10;
-        if u == 0 {
-            break;
-        }
-    }
-    if negative {
-        at -= 1;
-        buf[at] = b'-';
-    }
-    String::from(std::str::from_utf8(&buf[at..]).unwrap_or_default())
 }
 
 /// Moves the first usable value among `keys` into an empty `slot`.

@@ -220,13 +220,10 @@ fn finish(
 /// `h:` + hex of the first 16 bytes of SHA-256 of the message: stable for a
 /// re-sent identical message, so it deduplicates like a producer's id.
 fn content_id(payload: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(payload);
-    let mut id = String::with_capacity(34);
-    id.push_str("h:");
-    for &b in &digest[..16] {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    id
+    let mut id = [0u8; 34];
+    id[..2].copy_from_slice(b"h:");
+    hex::encode_to_slice(&digest[..16], &mut id[2..]).expect("16 bytes are 32 hex digits");
+    // `h:` and hex digits are ASCII.
+    String::from_utf8_lossy(&id).into_owned()
 }
