@@ -295,6 +295,67 @@ fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hosti
     assert!(p.wait(Duration::from_secs(30)).success());
 }
 
+/// A reminder planned again after it fired (another message naming the
+/// same task, time and channel: the demo's task and reminder request for
+/// task 124 do) fires again, finds it was sent, and neither mails nor
+/// publishes its outcome a second time.
+#[test]
+fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
+    let env = Env::start();
+    let port = free_port().unwrap();
+    let p = env.run("1", &env.smtp.url(), port, &[]);
+    wait_ready(&env, port);
+    env.user("u-ada", "ada@example.com", "Europe/Berlin");
+    env.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    let now = Utc::now();
+    let request = |created_at: chrono::DateTime<Utc>| {
+        json!({
+            "task_id": "task-again",
+            "user_id": "u-ada",
+            "title": "Pay the rent",
+            "due_at": rfc3339(now + chrono::Duration::hours(1)),
+            "remind_at": rfc3339(now + chrono::Duration::milliseconds(1500)),
+            "notification_method": "email",
+            "created_at": rfc3339(created_at)
+        })
+    };
+    env.send("reminders", "task-again", request(now));
+    env.flush();
+    let mail = settle(&env, 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
+    let first = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        1,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(first.len(), 1);
+
+    // Another message (its own content id) planning the same reminder.
+    env.send("reminders", "task-again", request(Utc::now()));
+    env.flush();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(env.smtp.messages().unwrap().len(), 1, "mailed once");
+    let events = read_topic(
+        &env.bootstrap(),
+        "notification-events",
+        2,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        events.len(),
+        1,
+        "the outcome published once; logs:\n{}",
+        env.logs_text()
+    );
+    assert_eq!(scrape(port, "taskstream_reminders_sent_total", ""), 1.0);
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(Duration::from_secs(30)).success());
+}
+
 #[test]
 fn completing_the_task_first_cancels_and_a_due_date_change_moves_it() {
     let env = Env::start();

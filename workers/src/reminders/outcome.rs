@@ -69,6 +69,7 @@ mod tests {
             scheduled_at: at,
             reason: None,
             message_id: Some("<m@x>".into()),
+            published: false,
         };
         let a = outcome_event("notification-events", &record);
         let b = outcome_event("notification-events", &record);
@@ -103,6 +104,7 @@ mod tests {
                 scheduled_at: at,
                 reason: None,
                 message_id: None,
+                published: false,
             };
             let kind = outcome_event("notification-events", &record).event.kind;
             assert!(pipelines::event::is_known_type(&kind), "{kind}");

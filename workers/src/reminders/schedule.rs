@@ -139,6 +139,13 @@ pub struct FiredRecord {
     pub reason: Option<String>,
     #[serde(default)]
     pub message_id: Option<String>,
+    /// Set once the outcome event is published
+    /// ([`ReminderSchedule::mark_published`], after the event): a reminder
+    /// fired again (planned again after it fired, from another message
+    /// naming the same task, time and channel) republishes only an outcome
+    /// not known to be published, as after a crash between the two.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub published: bool,
 }
 
 /// A claimed member: its id and the fire time it had.
@@ -376,6 +383,26 @@ impl ReminderSchedule {
         ]
     }
 
+    /// Records that the outcome event of the fired reminder is published.
+    pub async fn mark_published(
+        &self,
+        store: &dyn StateStore,
+        reminder_id: &str,
+        record: &FiredRecord,
+    ) -> Result<(), StateError> {
+        let published = FiredRecord {
+            published: true,
+            ..record.clone()
+        };
+        store
+            .apply(&[StateOp::Set {
+                key: Self::sent_key(reminder_id),
+                value: serde_json::to_vec(&published).unwrap_or_default(),
+                ttl: Some(SENT_MARK_TTL),
+            }])
+            .await
+    }
+
     /// Removes a claimed member, unless it was rescheduled since the claim.
     pub async fn ack(
         &self,
@@ -504,6 +531,7 @@ mod tests {
             scheduled_at: due,
             reason: None,
             message_id: None,
+            published: false,
         };
         store
             .apply(&ReminderSchedule::finish_ops("r1", &record))

@@ -462,7 +462,10 @@ impl RemindersWorker {
         if let Some(record) = self.schedule.fired(store, id).await? {
             // Fired before (a crash after marking, or a replan of a sent
             // reminder): only the outcome event may be missing.
-            self.publish(ctx, &record).await?;
+            if !record.published {
+                self.publish(ctx, &record).await?;
+                self.schedule.mark_published(store, id, &record).await?;
+            }
             self.schedule.ack(store, shard, id, lease_until).await?;
             return Ok(());
         }
@@ -486,6 +489,7 @@ impl RemindersWorker {
             scheduled_at: due_at,
             reason,
             message_id,
+            published: false,
         };
         let fired = match at_fire_time(now, due_at, &user, self.max_lateness()) {
             Firing::Hold { until } => {
@@ -532,6 +536,7 @@ impl RemindersWorker {
             .apply(&ReminderSchedule::finish_ops(id, &fired))
             .await?;
         self.publish(ctx, &fired).await?;
+        self.schedule.mark_published(store, id, &fired).await?;
         self.schedule.ack(store, shard, id, lease_until).await?;
         Ok(())
     }
