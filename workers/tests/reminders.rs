@@ -120,6 +120,20 @@ impl Env {
 
     fn request(&self, task_id: &str, user_id: &str, title: &str, in_ms: i64) {
         let now = Utc::now();
+        let remind_at = now + chrono::Duration::milliseconds(in_ms);
+        self.request_at(task_id, user_id, title, remind_at, now);
+    }
+
+    /// An email reminder request sent at `created_at`, for a task due an
+    /// hour after that.
+    fn request_at(
+        &self,
+        task_id: &str,
+        user_id: &str,
+        title: &str,
+        remind_at: chrono::DateTime<Utc>,
+        created_at: chrono::DateTime<Utc>,
+    ) {
         self.send(
             "reminders",
             task_id,
@@ -127,12 +141,25 @@ impl Env {
                 "task_id": task_id,
                 "user_id": user_id,
                 "title": title,
-                "due_at": rfc3339(now + chrono::Duration::hours(1)),
-                "remind_at": rfc3339(now + chrono::Duration::milliseconds(in_ms)),
+                "due_at": rfc3339(created_at + chrono::Duration::hours(1)),
+                "remind_at": rfc3339(remind_at),
                 "notification_method": "email",
-                "created_at": rfc3339(now)
+                "created_at": rfc3339(created_at)
             }),
         );
+    }
+
+    /// A started environment, one worker (its metrics on the returned
+    /// port) and the user `u-ada` it has read.
+    fn with_ada() -> (Env, u16, Process) {
+        let env = Env::start();
+        let port = free_port().unwrap();
+        let p = env.run("1", &env.smtp.url(), port, &[]);
+        wait_ready(&env, port);
+        env.user("u-ada", "ada@example.com", "Europe/Berlin");
+        env.flush();
+        std::thread::sleep(Duration::from_millis(300));
+        (env, port, p)
     }
 }
 
@@ -203,13 +230,7 @@ fn settle(env: &Env, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
 #[test]
 fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hostile_title_is_harmless(
 ) {
-    let env = Env::start();
-    let port = free_port().unwrap();
-    let p = env.run("1", &env.smtp.url(), port, &[]);
-    wait_ready(&env, port);
-    env.user("u-ada", "ada@example.com", "Europe/Berlin");
-    env.flush();
-    std::thread::sleep(Duration::from_millis(300));
+    let (env, port, p) = Env::with_ada();
     let started = Utc::now();
     env.request("task-1", "u-ada", "Pay the rent", 1500);
     env.request(
@@ -301,26 +322,10 @@ fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hosti
 /// publishes its outcome a second time.
 #[test]
 fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
-    let env = Env::start();
-    let port = free_port().unwrap();
-    let p = env.run("1", &env.smtp.url(), port, &[]);
-    wait_ready(&env, port);
-    env.user("u-ada", "ada@example.com", "Europe/Berlin");
-    env.flush();
-    std::thread::sleep(Duration::from_millis(300));
+    let (env, port, p) = Env::with_ada();
     let now = Utc::now();
-    let request = |created_at: chrono::DateTime<Utc>| {
-        json!({
-            "task_id": "task-again",
-            "user_id": "u-ada",
-            "title": "Pay the rent",
-            "due_at": rfc3339(now + chrono::Duration::hours(1)),
-            "remind_at": rfc3339(now + chrono::Duration::milliseconds(1500)),
-            "notification_method": "email",
-            "created_at": rfc3339(created_at)
-        })
-    };
-    env.send("reminders", "task-again", request(now));
+    let remind_at = now + chrono::Duration::milliseconds(1500);
+    env.request_at("task-again", "u-ada", "Pay the rent", remind_at, now);
     env.flush();
     let mail = settle(&env, 1, Duration::from_secs(20));
     assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
@@ -334,7 +339,7 @@ fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
     assert_eq!(first.len(), 1);
 
     // Another message (its own content id) planning the same reminder.
-    env.send("reminders", "task-again", request(Utc::now()));
+    env.request_at("task-again", "u-ada", "Pay the rent", remind_at, Utc::now());
     env.flush();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(env.smtp.messages().unwrap().len(), 1, "mailed once");
