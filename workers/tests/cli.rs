@@ -321,3 +321,43 @@ fn audit_postgres_bench_reports_the_cpu_of_redis_and_postgres() {
         "{line}"
     );
 }
+
+/// The README's first command, `taskstream demo`: the main job end to end on
+/// embedded defaults exits 0 and shows the same trail every run; the
+/// reminder that comes due long past is recorded missed, and published so,
+/// once (it is planned by both the task event and the reminder request of
+/// task 124).
+#[test]
+fn the_demo_runs_the_main_job_end_to_end() {
+    let out = std::env::temp_dir().join(pipelines::testing::unique("demo-out"));
+    let run = taskstream()
+        .arg("demo")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "summary: 70 messages -> 80 audit records, 1 duplicate skipped, \
+             1 unknown type skipped, 1 dead-lettered"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: 80 records checked, hash chain intact"),
+        "{stdout}"
+    );
+    let missed = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("notification.missed task 124"))
+        .count();
+    assert_eq!(missed, 1, "{stdout}");
+    assert!(out.join("audit").is_dir() && out.join("mail").is_dir());
+    std::fs::remove_dir_all(&out).ok();
+}

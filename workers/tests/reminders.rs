@@ -357,6 +357,18 @@ fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
         env.logs_text()
     );
     assert_eq!(scrape(port, "taskstream_reminders_sent_total", ""), 1.0);
+    // Nothing of the second plan is left behind in the schedule.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(RedisStore::connect(&RedisConfig {
+            url: env.redis.url(),
+            ..RedisConfig::default()
+        }))
+        .unwrap();
+    let task_index = rt.block_on(store.hget_all("reminders:task:task-again"));
+    assert!(task_index.unwrap().is_empty());
+    let payloads = rt.block_on(store.any_key_with_prefix("reminders:reminder:", 10_000));
+    assert_eq!(payloads.unwrap(), Some(false));
     p.signal(libc::SIGTERM);
     assert!(p.wait(Duration::from_secs(30)).success());
 }

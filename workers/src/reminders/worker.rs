@@ -460,13 +460,31 @@ impl RemindersWorker {
         let store = ctx.state();
         let id = &claimed.reminder_id;
         if let Some(record) = self.schedule.fired(store, id).await? {
-            // Fired before (a crash after marking, or a replan of a sent
-            // reminder): only the outcome event may be missing.
+            // Fired before: by a process that crashed after marking, or
+            // planned again (from another message naming the same task, time
+            // and channel, maybe into another shard) after or while it fired.
+            // Only the outcome event may be missing.
             if !record.published {
+                if ctx.now() - record.at < self.lease() {
+                    // Its firer may be publishing it right now: come back
+                    // once that firer's lease is over, and publish only if
+                    // it did not.
+                    let until = record.at + self.lease();
+                    self.schedule
+                        .requeue(store, shard, id, lease_until, until)
+                        .await?;
+                    wake_shard(ctx, shard, until);
+                    return Ok(());
+                }
                 self.publish(ctx, &record).await?;
                 self.schedule.mark_published(store, id, &record).await?;
             }
-            self.schedule.ack(store, shard, id, lease_until).await?;
+            // What is left of it goes: this member, and the payload and
+            // index entries of a second plan.
+            let (task, user) = (&record.task_id, Some(record.user_id.as_str()));
+            store
+                .apply(&ReminderSchedule::cancel_ops(task, id, shard, user))
+                .await?;
             return Ok(());
         }
         let Some(r) = self.schedule.load(store, id).await? else {
