@@ -13,7 +13,7 @@ use pipelines::config::RedisConfig;
 use pipelines::kafka::mock::MockKafka;
 use pipelines::state::{RedisStore, ScoreBound, ScoreRange, StateStore};
 use pipelines::testing::smtp::{ReceivedMail, SmtpServer};
-use pipelines::testing::{free_port, read_topic, unique, RedisServer, TestProducer};
+use pipelines::testing::{free_port, read_topic, unique, ReadMessage, RedisServer, TestProducer};
 use serde_json::json;
 
 mod common;
@@ -149,6 +149,21 @@ impl Env {
         );
     }
 
+    /// Up to `n` outcome events (`notification-events`), read for at most
+    /// `timeout`.
+    fn outcomes(&self, n: usize, timeout: Duration) -> Vec<ReadMessage> {
+        read_topic(&self.bootstrap(), "notification-events", n, timeout).unwrap()
+    }
+
+    /// A client of the workers' Redis, on `rt`.
+    fn redis_store(&self, rt: &tokio::runtime::Runtime) -> RedisStore {
+        rt.block_on(RedisStore::connect(&RedisConfig {
+            url: self.redis.url(),
+            ..RedisConfig::default()
+        }))
+        .unwrap()
+    }
+
     /// A started environment, one worker (its metrics on the returned
     /// port) and the user `u-ada` it has read.
     fn with_ada() -> (Env, u16, Process) {
@@ -282,13 +297,7 @@ fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hosti
     assert!(html.contains("&lt;script&gt;"), "{html}");
 
     // Each outcome is published once, with the schedule and the actual time.
-    let events = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        2,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let events = env.outcomes(2, Duration::from_secs(10));
     assert_eq!(events.len(), 2);
     for e in &events {
         assert_eq!(e.header("event-type"), Some("notification.sent"));
@@ -329,13 +338,7 @@ fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
     env.flush();
     let mail = settle(&env, 1, Duration::from_secs(20));
     assert_eq!(mail.len(), 1, "logs:\n{}", env.logs_text());
-    let first = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        1,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let first = env.outcomes(1, Duration::from_secs(10));
     assert_eq!(first.len(), 1);
 
     // Another message (its own content id) planning the same reminder.
@@ -343,13 +346,7 @@ fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
     env.flush();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(env.smtp.messages().unwrap().len(), 1, "mailed once");
-    let events = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        2,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let events = env.outcomes(2, Duration::from_secs(5));
     assert_eq!(
         events.len(),
         1,
@@ -359,12 +356,7 @@ fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
     assert_eq!(scrape(port, "taskstream_reminders_sent_total", ""), 1.0);
     // Nothing of the second plan is left behind in the schedule.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt
-        .block_on(RedisStore::connect(&RedisConfig {
-            url: env.redis.url(),
-            ..RedisConfig::default()
-        }))
-        .unwrap();
+    let store = env.redis_store(&rt);
     let task_index = rt.block_on(store.hget_all("reminders:task:task-again"));
     assert!(task_index.unwrap().is_empty());
     let payloads = rt.block_on(store.any_key_with_prefix("reminders:reminder:", 10_000));
@@ -523,12 +515,7 @@ fn a_worker_killed_after_claiming_sends_once_after_restart() {
     // Wait until it is claimed: its member re-scored to the lease (6 s
     // after the claim, well past its fire time), while delivery hangs.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt
-        .block_on(RedisStore::connect(&RedisConfig {
-            url: env.redis.url(),
-            ..RedisConfig::default()
-        }))
-        .unwrap();
+    let store = env.redis_store(&rt);
     let claimed = |store: &RedisStore| {
         (0..3).any(|p| {
             let members = rt
@@ -621,13 +608,7 @@ fn smtp_down_for_ten_seconds_delivers_late_but_once_and_readyz_is_503_meanwhile(
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(scrape(port, "taskstream_reminders_missed_total", "") <= 0.0);
-    let events = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        5,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let events = env.outcomes(5, Duration::from_secs(10));
     assert_eq!(events.len(), 5);
     for e in &events {
         let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
@@ -1260,13 +1241,7 @@ fn one_click_unsubscribe_stops_reminder_email_and_a_tampered_link_or_a_get_chang
         "no email after the unsubscribe: {subjects:?}"
     );
     assert_eq!(mail.len(), 4, "{subjects:?}");
-    let events = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        5,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let events = env.outcomes(5, Duration::from_secs(10));
     let third: Vec<serde_json::Value> = events
         .iter()
         .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
@@ -1457,13 +1432,7 @@ fn a_webhook_that_is_down_makes_readyz_503_and_its_reminder_is_posted_once_when_
     let bodies = hook.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1, "posted once: {bodies:?}");
     assert!(bodies[0].contains("Hooked reminder"), "{}", bodies[0]);
-    let events = read_topic(
-        &env.bootstrap(),
-        "notification-events",
-        2,
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let events = env.outcomes(2, Duration::from_secs(10));
     assert_eq!(events.len(), 2);
     for e in &events {
         let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
