@@ -165,13 +165,13 @@ impl Env {
     }
 
     /// A started environment, one worker (its metrics on the returned
-    /// port) and the user `u-ada` it has read.
-    fn with_ada() -> (Env, u16, Process) {
+    /// port) and a user it has read.
+    fn with_user(user_id: &str, email: &str, tz: &str) -> (Env, u16, Process) {
         let env = Env::start();
         let port = free_port().unwrap();
         let p = env.run("1", &env.smtp.url(), port, &[]);
         wait_ready(&env, port);
-        env.user("u-ada", "ada@example.com", "Europe/Berlin");
+        env.user(user_id, email, tz);
         env.flush();
         std::thread::sleep(Duration::from_millis(300));
         (env, port, p)
@@ -245,7 +245,7 @@ fn settle(env: &Env, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
 #[test]
 fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hostile_title_is_harmless(
 ) {
-    let (env, port, p) = Env::with_ada();
+    let (env, port, p) = Env::with_user("u-ada", "ada@example.com", "Europe/Berlin");
     let started = Utc::now();
     env.request("task-1", "u-ada", "Pay the rent", 1500);
     env.request(
@@ -331,7 +331,7 @@ fn a_requested_reminder_arrives_once_with_recipient_subject_and_body_and_a_hosti
 /// publishes its outcome a second time.
 #[test]
 fn a_reminder_planned_again_after_it_fired_publishes_its_outcome_once() {
-    let (env, port, p) = Env::with_ada();
+    let (env, port, p) = Env::with_user("u-ada", "ada@example.com", "Europe/Berlin");
     let now = Utc::now();
     let remind_at = now + chrono::Duration::milliseconds(1500);
     env.request_at("task-again", "u-ada", "Pay the rent", remind_at, now);
@@ -564,13 +564,7 @@ fn a_worker_killed_after_claiming_sends_once_after_restart() {
 
 #[test]
 fn smtp_down_for_ten_seconds_delivers_late_but_once_and_readyz_is_503_meanwhile() {
-    let mut env = Env::start();
-    let port = free_port().unwrap();
-    let p = env.run("1", &env.smtp.url(), port, &[]);
-    wait_ready(&env, port);
-    env.user("u-eve", "eve@example.com", "UTC");
-    env.flush();
-    std::thread::sleep(Duration::from_millis(300));
+    let (mut env, port, p) = Env::with_user("u-eve", "eve@example.com", "UTC");
     env.smtp.stop();
     for i in 0..5 {
         env.request(&format!("t-{i}"), "u-eve", &format!("Outage {i}"), 500);
