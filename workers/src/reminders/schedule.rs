@@ -364,11 +364,7 @@ impl ReminderSchedule {
     pub fn finish_ops(reminder_id: &str, record: &FiredRecord) -> Vec<StateOp> {
         let task_id = &record.task_id;
         vec![
-            StateOp::Set {
-                key: Self::sent_key(reminder_id),
-                value: serde_json::to_vec(record).unwrap_or_default(),
-                ttl: Some(SENT_MARK_TTL),
-            },
+            Self::sent_mark_op(reminder_id, record),
             StateOp::Delete {
                 key: Self::payload_key(reminder_id),
             },
@@ -395,12 +391,17 @@ impl ReminderSchedule {
             ..record.clone()
         };
         store
-            .apply(&[StateOp::Set {
-                key: Self::sent_key(reminder_id),
-                value: serde_json::to_vec(&published).unwrap_or_default(),
-                ttl: Some(SENT_MARK_TTL),
-            }])
+            .apply(&[Self::sent_mark_op(reminder_id, &published)])
             .await
+    }
+
+    /// The op that writes the sent mark of `reminder_id`.
+    fn sent_mark_op(reminder_id: &str, record: &FiredRecord) -> StateOp {
+        StateOp::Set {
+            key: Self::sent_key(reminder_id),
+            value: serde_json::to_vec(record).unwrap_or_default(),
+            ttl: Some(SENT_MARK_TTL),
+        }
     }
 
     /// Removes a claimed member, unless it was rescheduled since the claim.

@@ -233,8 +233,9 @@ impl<'a> Message<'a> {
         let mut attributes = std::mem::take(&mut body.rest);
         attributes.merge(std::mem::take(&mut meta.rest));
         attributes.merge(std::mem::take(&mut self.rest));
-        // Written out, not `Draft::new` and then each field: made where it
-        // is returned to.
+        // Written out, not `Draft::new` and then each field (nor
+        // `..Draft::new(..)`, 2-3% slower here): made where it is returned
+        // to, without a kilobyte's temporary.
         Some(Draft {
             event_id: self.event_id.take(),
             kind,
