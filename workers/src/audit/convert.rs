@@ -123,7 +123,8 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
         changes,
         details: e.task.as_ref().and_then(details_of),
         source: RecordSource {
-            topic: inbound.source.topic.to_string(),
+            // Not `to_string`: an `Arc<str>`'s goes through `fmt`.
+            topic: String::from(&*inbound.source.topic),
             partition: inbound.source.partition,
             offset: inbound.source.offset,
             dialect,

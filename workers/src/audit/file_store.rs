@@ -512,7 +512,8 @@ impl FileStore {
                 }
             }
             record_json.clear();
-            serde_json::to_writer(&mut *record_json, &as_stored(r, now))
+            as_stored(r, now)
+                .write_json(record_json)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let seq = head.seq + 1;
             let hash = chain_hash(seq, &head.hash, record_json);

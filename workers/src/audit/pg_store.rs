@@ -43,7 +43,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts};
 use pipelines::buffers::{BufferPool, Pooled, BATCH_BUFFERS_KEPT};
-use tokio_postgres::types::{FromSql, IsNull, Json, ToSql, Type};
+use tokio_postgres::types::{FromSql, Json, ToSql};
 use tokio_postgres::Row;
 
 use super::pg_tls::TlsSettings;
@@ -88,30 +88,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Advisory lock namespace (first key) for this store's locks.
 const LOCK_SPACE: i32 = 0x7a5d_0001;
 
-/// The column types of [`COLUMNS`], for COPY BINARY.
-const COPY_TYPES: [Type; 20] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::JSON,
-    Type::JSON,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-];
-
 /// Locks chains for this transaction: `$1` = [`LOCK_SPACE`], `$2` = keys from
 /// `chain_lock_keys`, taken in key order so writers never deadlock.
 const LOCK_CHAINS: &str =
@@ -128,6 +104,13 @@ const ADVANCE_HEADS: &str = "INSERT INTO audit_chain_heads (chain, seq, hash, la
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
      chain, chain_seq, prev_hash, hash";
+
+/// Where PostgreSQL counts times from: 2000-01-01 00:00 UTC.
+fn pg_epoch() -> chrono::NaiveDateTime {
+    NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+}
 
 /// The rows of a `COPY … FROM STDIN BINARY` of [`COLUMNS`], in PostgreSQL's
 /// binary copy format, in one buffer (of the store's pool: see
@@ -147,26 +130,54 @@ impl<'a> CopyRows<'a> {
         CopyRows { buf }
     }
 
-    /// One row: a value per column of [`COPY_TYPES`]. A value the driver
-    /// cannot encode is the record's fault.
-    fn row(&mut self, values: &[&(dyn ToSql + Sync); 20]) -> Result<(), StoreError> {
-        self.buf.put_i16(values.len() as i16);
-        for (i, (value, ty)) in values.iter().zip(&COPY_TYPES).enumerate() {
-            let at = self.buf.len();
-            self.buf.put_i32(0);
-            let len = match value.to_sql_checked(ty, &mut self.buf) {
-                Ok(IsNull::Yes) => -1,
-                Ok(IsNull::No) => i32::try_from(self.buf.len() - at - 4).map_err(|_| {
-                    StoreError::Invalid(format!("audit record column {i} is over 2 GB"))
-                })?,
-                Err(e) => {
-                    return Err(StoreError::Invalid(format!(
-                        "encoding audit record column {i}: {e}"
-                    )))
-                }
-            };
-            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    /// Starts a row of `columns` values, each written by one of the calls
+    /// below, in [`COLUMNS`]' order: each as its type's binary form, as
+    /// tokio-postgres's `ToSql` writes it (a text or `json` value is its
+    /// UTF-8 bytes, a `timestamptz` microseconds since 2000 as a big-endian
+    /// `int8`), without a call through `dyn ToSql` and a type check per value.
+    fn start_row(&mut self, columns: i16) {
+        self.buf.put_i16(columns);
+    }
+
+    /// A value's bytes; `None` is NULL. A value over 2 GB is the record's fault.
+    fn bytes(&mut self, column: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        match value {
+            None => self.buf.put_i32(-1),
+            Some(v) => {
+                let len = i32::try_from(v.len()).map_err(|_| {
+                    StoreError::Invalid(format!("audit record {column} is over 2 GB"))
+                })?;
+                self.buf.put_i32(len);
+                self.buf.put_slice(v);
+            }
         }
+        Ok(())
+    }
+
+    fn text(&mut self, column: &str, value: Option<&str>) -> Result<(), StoreError> {
+        self.bytes(column, value.map(str::as_bytes))
+    }
+
+    fn int4(&mut self, value: i32) {
+        self.buf.put_i32(4);
+        self.buf.put_i32(value);
+    }
+
+    fn int8(&mut self, value: i64) {
+        self.buf.put_i32(8);
+        self.buf.put_i64(value);
+    }
+
+    /// A time PostgreSQL cannot hold is the record's fault.
+    fn timestamptz(&mut self, column: &str, t: &DateTime<Utc>) -> Result<(), StoreError> {
+        let micros = t
+            .naive_utc()
+            .signed_duration_since(pg_epoch())
+            .num_microseconds()
+            .ok_or_else(|| {
+                StoreError::Invalid(format!("audit record {column} {t} is out of range"))
+            })?;
+        self.int8(micros);
         Ok(())
     }
 
@@ -751,7 +762,8 @@ impl PgStore {
             }
             let r = as_stored(record, now);
             json.clear();
-            serde_json::to_writer(&mut json, &*r)
+            let spans = r
+                .write_json(&mut json)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let seq = h.seq + 1;
             let hash = chain_hash(seq as u64, &h.hash, &json);
@@ -759,30 +771,30 @@ impl PgStore {
             h.seq = seq;
             h.last_offset = r.source.offset;
             h.advanced = true;
-            let changes = (!r.changes.is_empty()).then_some(Json(&r.changes));
-            let details = r.details.as_ref().map(Json);
-            copy_rows.row(&[
-                &r.event_id,
-                &r.event_type,
-                &r.operation,
-                &r.actor_id,
-                &r.task_id,
-                &r.project_id,
-                &r.occurred_at,
-                &r.received_at,
-                &changes,
-                &details,
-                &r.source.topic,
-                &r.source.partition,
-                &r.source.offset,
-                &r.source.dialect,
-                &r.ip_address,
-                &r.user_agent,
-                &chains[at],
-                &seq,
-                &prev_hash,
-                &h.hash,
-            ])?;
+            // The `changes` and `details` columns are the same bytes as in
+            // the hashed JSON.
+            let rows = &mut copy_rows;
+            rows.start_row(20);
+            rows.text("event_id", Some(&r.event_id))?;
+            rows.text("event_type", Some(&r.event_type))?;
+            rows.text("operation", Some(&r.operation))?;
+            rows.text("actor_id", r.actor_id.as_deref())?;
+            rows.text("task_id", r.task_id.as_deref())?;
+            rows.text("project_id", r.project_id.as_deref())?;
+            rows.timestamptz("occurred_at", &r.occurred_at)?;
+            rows.timestamptz("received_at", &r.received_at)?;
+            rows.bytes("changes", spans.changes.map(|s| &json[s]))?;
+            rows.bytes("details", spans.details.map(|s| &json[s]))?;
+            rows.text("source_topic", Some(&r.source.topic))?;
+            rows.int4(r.source.partition);
+            rows.int8(r.source.offset);
+            rows.text("dialect", Some(&r.source.dialect))?;
+            rows.text("ip_address", r.ip_address.as_deref())?;
+            rows.text("user_agent", r.user_agent.as_deref())?;
+            rows.text("chain", Some(&chains[at]))?;
+            rows.int8(seq);
+            rows.text("prev_hash", Some(&prev_hash))?;
+            rows.text("hash", Some(&h.hash))?;
             new += 1;
         }
         if new == 0 {
@@ -1222,5 +1234,62 @@ fn check_end(
             format!("the chain's head is record {seq} but the chain continues: records were added or the head was edited"),
         )),
         None => Some((format!("chain {chain}"), "the chain has no head: it was not written by taskstream".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::types::{IsNull, Type};
+
+    /// What tokio-postgres's `ToSql` writes for `value` as `ty`, framed as
+    /// a COPY BINARY field (length, then bytes; -1 for NULL).
+    fn framed(value: &(dyn ToSql + Sync), ty: &Type) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        match value.to_sql_checked(ty, &mut b).unwrap() {
+            IsNull::Yes => (-1i32).to_be_bytes().to_vec(),
+            IsNull::No => [&(b.len() as i32).to_be_bytes()[..], &b[..]].concat(),
+        }
+    }
+
+    /// The row writer's encodings are the driver's, value for value.
+    #[test]
+    fn copy_values_are_written_as_the_driver_writes_them() {
+        let pool = BufferPool::new(1);
+        let field = |write: &dyn Fn(&mut CopyRows)| {
+            let mut rows = CopyRows::with_capacity(&pool, 0);
+            let header = rows.buf.len();
+            write(&mut rows);
+            rows.buf[header..].to_vec()
+        };
+        for t in [
+            "2026-11-27T19:00:00.123456Z",
+            "2000-01-01T00:00:00Z",
+            "1999-12-31T23:59:59.999999Z",
+            "1970-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999Z",
+        ] {
+            let t: DateTime<Utc> = t.parse().unwrap();
+            assert_eq!(
+                field(&|r| r.timestamptz("t", &t).unwrap()),
+                framed(&t, &Type::TIMESTAMPTZ),
+                "{t}"
+            );
+        }
+        for s in [None, Some(""), Some("task-events/0"), Some("é 🦀")] {
+            assert_eq!(field(&|r| r.text("s", s).unwrap()), framed(&s, &Type::TEXT));
+        }
+        let json = serde_json::json!({"a": [1, "x"]});
+        assert_eq!(
+            field(&|r| r.bytes("j", Some(json.to_string().as_bytes())).unwrap()),
+            framed(&Json(&json), &Type::JSON)
+        );
+        for v in [i32::MIN, -1, 0, 7, i32::MAX] {
+            assert_eq!(field(&|r| r.int4(v)), framed(&v, &Type::INT4));
+        }
+        for v in [i64::MIN, -1, 0, 7, i64::MAX] {
+            assert_eq!(field(&|r| r.int8(v)), framed(&v, &Type::INT8));
+        }
     }
 }
