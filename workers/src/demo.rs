@@ -293,7 +293,7 @@ async fn audit_trail<T>(
     quiet: Duration,
     run: &tokio::task::JoinHandle<T>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<audit::AuditRecord>> {
+) -> anyhow::Result<Vec<audit::AuditRecord<'static>>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut records = store.query(&AuditQuery::default()).await?;
     let mut since = Instant::now();

@@ -14,13 +14,17 @@ use pipelines::kafka::mock::MockKafka;
 use pipelines::kafka::source::committed_offsets;
 use pipelines::testing::{free_port, unique, RedisServer, TestProducer};
 use pipelines::{Inbound, Source};
-use taskstream::audit::convert::to_record;
 use taskstream::audit::file_store::FileStore;
 use taskstream::audit::pg_store::{PgOptions, PgStore};
 use taskstream::audit::{AuditQuery, AuditRecord, AuditStore};
 
 mod common;
 use common::{scrape, taskstream, Process};
+
+/// The record of `inbound`, with its own copy of the event's text.
+fn to_record(inbound: &Inbound, now: chrono::DateTime<Utc>) -> AuditRecord<'static> {
+    taskstream::audit::convert::to_record(inbound, now).into_owned()
+}
 
 fn database_url() -> String {
     std::env::var("TASKSTREAM_TEST_DATABASE_URL")
@@ -163,7 +167,7 @@ fn run_audit(
     )
 }
 
-async fn wait_rows(store: &PgStore, n: usize, timeout: Duration) -> Vec<AuditRecord> {
+async fn wait_rows(store: &PgStore, n: usize, timeout: Duration) -> Vec<AuditRecord<'static>> {
     let deadline = Instant::now() + timeout;
     loop {
         let rows = store.query(&AuditQuery::default()).await.unwrap();
@@ -300,7 +304,7 @@ fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn records() -> Vec<AuditRecord> {
+fn records() -> Vec<AuditRecord<'static>> {
     (0..40u64)
         .map(|i| {
             let mut r = to_record(&inbound(&sample(i), i as i64), Utc::now());
@@ -321,20 +325,20 @@ async fn check_query_and_report(store: &dyn AuditStore, envs: &[(&str, String)])
         "appending again writes nothing"
     );
 
-    let task = recs[3].task_id.clone().unwrap();
+    let task = recs[3].task_id.clone().unwrap().into_owned();
     let (ok, out) = cli(
         &["audit", "query", "--task", &task, "--format", "json"],
         envs,
     );
     assert!(ok, "{out}");
-    let got: Vec<AuditRecord> = out
+    let got: Vec<AuditRecord<'static>> = out
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let want: Vec<&AuditRecord> = recs
+    let want: Vec<&AuditRecord<'_>> = recs
         .iter()
-        .filter(|r| r.task_id.as_deref() == Some(&task))
+        .filter(|r| r.task_id.as_deref() == Some(task.as_str()))
         .collect();
     assert_eq!(got.len(), want.len());
     assert!(got
@@ -531,14 +535,17 @@ async fn sql_count(schema: &str, query: &str) -> i64 {
 }
 
 /// The event ids `q` must return from `recs`, in order.
-fn expected_ids(recs: &[AuditRecord], q: &AuditQuery) -> Vec<String> {
-    let mut hits: Vec<&AuditRecord> = recs.iter().filter(|r| q.matches(r)).collect();
+fn expected_ids(recs: &[AuditRecord<'_>], q: &AuditQuery) -> Vec<String> {
+    let mut hits: Vec<&AuditRecord<'_>> = recs.iter().filter(|r| q.matches(r)).collect();
     hits.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
     let skip = q.limit.map_or(0, |n| hits.len().saturating_sub(n));
-    hits[skip..].iter().map(|r| r.event_id.clone()).collect()
+    hits[skip..]
+        .iter()
+        .map(|r| r.event_id.to_string())
+        .collect()
 }
 
-async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord]) {
+async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord<'_>]) {
     let day = |d| Some(Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0).unwrap());
     let id = |t: &str| Some(t.to_string());
     let queries = [
@@ -582,7 +589,7 @@ async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord]) {
             .await
             .unwrap()
             .into_iter()
-            .map(|r| r.event_id)
+            .map(|r| r.event_id.into_owned())
             .collect();
         let want = expected_ids(recs, q);
         assert!(
@@ -619,8 +626,8 @@ async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrat
         .unwrap();
     let mut recs = records();
     for (i, r) in recs.iter_mut().enumerate() {
-        r.task_id = Some(format!("task-{}", i % 3));
-        r.actor_id = (i % 5 != 4).then(|| format!("user-{}", i % 4));
+        r.task_id = Some(format!("task-{}", i % 3).into());
+        r.actor_id = (i % 5 != 4).then(|| format!("user-{}", i % 4).into());
     }
     // Four batches, then a redelivery that writes nothing.
     for chunk in recs.chunks(10) {
@@ -715,7 +722,7 @@ async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order(
     let at = |i: u64, partition: i32, offset: i64| {
         let mut r = to_record(&inbound(&sample(i), offset), Utc::now());
         r.source.partition = partition;
-        r.task_id = Some(format!("task-p{partition}-{offset}"));
+        r.task_id = Some(format!("task-p{partition}-{offset}").into());
         r
     };
     // Partitions 0, 1, 0, 2, 1 in turn; then offsets already written.
@@ -806,14 +813,14 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
     );
     // The dropped records' index entries left with their partitions.
     let gone = AuditQuery {
-        task_id: recs[3].task_id.clone(),
+        task_id: recs[3].task_id.as_deref().map(String::from),
         ..Default::default()
     };
     assert!(store.query(&gone).await.unwrap().is_empty());
     // New records continue the chain from where retention left it.
     assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
     let found = AuditQuery {
-        task_id: recs[25].task_id.clone(),
+        task_id: recs[25].task_id.as_deref().map(String::from),
         ..Default::default()
     };
     assert_eq!(store.query(&found).await.unwrap().len(), 1);

@@ -16,13 +16,13 @@ use taskstream::audit::{AuditQuery, AuditRecord, AuditStore, AuditWorker};
 mod common;
 use common::{scrape, taskstream, Process};
 
-fn record(i: i64) -> AuditRecord {
+fn record(i: i64) -> AuditRecord<'static> {
     AuditRecord {
-        event_id: format!("tls-{i}"),
+        event_id: format!("tls-{i}").into(),
         event_type: "task.created".into(),
         operation: "created".into(),
         actor_id: Some("u1".into()),
-        task_id: Some(format!("t{i}")),
+        task_id: Some(format!("t{i}").into()),
         project_id: None,
         occurred_at: Utc::now(),
         received_at: Utc::now(),

@@ -52,7 +52,7 @@ const COLUMNS: [&str; 10] = [
     "received_at",
 ];
 
-fn row(r: &AuditRecord) -> [String; 10] {
+fn row(r: &AuditRecord<'_>) -> [String; 10] {
     let changes = if r.changes.is_empty() {
         String::new()
     } else {
@@ -65,17 +65,17 @@ fn row(r: &AuditRecord) -> [String; 10] {
     [
         r.occurred_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        r.event_type.clone(),
-        r.actor_id.clone().unwrap_or_default(),
-        r.task_id.clone().unwrap_or_default(),
-        r.project_id.clone().unwrap_or_default(),
+        r.event_type.to_string(),
+        r.actor_id.as_deref().unwrap_or_default().to_string(),
+        r.task_id.as_deref().unwrap_or_default().to_string(),
+        r.project_id.as_deref().unwrap_or_default().to_string(),
         changes,
-        r.event_id.clone(),
+        r.event_id.to_string(),
         format!(
             "{}/{}@{} ({})",
             r.source.topic, r.source.partition, r.source.offset, r.source.dialect
         ),
-        r.ip_address.clone().unwrap_or_default(),
+        r.ip_address.as_deref().unwrap_or_default().to_string(),
         r.received_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     ]
@@ -84,7 +84,7 @@ fn row(r: &AuditRecord) -> [String; 10] {
 /// Writes query results in the chosen format.
 pub fn write_records(
     out: &mut dyn Write,
-    records: &[AuditRecord],
+    records: &[AuditRecord<'_>],
     format: Format,
 ) -> std::io::Result<()> {
     match format {

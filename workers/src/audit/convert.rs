@@ -1,5 +1,6 @@
 //! Turning a canonical event into an audit record, including the update diff.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -82,7 +83,7 @@ fn details_of(t: &TaskSnapshot) -> Option<RawJson> {
 /// *after* snapshot whose value differs from *before*. Fields absent from the
 /// after snapshot are not changes: producers send partial snapshots
 /// (`{"completed": true}`), and absence means "not mentioned", not "cleared".
-pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
+pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord<'_> {
     let e = &inbound.event;
     let changes = if !e.changes.is_empty() {
         e.changes
@@ -104,34 +105,36 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord {
         }
     };
     let dialect = if e.cloudevents {
-        format!("cloudevents/{}", e.dialect.as_str())
+        Cow::Owned(format!("cloudevents/{}", e.dialect.as_str()))
     } else {
-        e.dialect.as_str().to_string()
+        Cow::Borrowed(e.dialect.as_str())
     };
     AuditRecord {
-        event_id: e.event_id.clone(),
-        event_type: e.kind.clone(),
-        operation: e.action().to_string(),
-        actor_id: e.user_id.clone(),
-        task_id: e.task_id.clone(),
-        project_id: e
-            .project_id
-            .clone()
-            .or_else(|| e.task.as_ref().and_then(|t| t.project_id.clone())),
+        event_id: Cow::Borrowed(&e.event_id),
+        event_type: Cow::Borrowed(&e.kind),
+        operation: Cow::Borrowed(e.action()),
+        actor_id: text(&e.user_id),
+        task_id: text(&e.task_id),
+        project_id: text(&e.project_id)
+            .or_else(|| e.task.as_ref().and_then(|t| text(&t.project_id))),
         occurred_at: e.occurred_at.trunc_subsecs(6),
         received_at: now.trunc_subsecs(6),
         changes,
         details: e.task.as_ref().and_then(details_of),
         source: RecordSource {
-            // Not `to_string`: an `Arc<str>`'s goes through `fmt`.
-            topic: String::from(&*inbound.source.topic),
+            topic: Cow::Borrowed(&inbound.source.topic),
             partition: inbound.source.partition,
             offset: inbound.source.offset,
             dialect,
         },
-        ip_address: e.context.as_ref().and_then(|c| c.ip_address.clone()),
-        user_agent: e.context.as_ref().and_then(|c| c.user_agent.clone()),
+        ip_address: e.context.as_ref().and_then(|c| text(&c.ip_address)),
+        user_agent: e.context.as_ref().and_then(|c| text(&c.user_agent)),
     }
+}
+
+/// An optional text of the event, borrowed.
+fn text(s: &Option<String>) -> Option<Cow<'_, str>> {
+    s.as_deref().map(Cow::Borrowed)
 }
 
 /// Field-by-field difference of two snapshots (see [`to_record`]): the

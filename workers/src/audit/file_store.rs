@@ -38,6 +38,7 @@
 //! ([`FileStore::open_reader`]: `audit query`, `verify`, `report`) take no
 //! lock and may run beside the writer.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::{self, File, OpenOptions};
@@ -277,11 +278,11 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 }
 
 /// A query match, ordered as results are (occurred_at, then event_id).
-struct Ranked(AuditRecord);
+struct Ranked(AuditRecord<'static>);
 
 impl Ranked {
     fn key(&self) -> (DateTime<Utc>, &str) {
-        (self.0.occurred_at, self.0.event_id.as_str())
+        (self.0.occurred_at, &*self.0.event_id)
     }
 }
 
@@ -454,7 +455,7 @@ impl FileStore {
     fn append_blocking(
         dir: &Path,
         inner: &mut Inner,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let now = now.trunc_subsecs(6);
@@ -486,7 +487,7 @@ impl FileStore {
     fn write_batch(
         dir: &Path,
         inner: &mut Inner,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
         path: &Path,
         buf: &mut Vec<u8>,
@@ -558,10 +559,10 @@ impl FileStore {
     }
 
     /// Every record, in file order.
-    fn scan(dir: &Path, mut f: impl FnMut(AuditRecord)) -> Result<(), StoreError> {
+    fn scan(dir: &Path, mut f: impl FnMut(AuditRecord<'static>)) -> Result<(), StoreError> {
         #[derive(Deserialize)]
         struct Line {
-            record: AuditRecord,
+            record: AuditRecord<'static>,
         }
         for (_, path) in day_files(dir)? {
             for_each_line(&path, |n, line| {
@@ -727,13 +728,13 @@ impl FileStore {
 impl AuditStore for FileStore {
     async fn append(
         &self,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         self.blocking(|dir, inner| FileStore::append_blocking(dir, inner, records, now))
     }
 
-    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord<'static>>, StoreError> {
         let q = q.clone();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -779,8 +780,10 @@ impl AuditStore for FileStore {
             let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
             FileStore::scan(&dir, |r| {
                 if q.matches(&r) {
-                    let user = r.actor_id.unwrap_or_else(|| "(unknown)".into());
-                    *counts.entry((user, r.event_type)).or_default() += 1;
+                    let user = r.actor_id.unwrap_or(Cow::Borrowed("(unknown)"));
+                    *counts
+                        .entry((user.into_owned(), r.event_type.into_owned()))
+                        .or_default() += 1;
                 }
             })
             .map(|_| counts)
@@ -814,13 +817,13 @@ mod tests {
     use super::*;
     use crate::audit::record::RecordSource;
 
-    fn rec(i: u32) -> AuditRecord {
+    fn rec(i: u32) -> AuditRecord<'static> {
         AuditRecord {
-            event_id: format!("e{i}"),
+            event_id: format!("e{i}").into(),
             event_type: "task.updated".into(),
             operation: "updated".into(),
-            actor_id: Some(format!("u{}", i % 3)),
-            task_id: Some(format!("t{i}")),
+            actor_id: Some(format!("u{}", i % 3).into()),
+            task_id: Some(format!("t{i}").into()),
             project_id: None,
             occurred_at: Utc::now(),
             received_at: Utc::now(),
@@ -896,7 +899,7 @@ mod tests {
         assert_eq!(again.verify().await.unwrap().records_checked, 11);
     }
 
-    fn rec_at(i: u32, partition: i32, offset: i64) -> AuditRecord {
+    fn rec_at(i: u32, partition: i32, offset: i64) -> AuditRecord<'static> {
         let mut r = rec(i);
         r.source.partition = partition;
         r.source.offset = offset;
@@ -1003,7 +1006,7 @@ mod tests {
         let store = FileStore::open(&dir).unwrap();
         let base = (Utc::now() - chrono::Duration::hours(1)).trunc_subsecs(0);
         // Written out of occurred_at order.
-        let recs: Vec<AuditRecord> = [5i64, 1, 9, 3, 7, 2]
+        let recs: Vec<AuditRecord<'static>> = [5i64, 1, 9, 3, 7, 2]
             .iter()
             .enumerate()
             .map(|(i, m)| {
@@ -1124,7 +1127,7 @@ mod tests {
         assert!(report.first_break.is_none(), "{report:?}");
         let left = store.query(&AuditQuery::default()).await.unwrap();
         assert_eq!(
-            left.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+            left.iter().map(|r| &*r.event_id).collect::<Vec<_>>(),
             ["e20", "e21"]
         );
         // Every day gone: an empty trail that still verifies, then continues.

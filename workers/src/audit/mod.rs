@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pipelines::buffers::{BufferPool, BATCH_BUFFERS_KEPT};
 use pipelines::{
     BatchOutcome, Ctx, Inbound, Outcome, PipelineConfig, Timer, TimerScope, Worker, WorkerError,
 };
@@ -42,9 +41,6 @@ pub struct AuditWorker {
     store: Arc<dyn AuditStore>,
     store_kind: &'static str,
     config: AuditConfig,
-    /// A batch's records, one buffer per batch in flight (see
-    /// `pipelines::buffers`).
-    records: BufferPool<Vec<AuditRecord>>,
 }
 
 impl AuditWorker {
@@ -53,7 +49,6 @@ impl AuditWorker {
             store,
             store_kind,
             config,
-            records: BufferPool::new(BATCH_BUFFERS_KEPT),
         }
     }
 
@@ -162,8 +157,8 @@ impl Worker for AuditWorker {
     /// only the offending one fails (and is dead-lettered).
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         let now = ctx.now();
-        let mut records = self.records.take(events.len());
-        records.extend(events.iter().map(|e| convert::to_record(e, now)));
+        let records: Vec<AuditRecord<'_>> =
+            events.iter().map(|e| convert::to_record(e, now)).collect();
         let started = Instant::now();
         match self.store.append(&records, now).await {
             Ok(new) => {

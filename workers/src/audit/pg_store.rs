@@ -32,6 +32,7 @@
 //! microseconds, as PostgreSQL keeps them), and truncates `occurred_at` to
 //! microseconds, so the hash covers exactly what is stored.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::str::FromStr;
@@ -312,28 +313,30 @@ fn next_month(year: i32, month: u32) -> (i32, u32) {
     }
 }
 
-fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
+fn record_from_row(row: &Row) -> Result<AuditRecord<'static>, StoreError> {
     let changes: Option<Json<BTreeMap<String, Change>>> = col(row, "changes")?;
     let details: Option<Json<RawJson>> = col(row, "details")?;
+    let text = |name| col::<String>(row, name).map(Cow::Owned);
+    let optional = |name| Ok::<_, StoreError>(col::<Option<String>>(row, name)?.map(Cow::Owned));
     Ok(AuditRecord {
-        event_id: col(row, "event_id")?,
-        event_type: col(row, "event_type")?,
-        operation: col(row, "operation")?,
-        actor_id: col(row, "actor_id")?,
-        task_id: col(row, "task_id")?,
-        project_id: col(row, "project_id")?,
+        event_id: text("event_id")?,
+        event_type: text("event_type")?,
+        operation: text("operation")?,
+        actor_id: optional("actor_id")?,
+        task_id: optional("task_id")?,
+        project_id: optional("project_id")?,
         occurred_at: col(row, "occurred_at")?,
         received_at: col(row, "received_at")?,
         changes: changes.map(|j| j.0).unwrap_or_default(),
         details: details.map(|j| j.0),
         source: RecordSource {
-            topic: col(row, "source_topic")?,
+            topic: text("source_topic")?,
             partition: col(row, "source_partition")?,
             offset: col(row, "source_offset")?,
-            dialect: col(row, "dialect")?,
+            dialect: text("dialect")?,
         },
-        ip_address: col(row, "ip_address")?,
-        user_agent: col(row, "user_agent")?,
+        ip_address: optional("ip_address")?,
+        user_agent: optional("user_agent")?,
     })
 }
 
@@ -667,7 +670,7 @@ impl PgStore {
     async fn append_on(
         &self,
         client: &mut Object,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
@@ -699,7 +702,7 @@ impl PgStore {
         &self,
         client: &Object,
         [lock, read_heads, advance, copy]: [&tokio_postgres::Statement; 4],
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
@@ -710,7 +713,7 @@ impl PgStore {
         let chain_at: Vec<usize> = records
             .iter()
             .map(|r| {
-                let source = (r.source.topic.as_str(), r.source.partition);
+                let source = (&*r.source.topic, r.source.partition);
                 sources
                     .iter()
                     .position(|s| *s == source)
@@ -851,7 +854,7 @@ impl PgStore {
         &self,
         client: &Object,
         q: &AuditQuery,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
+    ) -> Result<Vec<AuditRecord<'static>>, StoreError> {
         type Param = Box<dyn ToSql + Sync + Send>;
         let mut clauses: Vec<String> = Vec::new();
         let mut params: Vec<Param> = Vec::new();
@@ -1149,7 +1152,7 @@ impl AuditStore for PgStore {
 
     async fn append(
         &self,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         if records.is_empty() {
@@ -1167,7 +1170,7 @@ impl AuditStore for PgStore {
         result
     }
 
-    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord<'static>>, StoreError> {
         self.ready().await?;
         let client = self.client().await?;
         let result = self

@@ -15,30 +15,36 @@ pub struct Change {
 
 /// Where the event was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordSource {
-    pub topic: String,
+pub struct RecordSource<'a> {
+    pub topic: Cow<'a, str>,
     pub partition: i32,
     pub offset: i64,
     /// The producer dialect (`envelope`, `task_data`, `standard`, `camel_case`,
     /// `reminder`, `canonical`), prefixed `cloudevents/` when wrapped.
-    pub dialect: String,
+    pub dialect: Cow<'a, str>,
 }
 
 /// The audit trail's unit. Append-only: never updated after it is written.
+///
+/// The worker's records borrow their text from the events they describe
+/// (`'a`): a batch's records are written and dropped before its events,
+/// and a string copied and freed per field was a tenth of the audit
+/// worker's own work. Records read back from a store own theirs
+/// (`AuditRecord<'static>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub event_id: String,
+pub struct AuditRecord<'a> {
+    pub event_id: Cow<'a, str>,
     /// Canonical dotted type, e.g. `task.updated`.
-    pub event_type: String,
+    pub event_type: Cow<'a, str>,
     /// The action part of the type (`updated`), what compliance reports count.
-    pub operation: String,
+    pub operation: Cow<'a, str>,
     /// The user who acted, if the event says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor_id: Option<String>,
+    pub actor_id: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
+    pub task_id: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project_id: Option<String>,
+    pub project_id: Option<Cow<'a, str>>,
     #[serde(serialize_with = "serialize_time")]
     pub occurred_at: DateTime<Utc>,
     #[serde(serialize_with = "serialize_time")]
@@ -51,11 +57,11 @@ pub struct AuditRecord {
     /// text: see [`RawJson`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<RawJson>,
-    pub source: RecordSource,
+    pub source: RecordSource<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
+    pub ip_address: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Cow<'a, str>>,
 }
 
 /// A JSON value kept as its text, written exactly as it was made or read.
@@ -97,7 +103,7 @@ impl PartialEq for RawJson {
 /// microseconds, as PostgreSQL keeps them, so the hash covers exactly what is
 /// stored. Borrowed when the record already is so (the worker builds records
 /// that way), copied otherwise.
-pub fn as_stored(r: &AuditRecord, now: DateTime<Utc>) -> Cow<'_, AuditRecord> {
+pub fn as_stored<'r, 'a>(r: &'r AuditRecord<'a>, now: DateTime<Utc>) -> Cow<'r, AuditRecord<'a>> {
     let now = now.trunc_subsecs(6);
     if r.received_at == now && r.occurred_at.nanosecond().is_multiple_of(1000) {
         Cow::Borrowed(r)
@@ -109,6 +115,33 @@ pub fn as_stored(r: &AuditRecord, now: DateTime<Utc>) -> Cow<'_, AuditRecord> {
     }
 }
 
+impl AuditRecord<'_> {
+    /// The record with its own copy of every text.
+    pub fn into_owned(self) -> AuditRecord<'static> {
+        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        AuditRecord {
+            event_id: own(self.event_id),
+            event_type: own(self.event_type),
+            operation: own(self.operation),
+            actor_id: self.actor_id.map(own),
+            task_id: self.task_id.map(own),
+            project_id: self.project_id.map(own),
+            occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            changes: self.changes,
+            details: self.details,
+            source: RecordSource {
+                topic: own(self.source.topic),
+                partition: self.source.partition,
+                offset: self.source.offset,
+                dialect: own(self.source.dialect),
+            },
+            ip_address: self.ip_address.map(own),
+            user_agent: self.user_agent.map(own),
+        }
+    }
+}
+
 /// Where [`AuditRecord::write_json`] put the record's `changes` and
 /// `details` in its output: byte ranges, absent when the record has none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,7 +150,7 @@ pub struct JsonSpans {
     pub details: Option<std::ops::Range<usize>>,
 }
 
-impl AuditRecord {
+impl AuditRecord<'_> {
     /// Appends the record's JSON to `out`, byte for byte what
     /// `serde_json::to_writer(out, self)` writes (the hash chain covers
     /// those bytes: `record_json_is_written_as_serde_json_writes_it`), and
@@ -302,8 +335,8 @@ mod tests {
                 .map(|_| PIECES[next(x, 12) as usize])
                 .collect()
         }
-        fn opt(x: &mut u64) -> Option<String> {
-            (next(x, 3) > 0).then(|| text(x))
+        fn opt(x: &mut u64) -> Option<Cow<'static, str>> {
+            (next(x, 3) > 0).then(|| text(x).into())
         }
         fn value(x: &mut u64) -> serde_json::Value {
             match next(x, 7) {
@@ -337,9 +370,9 @@ mod tests {
                 _ => Some(RawJson::of(&text(x)).unwrap()),
             };
             let r = AuditRecord {
-                event_id: text(x),
-                event_type: text(x),
-                operation: text(x),
+                event_id: text(x).into(),
+                event_type: text(x).into(),
+                operation: text(x).into(),
                 actor_id: opt(x),
                 task_id: opt(x),
                 project_id: opt(x),
@@ -348,10 +381,10 @@ mod tests {
                 changes,
                 details,
                 source: RecordSource {
-                    topic: text(x),
+                    topic: text(x).into(),
                     partition: next(x, 1 << 31) as i32 - (1 << 30),
                     offset: next(x, 1 << 40) as i64 - (1 << 39),
-                    dialect: text(x),
+                    dialect: text(x).into(),
                 },
                 ip_address: opt(x),
                 user_agent: opt(x),

@@ -34,14 +34,14 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
-    pub fn matches(&self, r: &AuditRecord) -> bool {
+    pub fn matches(&self, r: &AuditRecord<'_>) -> bool {
         self.task_id
             .as_ref()
-            .is_none_or(|t| r.task_id.as_ref() == Some(t))
+            .is_none_or(|t| r.task_id.as_deref() == Some(t.as_str()))
             && self
                 .user_id
                 .as_ref()
-                .is_none_or(|u| r.actor_id.as_ref() == Some(u))
+                .is_none_or(|u| r.actor_id.as_deref() == Some(u.as_str()))
             && self.event_type.as_ref().is_none_or(|t| &r.event_type == t)
             && self.from.is_none_or(|f| r.occurred_at >= f)
             && self.to.is_none_or(|t| r.occurred_at < t)
@@ -85,11 +85,11 @@ pub trait AuditStore: Send + Sync + 'static {
     /// pipeline clock's time of the write); returns how many were new.
     async fn append(
         &self,
-        records: &[AuditRecord],
+        records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError>;
     /// Records matching `q`, ordered by occurred_at then event_id.
-    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord<'static>>, StoreError>;
     /// Per-user counts by event type for occurred_at in [from, to).
     async fn report(
         &self,
