@@ -600,6 +600,21 @@ async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord<'_>]) {
     }
 }
 
+/// The indexes of the audit table, by name.
+async fn indexes(schema: &str) -> Vec<String> {
+    let client = connect_to(schema).await;
+    client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'audit_records' ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// How PostgreSQL answers `query`: the plan's text (sequential scans off,
 /// as a large table's statistics would have them).
 async fn plan_of(schema: &str, query: &str) -> String {
@@ -619,7 +634,7 @@ async fn plan_of(schema: &str, query: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrations_3_and_4() {
+async fn postgres_queries_by_task_user_and_time_use_the_brin_index_also_after_migrations_3_to_5() {
     let schema = schema();
     let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
         .await
@@ -635,18 +650,26 @@ async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrat
     }
     assert_eq!(store.append(&recs[5..15], Utc::now()).await.unwrap(), 0);
     check_indexed_queries(&store, &recs).await;
-    for (column, id) in [("task_id", "task-1"), ("actor_id", "user-2")] {
+    for condition in [
+        "task_id = 'task-1'",
+        "actor_id = 'user-2'",
+        "occurred_at >= '2026-03-02'",
+    ] {
         let plan = plan_of(
             &schema,
-            &format!("SELECT * FROM audit_records WHERE {column} = '{id}'"),
+            &format!("SELECT * FROM audit_records WHERE {condition}"),
         )
         .await;
         assert!(
             plan.contains("Bitmap Index Scan on audit_records_")
-                && plan.contains("task_id_actor_id_idx"),
+                && plan.contains("occurred_at_task_id_actor_id_idx"),
             "{plan}"
         );
     }
+    assert_eq!(
+        indexes(&schema).await,
+        ["audit_records_brin", "audit_records_pkey"]
+    );
     let batch_index = format!(
         "SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'audit_batch_index'"
     );
@@ -655,10 +678,12 @@ async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrat
     // A trail written before migration 3: no batch index, the per-record
     // B-tree. Migration 3 indexes what is there in a batch index and drops
     // the B-tree; migration 4 replaces the batch index with the Bloom
-    // filters, built over the rows already there.
+    // filters, built over the rows already there, and migration 5 makes
+    // them and the time index one.
     sql(
         &schema,
-        "DROP INDEX audit_records_ids_bloom;
+        "DROP INDEX audit_records_brin;
+         CREATE INDEX audit_records_occurred_brin ON audit_records USING brin (occurred_at);
          DELETE FROM taskstream_audit_migrations WHERE version >= 3;
          CREATE INDEX audit_records_task_idx ON audit_records (task_id, occurred_at);",
     )
@@ -667,13 +692,10 @@ async fn postgres_queries_by_task_and_user_use_the_bloom_index_also_after_migrat
         .await
         .unwrap();
     check_indexed_queries(&upgraded, &recs).await;
-    for index in ["audit_records_task_idx", "audit_records_ids_bloom"] {
-        let exists = format!(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' AND indexname = '{index}'"
-        );
-        let want = i64::from(index == "audit_records_ids_bloom");
-        assert_eq!(sql_count(&schema, &exists).await, want, "{index}");
-    }
+    assert_eq!(
+        indexes(&schema).await,
+        ["audit_records_brin", "audit_records_pkey"]
+    );
     assert_eq!(sql_count(&schema, &batch_index).await, 0);
     let plan = plan_of(
         &schema,
@@ -702,7 +724,7 @@ async fn postgres_migrations_are_not_held_to_the_statement_timeout() {
         .expect("migrated despite a 1 ms statement timeout");
     assert_eq!(
         sql_count(&schema, "SELECT count(*) FROM taskstream_audit_migrations").await,
-        4
+        5
     );
     let cleanup = PgStore::connect_with_schema(&database_url(), 1, &schema)
         .await

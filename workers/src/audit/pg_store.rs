@@ -14,9 +14,9 @@
 //!   redelivered message therefore never makes a second row, without a
 //!   per-event index lookup.
 //! - Indexes: the primary key (chain, chain_seq, received_at), the order
-//!   `verify` reads in; BRIN on occurred_at (time ranges); one BRIN index of
-//!   Bloom filters over task_id and actor_id for queries by task or user
-//!   (migration 4 says what it costs and saves).
+//!   `verify` reads in; one BRIN index over occurred_at (time ranges) and
+//!   Bloom filters of task_id and actor_id (queries by task or user):
+//!   migrations 4 and 5 say what it costs and saves.
 //! - Tamper evidence: one SHA-256 chain per source (`topic/partition`), each
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
 //!   canonical JSON; `verify` recomputes every chain.
@@ -74,6 +74,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         4,
         "bloom_index",
         include_str!("../../migrations/audit/0004_bloom_index.sql"),
+    ),
+    (
+        5,
+        "one_brin_index",
+        include_str!("../../migrations/audit/0005_one_brin_index.sql"),
     ),
 ];
 
@@ -862,8 +867,8 @@ impl PgStore {
             params.push(p);
             clauses.push(format!("{clause} ${}", params.len()));
         };
-        // task_id and actor_id are served by the Bloom filter index,
-        // occurred_at by its BRIN index.
+        // task_id, actor_id and occurred_at are served by the BRIN index
+        // (Bloom filters for the ids, ranges for the time).
         if let Some(t) = &q.task_id {
             add("task_id =", Box::new(t.clone()));
         }
