@@ -600,6 +600,80 @@ async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord<'_>]) {
     }
 }
 
+/// Any text and time a record can hold comes back from PostgreSQL as it was
+/// written (the store writes each column's binary form itself: see
+/// `CopyRows`), and the chain over it verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_every_text_and_time_exactly() {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    let texts = [
+        "tab\there",
+        "line\nbreak",
+        "cr\rhere",
+        "back\\slash",
+        "\\N",
+        "\\.",
+        "\\",
+        "é 🦀",
+        "",
+        "quote \" and '",
+    ];
+    let times = [
+        "2026-11-27T19:00:00.123456Z",
+        "2026-11-27T19:00:00Z",
+        "0000-03-01T00:00:00Z",
+        "-0044-03-15T12:00:00.000001Z",
+        "9999-12-31T23:59:59.999999Z",
+        "1999-12-31T23:59:59.5Z",
+    ];
+    let template = records().remove(0);
+    let recs: Vec<AuditRecord<'static>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut r = template.clone();
+            let text = Some(std::borrow::Cow::Owned(text.to_string()));
+            r.event_id = format!("odd-{i}-{}", texts[i]).into();
+            r.actor_id = text.clone();
+            r.task_id = text.clone();
+            r.project_id = text.clone();
+            r.ip_address = text.clone();
+            r.user_agent = text;
+            r.occurred_at = times[i % times.len()].parse().unwrap();
+            r.changes = [(
+                texts[i].to_string(),
+                taskstream::audit::record::Change {
+                    old: serde_json::Value::Null,
+                    new: texts[i].into(),
+                },
+            )]
+            .into();
+            r.details = Some(
+                taskstream::audit::record::RawJson::of(&serde_json::json!({ "title": texts[i] }))
+                    .unwrap(),
+            );
+            r.source.offset = i as i64;
+            r
+        })
+        .collect();
+    let now = Utc::now();
+    assert_eq!(store.append(&recs, now).await.unwrap(), recs.len());
+    let mut got = store.query(&AuditQuery::default()).await.unwrap();
+    got.sort_by(|a, b| a.source.offset.cmp(&b.source.offset));
+    assert_eq!(got.len(), recs.len());
+    for (got, want) in got.iter().zip(&recs) {
+        let want = taskstream::audit::record::as_stored(want, now);
+        assert_eq!(got, &*want);
+    }
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.records_checked, recs.len() as u64);
+    assert!(report.first_break.is_none(), "{report:?}");
+    store.drop_schema().await.unwrap();
+}
+
 /// The indexes of the audit table, by name.
 async fn indexes(schema: &str) -> Vec<String> {
     let client = connect_to(schema).await;
