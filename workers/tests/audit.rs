@@ -662,7 +662,7 @@ async fn postgres_keeps_every_text_and_time_exactly() {
     let now = Utc::now();
     assert_eq!(store.append(&recs, now).await.unwrap(), recs.len());
     let mut got = store.query(&AuditQuery::default()).await.unwrap();
-    got.sort_by(|a, b| a.source.offset.cmp(&b.source.offset));
+    got.sort_by_key(|a| a.source.offset);
     assert_eq!(got.len(), recs.len());
     for (got, want) in got.iter().zip(&recs) {
         let want = taskstream::audit::record::as_stored(want, now);
