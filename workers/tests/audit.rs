@@ -35,6 +35,15 @@ fn schema() -> String {
     unique("audit_test").replace('-', "_")
 }
 
+/// A store on a new schema of its own (one connection), and the schema.
+async fn fresh_store() -> (String, PgStore) {
+    let schema = schema();
+    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    (schema, store)
+}
+
 fn inbound(payload: &str, offset: i64) -> Inbound {
     let ctx = DecodeContext {
         topic: "task-events",
@@ -404,10 +413,7 @@ async fn check_query_and_report(store: &dyn AuditStore, envs: &[(&str, String)])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_queries_report_and_verify_on_postgres() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (schema, store) = fresh_store().await;
     let envs = [
         ("DATABASE_URL", database_url()),
         ("TASKSTREAM_AUDIT__STORE", "postgres".to_string()),
@@ -477,10 +483,7 @@ async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
         ("UPDATE audit_records SET chain_seq = -3 WHERE chain_seq = 3; UPDATE audit_records SET chain_seq = 3 WHERE chain_seq = 4; UPDATE audit_records SET chain_seq = 4 WHERE chain_seq = -3", "moved"),
     ];
     for (tamper, expected) in cases {
-        let schema = schema();
-        let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-            .await
-            .unwrap();
+        let (schema, store) = fresh_store().await;
         assert_eq!(store.append(&recs, Utc::now()).await.unwrap(), 40);
         let ok = store.verify().await.unwrap();
         assert_eq!(ok.records_checked, 40);
@@ -497,10 +500,7 @@ async fn postgres_verify_detects_an_edited_a_deleted_and_a_truncated_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still_skipped() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (schema, store) = fresh_store().await;
     let recs = records();
     assert_eq!(store.append(&recs[..30], Utc::now()).await.unwrap(), 30);
     // A trail written before migration 2: heads without offsets.
@@ -605,10 +605,7 @@ async fn check_indexed_queries(store: &PgStore, recs: &[AuditRecord<'_>]) {
 /// `CopyRows`), and the chain over it verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_every_text_and_time_exactly() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (_, store) = fresh_store().await;
     let texts = [
         "tab\there",
         "line\nbreak",
@@ -709,10 +706,7 @@ async fn plan_of(schema: &str, query: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_queries_by_task_user_and_time_use_the_brin_index_also_after_migrations_3_to_5() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (schema, store) = fresh_store().await;
     let mut recs = records();
     for (i, r) in recs.iter_mut().enumerate() {
         r.task_id = Some(format!("task-{}", i % 3).into());
@@ -811,10 +805,7 @@ async fn postgres_migrations_are_not_held_to_the_statement_timeout() {
 /// order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (schema, store) = fresh_store().await;
     let at = |i: u64, partition: i32, offset: i64| {
         let mut r = to_record(&inbound(&sample(i), offset), Utc::now());
         r.source.partition = partition;
@@ -874,10 +865,7 @@ async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (_, store) = fresh_store().await;
     let recs = records();
     assert_eq!(store.append(&recs[..20], Utc::now()).await.unwrap(), 20);
     // A cutoff before this month's start drops nothing.
@@ -928,10 +916,7 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rejects_a_record_it_cannot_store_as_invalid_not_as_an_outage() {
-    let schema = schema();
-    let store = PgStore::connect_with_schema(&database_url(), 1, &schema)
-        .await
-        .unwrap();
+    let (_, store) = fresh_store().await;
     let mut recs = records();
     recs[1].actor_id = Some("nul\u{0}byte".into());
     match store.append(&recs[..3], Utc::now()).await {
