@@ -13,10 +13,9 @@
 //! of a key with an expiry per event.
 //!
 //! Protocol, per worker and event id:
-//! 1. **claim** a batch ([`StateStore::claim_fields`], one script call per
-//!    [`CLAIM_CALL_IDS`] ids): each id found nowhere is set to
-//!    `p:<now_ms>:<token>` in the current hash, where `token` is new for each
-//!    claim. The value found decides:
+//! 1. **claim** a batch, one script call ([`StateStore::claim_fields`]): each
+//!    id found nowhere is set to `p:<now_ms>:<token>` in the current hash,
+//!    where `token` is new for each claim call. The value found decides:
 //!    - absent → claimed, handle it;
 //!    - `done`, or `p:…:<t>` whose claim `t` is complete (key `idem:<worker>:~<t>`
 //!      exists) → a duplicate, skip it;
@@ -64,15 +63,6 @@ const LAYOUT_SCAN_BUDGET: usize = 2_000_000;
 /// own marks ([`IdempotencyGuard::mark_once_op`]): more keeps marks closer
 /// to the ttl (less memory), fewer costs fewer lookups per event.
 pub const GENERATIONS_PER_TTL: u64 = 2;
-
-/// Most ids one claim script call carries; a batch of more is claimed with
-/// several calls, sent together. Redis spends less per id on calls of a few
-/// hundred than on one of thousands when it shares the machine: measured in
-/// `taskstream bench --worker audit` (batches of about 1,200 events, with
-/// PostgreSQL on the same two cores), 2.0 µs of Redis CPU per event with
-/// one call per batch, 1.6-1.8 with calls of 150-400 ids; alone, the size
-/// of the call made no difference.
-pub const CLAIM_CALL_IDS: usize = 500;
 
 /// What a claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,28 +400,17 @@ impl IdempotencyGuard {
         let keys = self
             .keys_of_version_before(fields.iter().map(String::as_str))
             .await?;
-        // One script call per CLAIM_CALL_IDS ids, sent together (Redis runs
-        // them in order, so an id repeated across calls is still claimed
-        // once: the later call finds this call's token).
-        let calls = fields
-            .chunks(CLAIM_CALL_IDS)
-            .zip((0..).step_by(CLAIM_CALL_IDS))
-            .map(|(part, at)| {
-                let part_keys = keys.get(at..at + part.len()).unwrap_or_default();
-                self.store.claim_fields(
-                    &hashes,
-                    part_keys,
-                    part,
-                    &[],
-                    value.as_bytes(),
-                    self.hash_ttl(),
-                )
-            });
-        let previous: Vec<Option<Vec<u8>>> = futures::future::try_join_all(calls)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+        let previous = self
+            .store
+            .claim_fields(
+                &hashes,
+                &keys,
+                &fields,
+                &[],
+                value.as_bytes(),
+                self.hash_ttl(),
+            )
+            .await?;
         let mut claims = Vec::with_capacity(fields.len());
         // Pending claims of other calls, resolved below: (index, claimed at, token).
         let mut pending: Vec<(usize, u64, &str)> = Vec::new();
@@ -616,16 +595,14 @@ mod tests {
         );
     }
 
-    /// A batch of more ids than one script call carries is claimed in
-    /// several, as one claim: in order, a repeat in a later call is a
-    /// duplicate, and completing the claim completes every call's ids.
+    /// A large batch is one claim: a repeat far down it is a duplicate, and
+    /// completing the claim completes every id (the Redis store sends it
+    /// as several script calls: `CLAIM_CALL_FIELDS`).
     #[tokio::test]
-    async fn a_batch_larger_than_one_call_is_claimed_as_one() {
+    async fn a_large_batch_is_claimed_as_one() {
         let g = guard();
-        let mut ids: Vec<String> = (0..2 * CLAIM_CALL_IDS + 100)
-            .map(|i| format!("e{i}"))
-            .collect();
-        ids[CLAIM_CALL_IDS + 5] = "e3".into();
+        let mut ids: Vec<String> = (0..1_100).map(|i| format!("e{i}")).collect();
+        ids[505] = "e3".into();
         ids.push("e3".into());
         let first = g.claim(ids.iter().map(String::as_str)).await.unwrap();
         let want: Vec<Claim> = ids

@@ -75,9 +75,9 @@ impl AuditWorker {
         &self.store
     }
 
-    /// Writes a batch's records: one store write for all of them, or, when
-    /// the store rejects the batch's data, one by one up to the offending
-    /// record.
+    /// One store write for the whole batch: all records or none. If the store
+    /// rejects the batch's data, the records are written one by one so that
+    /// only the offending one fails (and is dead-lettered).
     async fn write(&self, records: &[AuditRecord<'_>], now: DateTime<Utc>) -> BatchOutcome {
         let started = Instant::now();
         match self.store.append(records, now).await {
@@ -213,9 +213,8 @@ impl Worker for AuditWorker {
         }
     }
 
-    /// One store write for the whole batch: all records or none. If the store
-    /// rejects the batch's data, the records are written one by one so that
-    /// only the offending one fails (and is dead-lettered).
+    /// The batch's records, built in a pooled buffer, written by
+    /// [`AuditWorker::write`].
     async fn handle_batch(&self, events: &[Inbound], ctx: &Ctx) -> BatchOutcome {
         let now = ctx.now();
         let mut buffer = self.records.take(events.len());

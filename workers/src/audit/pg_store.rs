@@ -111,12 +111,9 @@ const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, proje
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
      chain, chain_seq, prev_hash, hash";
 
-/// Where PostgreSQL counts times from: 2000-01-01 00:00 UTC.
-fn pg_epoch() -> chrono::NaiveDateTime {
-    NaiveDate::from_ymd_opt(2000, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .expect("a valid date")
-}
+/// Where PostgreSQL counts times from, 2000-01-01 00:00 UTC, in
+/// microseconds since the Unix epoch.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// The rows of a `COPY … FROM STDIN BINARY` of [`COLUMNS`], in PostgreSQL's
 /// binary copy format, in one buffer (of the store's pool: see
@@ -174,17 +171,10 @@ impl<'a> CopyRows<'a> {
         self.buf.put_i64(value);
     }
 
-    /// A time PostgreSQL cannot hold is the record's fault.
-    fn timestamptz(&mut self, column: &str, t: &DateTime<Utc>) -> Result<(), StoreError> {
-        let micros = t
-            .naive_utc()
-            .signed_duration_since(pg_epoch())
-            .num_microseconds()
-            .ok_or_else(|| {
-                StoreError::Invalid(format!("audit record {column} {t} is out of range"))
-            })?;
-        self.int8(micros);
-        Ok(())
+    /// Microseconds since 2000 (any time chrono holds is within `i64`'s
+    /// range so counted; one outside PostgreSQL's own is refused by it).
+    fn timestamptz(&mut self, t: &DateTime<Utc>) {
+        self.int8(t.timestamp_micros() - PG_EPOCH_MICROS);
     }
 
     /// The rows to send; the buffer goes back to its pool, and takes its
@@ -789,8 +779,8 @@ impl PgStore {
             rows.text("actor_id", r.actor_id.as_deref())?;
             rows.text("task_id", r.task_id.as_deref())?;
             rows.text("project_id", r.project_id.as_deref())?;
-            rows.timestamptz("occurred_at", &r.occurred_at)?;
-            rows.timestamptz("received_at", &r.received_at)?;
+            rows.timestamptz(&r.occurred_at);
+            rows.timestamptz(&r.received_at);
             rows.bytes("changes", spans.changes.map(|s| &json[s]))?;
             rows.bytes("details", spans.details.map(|s| &json[s]))?;
             rows.text("source_topic", Some(&r.source.topic))?;
@@ -1270,17 +1260,20 @@ mod tests {
             write(&mut rows);
             rows.buf[header..].to_vec()
         };
-        for t in [
+        let times = [
             "2026-11-27T19:00:00.123456Z",
             "2000-01-01T00:00:00Z",
             "1999-12-31T23:59:59.999999Z",
             "1970-01-01T00:00:00Z",
             "0001-01-01T00:00:00Z",
             "9999-12-31T23:59:59.999999Z",
-        ] {
-            let t: DateTime<Utc> = t.parse().unwrap();
+        ];
+        // The first and last times chrono holds: the count cannot overflow.
+        let ends = [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC];
+        for t in times.iter().map(|t| t.parse().unwrap()).chain(ends) {
+            let t: DateTime<Utc> = chrono::SubsecRound::trunc_subsecs(t, 6);
             assert_eq!(
-                field(&|r| r.timestamptz("t", &t).unwrap()),
+                field(&|r| r.timestamptz(&t)),
                 framed(&t, &Type::TIMESTAMPTZ),
                 "{t}"
             );

@@ -115,6 +115,14 @@ pub fn as_stored<'r, 'a>(r: &'r AuditRecord<'a>, now: DateTime<Utc>) -> Cow<'r, 
     }
 }
 
+/// Where [`AuditRecord::write_json`] put the record's `changes` and
+/// `details` in its output: byte ranges, absent when the record has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonSpans {
+    pub changes: Option<std::ops::Range<usize>>,
+    pub details: Option<std::ops::Range<usize>>,
+}
+
 impl AuditRecord<'_> {
     /// The record with its own copy of every text.
     pub fn into_owned(self) -> AuditRecord<'static> {
@@ -140,17 +148,7 @@ impl AuditRecord<'_> {
             user_agent: self.user_agent.map(own),
         }
     }
-}
 
-/// Where [`AuditRecord::write_json`] put the record's `changes` and
-/// `details` in its output: byte ranges, absent when the record has none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JsonSpans {
-    pub changes: Option<std::ops::Range<usize>>,
-    pub details: Option<std::ops::Range<usize>>,
-}
-
-impl AuditRecord<'_> {
     /// Appends the record's JSON to `out`, byte for byte what
     /// `serde_json::to_writer(out, self)` writes (the hash chain covers
     /// those bytes: `record_json_is_written_as_serde_json_writes_it`), and
@@ -190,19 +188,7 @@ impl AuditRecord<'_> {
         if !self.changes.is_empty() {
             out.extend_from_slice(b",\"changes\":");
             let start = out.len();
-            out.push(b'{');
-            for (i, (field, change)) in self.changes.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json_str(out, field)?;
-                out.extend_from_slice(b":{\"old\":");
-                serde_json::to_writer(&mut *out, &change.old)?;
-                out.extend_from_slice(b",\"new\":");
-                serde_json::to_writer(&mut *out, &change.new)?;
-                out.push(b'}');
-            }
-            out.push(b'}');
+            serde_json::to_writer(&mut *out, &self.changes)?;
             spans.changes = Some(start..out.len());
         }
         if let Some(details) = &self.details {
