@@ -231,6 +231,12 @@ impl ReminderSchedule {
         format!("reminders:sent:{reminder_id}")
     }
 
+    /// Held by the firer of `reminder_id` while it fires it
+    /// ([`Self::take_firing`]).
+    pub fn firing_key(reminder_id: &str) -> String {
+        format!("reminders:firing:{reminder_id}")
+    }
+
     /// The ops that add (or move) `r` at `fire_at`.
     pub fn schedule_ops(r: &StoredReminder, fire_at: DateTime<Utc>) -> Vec<StateOp> {
         vec![
@@ -379,6 +385,47 @@ impl ReminderSchedule {
         ]
     }
 
+    /// Takes the right to fire `reminder_id` for `holder`, for at most
+    /// `lease`; false while another firer holds it. A reminder planned into
+    /// two shards can come due in both at once: only one firer may deliver
+    /// it and publish its outcome. Given back by [`Self::release_firing`],
+    /// or gone with the lease after a crash.
+    pub async fn take_firing(
+        &self,
+        store: &dyn StateStore,
+        reminder_id: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, StateError> {
+        let key = Self::firing_key(reminder_id);
+        let taken = store
+            .apply_checked(&[StateOp::IfAbsent {
+                key: key.clone(),
+                then: vec![StateOp::Set {
+                    key,
+                    value: holder.as_bytes().to_vec(),
+                    ttl: Some(lease),
+                }],
+                otherwise: Vec::new(),
+            }])
+            .await?;
+        Ok(taken.first().copied().unwrap_or(false))
+    }
+
+    /// Gives back what [`Self::take_firing`] took for `holder` (not a later
+    /// holder's, should the lease have run out).
+    pub async fn release_firing(
+        &self,
+        store: &dyn StateStore,
+        reminder_id: &str,
+        holder: &str,
+    ) -> Result<(), StateError> {
+        store
+            .delete_if_eq(&Self::firing_key(reminder_id), holder.as_bytes())
+            .await
+            .map(|_| ())
+    }
+
     /// Records that the outcome event of the fired reminder is published.
     pub async fn mark_published(
         &self,
@@ -453,6 +500,22 @@ mod tests {
     use super::*;
     use pipelines::state::MemoryStore;
     use pipelines::Clock;
+
+    /// One firer at a time: a second holder is refused until the first
+    /// gives the right back, and only the holder can give it back.
+    #[tokio::test]
+    async fn a_reminder_is_fired_by_one_holder_at_a_time() {
+        let store = MemoryStore::new("t:");
+        let s = ReminderSchedule;
+        let lease = Duration::from_secs(60);
+        assert!(s.take_firing(&store, "r1", "a", lease).await.unwrap());
+        assert!(!s.take_firing(&store, "r1", "b", lease).await.unwrap());
+        assert!(s.take_firing(&store, "r2", "b", lease).await.unwrap());
+        s.release_firing(&store, "r1", "b").await.unwrap();
+        assert!(!s.take_firing(&store, "r1", "b", lease).await.unwrap());
+        s.release_firing(&store, "r1", "a").await.unwrap();
+        assert!(s.take_firing(&store, "r1", "b", lease).await.unwrap());
+    }
 
     fn reminder(id: &str, task: &str, shard: &str, at: DateTime<Utc>) -> StoredReminder {
         StoredReminder {

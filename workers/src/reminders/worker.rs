@@ -448,9 +448,38 @@ impl RemindersWorker {
 
     // ------------------------------------------------------------ firing
 
-    /// Fires one claimed reminder. A transient delivery failure puts it back
-    /// at its time and is returned (the timer retries with backoff).
+    /// Fires one claimed reminder, holding its firing right
+    /// ([`ReminderSchedule::take_firing`]): the same reminder planned into
+    /// two shards may come due in both at once, and the second firer then
+    /// comes back at the end of its claim, when the first has fired it.
     async fn fire(
+        &self,
+        ctx: &Ctx,
+        shard: &str,
+        claimed: &Claimed,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(), WorkerError> {
+        let store = ctx.state();
+        let id = &claimed.reminder_id;
+        let holder = format!("{shard}@{}", lease_until.timestamp_millis());
+        let lease = self.config.claim_lease;
+        if !self.schedule.take_firing(store, id, &holder, lease).await? {
+            self.schedule
+                .requeue(store, shard, id, lease_until, lease_until)
+                .await?;
+            wake_shard(ctx, shard, lease_until);
+            return Ok(());
+        }
+        let fired = self.fire_held(ctx, shard, claimed, lease_until).await;
+        let released = self.schedule.release_firing(store, id, &holder).await;
+        fired?;
+        Ok(released?)
+    }
+
+    /// [`Self::fire`], the firing right held. A transient delivery failure
+    /// puts it back at its time and is returned (the timer retries with
+    /// backoff).
+    async fn fire_held(
         &self,
         ctx: &Ctx,
         shard: &str,
