@@ -34,12 +34,14 @@ pub struct TaskEvent {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
-    /// The task as the message describes it after the change.
+    /// The task as the message describes it after the change. Boxed, as is
+    /// `previous`: a snapshot is about 350 bytes, and an event is moved
+    /// several times on its way (decoder, pipeline, worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<TaskSnapshot>,
+    pub task: Option<Box<TaskSnapshot>>,
     /// The task before the change, when the message carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<TaskSnapshot>,
+    pub previous: Option<Box<TaskSnapshot>>,
     /// Field changes the message lists explicitly (`{"title": {"old": .., "new": ..}}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub changes: BTreeMap<String, FieldChange>,

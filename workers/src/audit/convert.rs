@@ -120,7 +120,7 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord<'_> {
         occurred_at: e.occurred_at.trunc_subsecs(6),
         received_at: now.trunc_subsecs(6),
         changes,
-        details: e.task.as_ref().and_then(details_of),
+        details: e.task.as_deref().and_then(details_of),
         source: RecordSource {
             topic: Cow::Borrowed(&inbound.source.topic),
             partition: inbound.source.partition,

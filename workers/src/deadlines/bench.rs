@@ -57,12 +57,12 @@ fn inbound(i: u64, partition: i32, due: chrono::DateTime<Utc>) -> Inbound {
         task_id: Some(format!("task-{i}")),
         user_id: Some(format!("user-{}", i % 1000)),
         project_id: None,
-        task: Some(TaskSnapshot {
+        task: Some(Box::new(TaskSnapshot {
             title: Some(format!("Task {i}")),
             due_at: Some(due),
             assignee_id: Some("bob".into()),
             ..TaskSnapshot::default()
-        }),
+        })),
         previous: None,
         changes: Default::default(),
         reminder: None,

@@ -68,14 +68,14 @@ pub fn announcement(
         task_id: Some(task_id.to_string()),
         user_id: task.owner.clone(),
         project_id: task.project.clone(),
-        task: Some(TaskSnapshot {
+        task: Some(Box::new(TaskSnapshot {
             title: task.title.clone(),
             due_at: Some(due_at),
             due_local,
             assignee_id: task.assignee.clone(),
             project_id: task.project.clone(),
             ..TaskSnapshot::default()
-        }),
+        })),
         previous: None,
         changes: Default::default(),
         reminder: None,

@@ -90,7 +90,7 @@ impl NextOccurrence<'_> {
             task_id: Some(occurrence_task_id(self.series_id, p.number)),
             user_id: self.completion.user_id.clone(),
             project_id: t.project_id.clone(),
-            task: Some(TaskSnapshot {
+            task: Some(Box::new(TaskSnapshot {
                 title: t.title.clone(),
                 description: t.description.clone(),
                 status: Some("pending".into()),
@@ -110,7 +110,7 @@ impl NextOccurrence<'_> {
                 project_id: t.project_id.clone(),
                 completed_at: None,
                 created_at: Some(occurred_at),
-            }),
+            })),
             previous: None,
             changes: Default::default(),
             reminder: None,

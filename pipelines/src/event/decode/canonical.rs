@@ -43,11 +43,11 @@ pub(super) fn decode_canonical(mut obj: Obj<'_>) -> Result<Draft<'_>, DecodeErro
     fill_id(&mut d.project_id, &mut obj, "", keys!["project_id"])?;
     if let Some((key, mut m)) = take_object(&mut obj, "", keys!["task"], true)? {
         let s = take_snapshot(&mut m, key)?;
-        d.task = (s != TaskSnapshot::default()).then_some(s);
+        d.task = (s != TaskSnapshot::default()).then(|| Box::new(s));
     }
     if let Some((key, mut m)) = take_object(&mut obj, "", keys!["previous"], true)? {
         let s = take_snapshot(&mut m, key)?;
-        d.previous = (s != TaskSnapshot::default()).then_some(s);
+        d.previous = (s != TaskSnapshot::default()).then(|| Box::new(s));
     }
     d.changes = take_changes(&mut obj, "")?;
     if let Some((key, mut m)) = take_object(&mut obj, "", keys!["reminder"], true)? {

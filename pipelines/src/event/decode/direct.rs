@@ -223,13 +223,13 @@ impl<'a> Message<'a> {
                 return None
             }
             Some(p) if p.snapshot != TaskSnapshot::default() => {
-                Some(std::mem::take(&mut p.snapshot))
+                Some(Box::new(std::mem::take(&mut p.snapshot)))
             }
             _ => None,
         };
         body.snapshot.assignee_id = self.assignee.take();
-        let task =
-            (body.snapshot != TaskSnapshot::default()).then(|| std::mem::take(&mut body.snapshot));
+        let task = (body.snapshot != TaskSnapshot::default())
+            .then(|| Box::new(std::mem::take(&mut body.snapshot)));
         let mut attributes = std::mem::take(&mut body.rest);
         attributes.merge(std::mem::take(&mut meta.rest));
         attributes.merge(std::mem::take(&mut self.rest));

@@ -100,7 +100,7 @@ pub(super) fn decode_fields<'a>(
                 d.project_id.clone_from(&snapshot.project_id);
             }
             if snapshot != TaskSnapshot::default() {
-                d.task = Some(snapshot);
+                d.task = Some(Box::new(snapshot));
             }
             if previous.is_none() {
                 previous = take_object(&mut body, parent, PREVIOUS_KEYS, false)?
@@ -122,7 +122,7 @@ pub(super) fn decode_fields<'a>(
     if let Some((path, mut prev)) = previous {
         let snapshot = take_snapshot(&mut prev, &path)?;
         if snapshot != TaskSnapshot::default() {
-            d.previous = Some(snapshot);
+            d.previous = Some(Box::new(snapshot));
         }
         if !prev.is_empty() {
             // Keep what the snapshot has no field for, under its last key.

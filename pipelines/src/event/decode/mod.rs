@@ -79,8 +79,9 @@ pub struct DecodeContext<'a> {
 /// identical message is recognised as a duplicate. A message without a
 /// timestamp gets the Kafka timestamp.
 pub fn decode(payload: &[u8], ctx: &DecodeContext<'_>) -> Result<TaskEvent, DecodeError> {
-    // Checked once for both readers.
-    let text = std::str::from_utf8(payload).ok();
+    // Checked once for both readers (simdutf8: a third of the standard
+    // library's time on messages of a few hundred bytes).
+    let text = simdutf8::basic::from_utf8(payload).ok();
     if let Some(draft) = &mut text.and_then(direct::read) {
         // An error here is the tree decoder's to report (it may find
         // another first).
@@ -129,8 +130,8 @@ struct Draft<'a> {
     task_id: Option<String>,
     user_id: Option<String>,
     project_id: Option<String>,
-    task: Option<TaskSnapshot>,
-    previous: Option<TaskSnapshot>,
+    task: Option<Box<TaskSnapshot>>,
+    previous: Option<Box<TaskSnapshot>>,
     changes: BTreeMap<String, FieldChange>,
     reminder: Option<ReminderRequest>,
     user: Option<UserProfile>,
@@ -220,10 +221,13 @@ fn finish(
 /// `h:` + hex of the first 16 bytes of SHA-256 of the message: stable for a
 /// re-sent identical message, so it deduplicates like a producer's id.
 fn content_id(payload: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(payload);
-    let mut id = [0u8; 34];
-    id[..2].copy_from_slice(b"h:");
-    hex::encode_to_slice(&digest[..16], &mut id[2..]).expect("16 bytes are 32 hex digits");
-    // `h:` and hex digits are ASCII.
-    String::from_utf8_lossy(&id).into_owned()
+    let mut id = String::with_capacity(34);
+    id.push_str("h:");
+    for &b in &digest[..16] {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 15)] as char);
+    }
+    id
 }
