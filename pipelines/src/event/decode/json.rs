@@ -136,6 +136,10 @@ impl<'a> Scanner<'a> {
 
     fn skip_ws(&mut self) {
         let bytes = self.text.as_bytes();
+        // Compact JSON has none: one comparison answers most calls.
+        if bytes.get(self.at).is_none_or(|&b| b > b' ') {
+            return;
+        }
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.at) {
             self.at += 1;
         }
@@ -530,6 +534,11 @@ impl<'a> Obj<'a> {
             Some(i) => self.entries[i].1 = value,
             None => {
                 self.mask |= key_bit(&key);
+                if self.entries.capacity() == 0 {
+                    // Room for a CloudEvent's own keys at once (a first
+                    // push would make room for 4, then grow to 8).
+                    self.entries.reserve_exact(8);
+                }
                 self.entries.push((key, value));
             }
         }
