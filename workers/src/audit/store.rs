@@ -126,8 +126,11 @@ pub fn chain_hash(seq: u64, prev_hash: &str, record_json: &[u8]) -> String {
     h.update(record_json);
     let mut hex = [0u8; 64];
     hex::encode_to_slice(h.finalize(), &mut hex).expect("32 bytes are 64 hex digits");
-    // Hex digits are ASCII.
-    String::from_utf8_lossy(&hex).into_owned()
+    // As the decoder's content id: `from_utf8_lossy` walked the digits in
+    // chunks (0.3% of the audit bench process).
+    std::str::from_utf8(&hex)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 #[cfg(test)]

@@ -221,13 +221,13 @@ fn finish(
 /// `h:` + hex of the first 16 bytes of SHA-256 of the message: stable for a
 /// re-sent identical message, so it deduplicates like a producer's id.
 fn content_id(payload: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(payload);
-    let mut id = String::with_capacity(34);
-    id.push_str("h:");
-    for &b in &digest[..16] {
-        id.push(HEX[usize::from(b >> 4)] as char);
-        id.push(HEX[usize::from(b & 15)] as char);
-    }
-    id
+    let mut id = [0u8; 34];
+    id[..2].copy_from_slice(b"h:");
+    hex::encode_to_slice(&digest[..16], &mut id[2..]).expect("16 bytes are 32 hex digits");
+    // `from_utf8`, not `from_utf8_lossy`: its ASCII check is a few
+    // instructions where the lossy one walks the bytes in chunks.
+    std::str::from_utf8(&id)
+        .expect("`h:` and hex digits are ASCII")
+        .to_owned()
 }
