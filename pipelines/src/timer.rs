@@ -20,6 +20,14 @@
 //! [`crate::Ctx::wake_timer_at`]; a wake for a time no earlier than the
 //! planned one costs nothing. Every tick receives a stop token; shutdown waits
 //! for a running tick up to `drain_timeout`, then aborts it.
+//!
+//! A partition's timer and its batches run side by side, so a tick could
+//! otherwise read the partition's state half-way through a batch: between
+//! a task's creation and the update that moves its due date, say, in the
+//! same batch, and fire what the update cancels. A tick that reads or
+//! claims due work does so under [`Timer::between_batches`], which waits
+//! for the batch in progress to end and holds the next one back until the
+//! guard is dropped (one claim's round trip, not the work that follows).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -64,6 +72,41 @@ pub struct Timer {
     /// Cancelled when the timer must stop: shutdown, partition revoked,
     /// leadership lost. A tick checks it between items and returns promptly.
     pub stop: CancellationToken,
+    /// Held by the partition's lane for each batch (a timer of another scope
+    /// has one of its own that nobody else takes).
+    gate: Arc<BatchGate>,
+}
+
+/// Taken by a partition's lane for the whole of each batch, and by its
+/// timer around each claim of due work.
+pub(crate) type BatchGate = tokio::sync::Mutex<()>;
+
+impl Timer {
+    /// A timer of `owner` whose claims wait for no batch: benchmarks and
+    /// tests that tick a worker by hand. The pipeline builds its own.
+    pub fn new(owner: TimerOwner, stop: CancellationToken) -> Self {
+        Timer::with_gate(owner, stop, Arc::default())
+    }
+
+    pub(crate) fn with_gate(
+        owner: TimerOwner,
+        stop: CancellationToken,
+        gate: Arc<BatchGate>,
+    ) -> Self {
+        Timer { owner, stop, gate }
+    }
+
+    /// Waits until the partition is between batches and keeps it there
+    /// while the guard lives: a claim made under it sees every event of a
+    /// batch handled or none. `None` when the timer is stopped meanwhile.
+    /// Batches wait for the guard, so hold it for a claim, not a delivery.
+    pub async fn between_batches(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            guard = self.gate.lock() => Some(guard),
+        }
+    }
 }
 
 /// The key of a timer's wake slot: a partition, or the worker-wide timer.
@@ -76,6 +119,8 @@ pub(crate) struct WakeSlot {
     /// tick is running and any wake must be remembered).
     next_ms: AtomicI64,
     notify: Notify,
+    /// The partition's [`BatchGate`].
+    pub(crate) gate: Arc<BatchGate>,
 }
 
 impl WakeSlot {
@@ -83,6 +128,7 @@ impl WakeSlot {
         WakeSlot {
             next_ms: AtomicI64::new(i64::MAX),
             notify: Notify::new(),
+            gate: Arc::default(),
         }
     }
 
@@ -120,6 +166,11 @@ impl TimerWakers {
 
     pub(crate) fn unregister(&self, key: &SlotKey) {
         self.slots().remove(key);
+    }
+
+    /// The [`BatchGate`] of `key`'s timer, while it is registered.
+    pub(crate) fn gate(&self, key: &SlotKey) -> Option<Arc<BatchGate>> {
+        self.slots().get(key).map(|s| s.gate.clone())
     }
 
     /// Wakes the timer of `key` (a partition, or `None` for the worker-wide

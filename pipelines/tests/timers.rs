@@ -636,3 +636,74 @@ async fn a_dead_letter_too_large_for_its_topic_is_sent_truncated() {
         .starts_with("decode"));
     run.stop().await;
 }
+
+/// Wakes its partition's timer on every event and takes its time over the
+/// first; its tick records how many events it found handled, claiming
+/// between batches as real timers do.
+#[derive(Default)]
+struct SlowPlanner {
+    handled: AtomicU64,
+    seen_by_ticks: Mutex<Vec<u64>>,
+}
+
+#[async_trait]
+impl Worker for SlowPlanner {
+    fn name(&self) -> &'static str {
+        "slow-planner"
+    }
+    fn topics(&self, _c: &PipelineConfig) -> Vec<String> {
+        vec![TOPIC.to_string()]
+    }
+    fn timer_scope(&self) -> TimerScope {
+        TimerScope::Partition
+    }
+    async fn handle(&self, e: &Inbound, ctx: &Ctx) -> Result<Outcome, WorkerError> {
+        let n = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
+        // Work already due: the timer is woken to run at once.
+        ctx.wake_timer_at(&e.source, t0());
+        if n == 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(Outcome::Done)
+    }
+    async fn tick(&self, timer: &Timer, _ctx: &Ctx) -> Result<Option<DateTime<Utc>>, WorkerError> {
+        let Some(_between) = timer.between_batches().await else {
+            return Ok(None);
+        };
+        let handled = self.handled.load(Ordering::SeqCst);
+        self.seen_by_ticks.lock().unwrap().push(handled);
+        Ok(None)
+    }
+}
+
+/// A partition's timer claims between its batches: woken by the first
+/// event of a batch, it sees the whole batch handled (a task's creation and
+/// the update that moves it, say), never half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_timer_woken_mid_batch_claims_after_the_batch() {
+    let mock = MockKafka::start(1).unwrap();
+    mock.create_topic(TOPIC, 1).unwrap();
+    let config = test_config(mock.bootstrap_servers(), "memory:");
+    let producer = TestProducer::new(mock.bootstrap_servers()).unwrap();
+    for id in ["created", "updated"] {
+        producer
+            .send(TOPIC, b"task-1", plain_event(id).as_bytes())
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    let worker = Arc::new(SlowPlanner::default());
+    let run = Replica::start(config, Clock::System, worker.clone()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || worker
+            .seen_by_ticks
+            .lock()
+            .unwrap()
+            .contains(&2))
+        .await,
+        "ticks saw {:?}",
+        worker.seen_by_ticks.lock().unwrap()
+    );
+    run.stop().await;
+    let seen = worker.seen_by_ticks.lock().unwrap().clone();
+    assert!(!seen.contains(&1), "a tick ran within the batch: {seen:?}");
+}

@@ -509,11 +509,13 @@ impl BatchProcessor for Pipeline {
                 }
             }
         }
+        let timed = self.worker.timer_scope() == TimerScope::Partition && !stop.is_cancelled();
+        let key = Some((topic.clone(), partition));
+        // Registered before the first batch, which takes the slot's gate.
+        let slot = timed.then(|| ctx.wakers().register(key.clone()));
         // The lane may hand the partition's events to the worker now.
         let _ = ready.send(());
-        if self.worker.timer_scope() == TimerScope::Partition && !stop.is_cancelled() {
-            let key = Some((topic.clone(), partition));
-            let slot = ctx.wakers().register(key.clone());
+        if let Some(slot) = slot {
             let owner = TimerOwner::Partition {
                 topic: topic.clone(),
                 partition,
@@ -531,6 +533,18 @@ impl BatchProcessor for Pipeline {
         let name = self.name();
         let n = batch.records.len();
         metrics::in_flight(name, n as f64);
+        // The partition's timer claims between batches, not within one.
+        let gate = match self.worker.timer_scope() {
+            TimerScope::Partition => self
+                .ctx
+                .wakers()
+                .gate(&Some((batch.topic.clone(), batch.partition))),
+            _ => None,
+        };
+        let _between = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         let received_at = self.ctx.now();
         let ctx = self.ctx.with_stop(stop.clone());
         let mut finished_up_to: Option<i64> = None;

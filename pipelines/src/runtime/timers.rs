@@ -20,12 +20,10 @@ async fn tick_once(
     worker: &dyn Worker,
     ctx: &Ctx,
     owner: &TimerOwner,
+    slot: &WakeSlot,
     stop: &CancellationToken,
 ) -> Result<Option<DateTime<Utc>>, WorkerError> {
-    let timer = Timer {
-        owner: owner.clone(),
-        stop: stop.clone(),
-    };
+    let timer = Timer::with_gate(owner.clone(), stop.clone(), slot.gate.clone());
     let result = worker.tick(&timer, &ctx.with_stop(stop.clone())).await;
     metrics::ticked(worker.name(), result.is_ok());
     if let Err(e) = &result {
@@ -48,7 +46,7 @@ pub(super) async fn run_timer_loop(
         ctx.clock(),
         slot,
         stop,
-        || tick_once(worker, ctx, &owner, stop),
+        || tick_once(worker, ctx, &owner, slot, stop),
         |failures| outage_backoff(retry, failures),
     )
     .await;

@@ -22,7 +22,7 @@ use pipelines::event::{Dialect, TaskSnapshot};
 use pipelines::kafka::mock::MockKafka;
 use pipelines::kafka::sink::Publisher;
 use pipelines::testing::RedisServer;
-use pipelines::{Ctx, Inbound, Source, TaskEvent, Worker};
+use pipelines::{Ctx, Inbound, Source, TaskEvent, Timer, TimerOwner, Worker};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -145,7 +145,7 @@ pub async fn run(
         Publisher::new(&pipeline.kafka, "bench-deadlines").map_err(|e| anyhow::anyhow!("{e}"))?;
     let ctx = Ctx::new("deadlines", store, Some(publisher), Arc::new(pipeline));
     let worker = DeadlinesWorker::new(&deadlines)?;
-    let stop = CancellationToken::new();
+    let timer = Timer::new(TimerOwner::Process, CancellationToken::new());
 
     // 1. Index.
     let now = Utc::now();
@@ -163,7 +163,7 @@ pub async fn run(
     let idle_key = crossings_key(TOPIC, 0);
     let mut idle = Vec::new();
     for _ in 0..21 {
-        let r = worker.scan_set(&ctx, &idle_key, &stop).await?;
+        let r = worker.scan_set(&ctx, &idle_key, &timer).await?;
         anyhow::ensure!(r.emitted == 0, "an idle scan announced {}", r.emitted);
         idle.push(r.took.as_secs_f64() * 1000.0);
     }
@@ -180,7 +180,7 @@ pub async fn run(
         inbound(i, burst_partition, due)
     })
     .await?;
-    let flushed = worker.scan_set(&ctx, &burst_key, &stop).await?;
+    let flushed = worker.scan_set(&ctx, &burst_key, &timer).await?;
     anyhow::ensure!(
         flushed.emitted as u64 == burst,
         "the burst's 1h announcements: {} of {burst}",
@@ -194,7 +194,7 @@ pub async fn run(
     ctx.clock().sleep_until(worker.prepare_at(due)).await;
     let mut lateness = Vec::new();
     while (lateness.len() as u64) < burst {
-        let r = worker.scan_set(&ctx, &burst_key, &stop).await?;
+        let r = worker.scan_set(&ctx, &burst_key, &timer).await?;
         lateness.extend(r.lateness_ms);
     }
     let burst_secs = (Utc::now() - due).num_milliseconds() as f64 / 1000.0;

@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use pipelines::state::{merge_sorted_set_adds, Scored, StateOp, StateStore};
-use pipelines::{Ctx, EncodedEvent, OutputEvent, WorkerError};
-use tokio_util::sync::CancellationToken;
+use pipelines::{Ctx, EncodedEvent, OutputEvent, Timer, WorkerError};
 
 use super::entry::StoredTask;
 use super::index::DeadlineIndex;
@@ -97,18 +96,25 @@ const CONCURRENT_ROUNDS: usize = 4;
 /// Rounds of announcing in flight at once (mostly waiting on the broker).
 const ANNOUNCING_ROUNDS: usize = 8;
 
-/// Scans `spec.crossings` until nothing is due within the lead (or `stop`).
+/// Scans `spec.crossings` until nothing is due within the lead (or the
+/// timer stops). Each pass claims and checks between the partition's batches
+/// ([`Timer::between_batches`]), so it never sees a batch half handled.
 pub async fn scan(
     ctx: &Ctx,
     index: &DeadlineIndex,
     spec: &ScanSpec<'_>,
-    stop: &CancellationToken,
+    timer: &Timer,
 ) -> Result<ScanReport, WorkerError> {
+    let stop = &timer.stop;
     let started = Instant::now();
     let mut report = ScanReport::default();
     loop {
         let horizon = ctx.now().timestamp_millis() + spec.lead.as_millis() as i64;
+        let Some(between) = timer.between_batches().await else {
+            break;
+        };
         let mut prepared = prepare(ctx, index, spec, horizon as f64).await?;
+        drop(between);
         if prepared.is_empty() {
             break;
         }
@@ -425,7 +431,7 @@ mod tests {
     use pipelines::kafka::mock::MockKafka;
     use pipelines::kafka::sink::Publisher;
     use pipelines::state::MemoryStore;
-    use pipelines::{Clock, PipelineConfig, Worker};
+    use pipelines::{Clock, PipelineConfig, Timer, TimerOwner, Worker};
 
     use crate::deadlines::config::DeadlinesConfig;
     use crate::deadlines::index::crossings_key;
@@ -465,8 +471,8 @@ mod tests {
         );
 
         let key = crossings_key("task-events", 0);
-        let stop = tokio_util::sync::CancellationToken::new();
-        let scan = w.scan_set(&ctx, &key, &stop);
+        let timer = Timer::new(TimerOwner::Process, Default::default());
+        let scan = w.scan_set(&ctx, &key, &timer);
         tokio::pin!(scan);
         // Before the due time the scan has claimed it (re-scored to its lease)
         // and waits; nothing is announced yet.
@@ -486,7 +492,7 @@ mod tests {
         // Its next crossing (`1h`) is days away: nothing more is prepared.
         let next = ctx.state().zfirst(&key).await.unwrap().unwrap();
         assert!(next.member.contains("|1h|"), "{next:?}");
-        let idle = w.scan_set(&ctx, &key, &stop).await.unwrap();
+        let idle = w.scan_set(&ctx, &key, &timer).await.unwrap();
         assert_eq!(idle.emitted, 0);
     }
 }

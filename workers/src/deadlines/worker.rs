@@ -64,7 +64,7 @@ impl DeadlinesWorker {
         &self,
         ctx: &Ctx,
         crossings: &str,
-        stop: &tokio_util::sync::CancellationToken,
+        timer: &Timer,
     ) -> Result<super::scan::ScanReport, WorkerError> {
         let spec = ScanSpec {
             crossings,
@@ -73,7 +73,7 @@ impl DeadlinesWorker {
             batch: self.scan_batch,
             lead: self.lead,
         };
-        scan(ctx, &self.index, &spec, stop).await
+        scan(ctx, &self.index, &spec, timer).await
     }
 }
 
@@ -223,7 +223,7 @@ impl Worker for DeadlinesWorker {
             ));
         };
         let report = self
-            .scan_set(ctx, &crossings_key(topic, *partition), &timer.stop)
+            .scan_set(ctx, &crossings_key(topic, *partition), timer)
             .await?;
         metrics::scanned(report.took);
         metrics::tasks_indexed(ctx.state().zcard(DUE_KEY).await?);

@@ -837,12 +837,18 @@ impl Worker for RemindersWorker {
             if timer.stop.is_cancelled() {
                 return Ok(None);
             }
+            // Between the partition's batches: a reminder its next event
+            // moves or cancels (in the same batch) is never claimed.
+            let Some(between) = timer.between_batches().await else {
+                return Ok(None);
+            };
             let now = ctx.now();
             let lease_until = now + self.lease();
             let claimed = self
                 .schedule
                 .claim_due(store, &shard, now, lease_until, CLAIM_BATCH)
                 .await?;
+            drop(between);
             if claimed.is_empty() {
                 break;
             }
