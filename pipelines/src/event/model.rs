@@ -192,13 +192,17 @@ impl Dialect {
 impl TaskEvent {
     /// The entity part of the dotted type (`task` for `task.completed`).
     pub fn entity(&self) -> &str {
-        self.kind
-            .split_once('.')
-            .map_or(self.kind.as_str(), |(e, _)| e)
+        self.dot().map_or(self.kind.as_str(), |at| &self.kind[..at])
     }
 
     /// The action part of the dotted type (`completed` for `task.completed`).
     pub fn action(&self) -> &str {
-        self.kind.split_once('.').map_or("", |(_, a)| a)
+        self.dot().map_or("", |at| &self.kind[at + 1..])
+    }
+
+    /// Where the type's first `.` is: a byte loop, which for a type's dozen
+    /// bytes costs less than `str::split_once`'s searcher.
+    fn dot(&self) -> Option<usize> {
+        self.kind.bytes().position(|b| b == b'.')
     }
 }

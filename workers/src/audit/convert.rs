@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use pipelines::event::TaskSnapshot;
+use pipelines::event::{Dialect, TaskSnapshot};
 use pipelines::Inbound;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -104,11 +104,7 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord<'_> {
             _ => BTreeMap::new(),
         }
     };
-    let dialect = if e.cloudevents {
-        Cow::Owned(format!("cloudevents/{}", e.dialect.as_str()))
-    } else {
-        Cow::Borrowed(e.dialect.as_str())
-    };
+    let dialect = Cow::Borrowed(dialect_name(e.dialect, e.cloudevents));
     AuditRecord {
         event_id: Cow::Borrowed(&e.event_id),
         event_type: Cow::Borrowed(&e.kind),
@@ -129,6 +125,20 @@ pub fn to_record(inbound: &Inbound, now: DateTime<Utc>) -> AuditRecord<'_> {
         },
         ip_address: e.context.as_ref().and_then(|c| text(&c.ip_address)),
         user_agent: e.context.as_ref().and_then(|c| text(&c.user_agent)),
+    }
+}
+
+/// The record's `dialect`: the message's, `cloudevents/`-prefixed when it
+/// came wrapped in a CloudEvent (a constant: no text made per record).
+fn dialect_name(dialect: Dialect, cloudevent: bool) -> &'static str {
+    match (cloudevent, dialect) {
+        (false, d) => d.as_str(),
+        (true, Dialect::Envelope) => "cloudevents/envelope",
+        (true, Dialect::TaskData) => "cloudevents/task_data",
+        (true, Dialect::Standard) => "cloudevents/standard",
+        (true, Dialect::CamelCase) => "cloudevents/camel_case",
+        (true, Dialect::Reminder) => "cloudevents/reminder",
+        (true, Dialect::Canonical) => "cloudevents/canonical",
     }
 }
 
@@ -167,6 +177,21 @@ pub fn diff(before: &TaskSnapshot, after: &TaskSnapshot) -> BTreeMap<String, Cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cloudevents_dialect_is_named_with_its_prefix() {
+        for d in [
+            Dialect::Envelope,
+            Dialect::TaskData,
+            Dialect::Standard,
+            Dialect::CamelCase,
+            Dialect::Reminder,
+            Dialect::Canonical,
+        ] {
+            assert_eq!(dialect_name(d, false), d.as_str());
+            assert_eq!(dialect_name(d, true), format!("cloudevents/{}", d.as_str()));
+        }
+    }
 
     #[test]
     fn diff_reports_only_changed_fields_of_the_new_snapshot() {

@@ -163,6 +163,10 @@ mod tests {
         assert_eq!(e.attributes.len(), 2, "{:?}", e.attributes);
         assert!(e.event_id.starts_with("h:"), "no id in the message: hashed");
         assert!(is_known_type(&e.kind));
+        let mut e = dec(SEED_000_STANDARD);
+        assert_eq!((e.entity(), e.action()), ("task", "created"));
+        e.kind = "heartbeat".into();
+        assert_eq!((e.entity(), e.action()), ("heartbeat", ""));
     }
 
     #[test]
