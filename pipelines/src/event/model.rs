@@ -177,6 +177,16 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// Every dialect.
+    pub const ALL: [Dialect; 6] = [
+        Dialect::Envelope,
+        Dialect::TaskData,
+        Dialect::Standard,
+        Dialect::CamelCase,
+        Dialect::Reminder,
+        Dialect::Canonical,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::Envelope => "envelope",

@@ -180,14 +180,7 @@ mod tests {
 
     #[test]
     fn a_cloudevents_dialect_is_named_with_its_prefix() {
-        for d in [
-            Dialect::Envelope,
-            Dialect::TaskData,
-            Dialect::Standard,
-            Dialect::CamelCase,
-            Dialect::Reminder,
-            Dialect::Canonical,
-        ] {
+        for d in Dialect::ALL {
             assert_eq!(dialect_name(d, false), d.as_str());
             assert_eq!(dialect_name(d, true), format!("cloudevents/{}", d.as_str()));
         }

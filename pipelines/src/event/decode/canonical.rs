@@ -83,16 +83,7 @@ pub(super) fn decode_canonical(mut obj: Obj<'_>) -> Result<Draft<'_>, DecodeErro
 }
 
 fn parse_dialect(s: &str) -> Option<Dialect> {
-    [
-        Dialect::Envelope,
-        Dialect::TaskData,
-        Dialect::Standard,
-        Dialect::CamelCase,
-        Dialect::Reminder,
-        Dialect::Canonical,
-    ]
-    .into_iter()
-    .find(|d| d.as_str() == s)
+    Dialect::ALL.into_iter().find(|d| d.as_str() == s)
 }
 
 #[cfg(test)]

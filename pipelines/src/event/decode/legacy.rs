@@ -675,16 +675,7 @@ fn decode_canonical(mut obj: Object) -> Result<Draft, DecodeError> {
 }
 
 fn parse_dialect(s: &str) -> Option<Dialect> {
-    [
-        Dialect::Envelope,
-        Dialect::TaskData,
-        Dialect::Standard,
-        Dialect::CamelCase,
-        Dialect::Reminder,
-        Dialect::Canonical,
-    ]
-    .into_iter()
-    .find(|d| d.as_str() == s)
+    Dialect::ALL.into_iter().find(|d| d.as_str() == s)
 }
 
 /// Fills the fallbacks and checks what every event needs.
