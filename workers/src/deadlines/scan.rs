@@ -109,10 +109,10 @@ pub async fn scan(
     let started = Instant::now();
     let mut report = ScanReport::default();
     loop {
-        let horizon = ctx.now().timestamp_millis() + spec.lead.as_millis() as i64;
         let Some(between) = timer.between_batches().await else {
             break;
         };
+        let horizon = ctx.now().timestamp_millis() + spec.lead.as_millis() as i64;
         let mut prepared = prepare(ctx, index, spec, horizon as f64).await?;
         drop(between);
         if prepared.is_empty() {
