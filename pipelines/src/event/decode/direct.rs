@@ -104,9 +104,7 @@ impl<'a> Message<'a> {
     fn field(&mut self, c: &mut Scanner<'a>, key: &'a str, nested: bool) -> Option<()> {
         let bit = match key {
             "event_type" | "eventType" => {
-                let Node::Str(Cow::Borrowed(s)) = c.scalar()? else {
-                    return None;
-                };
+                let s = c.string_value()?;
                 if s.trim().is_empty() {
                     return None;
                 }
@@ -119,27 +117,27 @@ impl<'a> Message<'a> {
                 TYPE
             }
             "event_id" | "eventId" => {
-                self.event_id = Some(text(c.scalar()?)?);
+                self.event_id = Some(read_text(c)?);
                 ID
             }
             "timestamp" => {
-                self.timestamp = Some(time(c.scalar()?)?);
+                self.timestamp = Some(read_time(c)?);
                 TIME
             }
             "version" => {
-                self.version = Some(text(c.scalar()?)?);
+                self.version = Some(read_text(c)?);
                 VERSION
             }
             "actorId" | "actor_id" | "user_id" | "userId" => {
-                self.actor = Some(text(c.scalar()?)?);
+                self.actor = Some(read_text(c)?);
                 ACTOR
             }
             "task_id" | "taskId" => {
-                self.task_id = Some(text(c.scalar()?)?);
+                self.task_id = Some(read_text(c)?);
                 TASK
             }
             "assignee_id" | "assigneeId" => {
-                self.assignee = Some(text(c.scalar()?)?);
+                self.assignee = Some(read_text(c)?);
                 ASSIGNEE
             }
             "metadata" => {
@@ -222,14 +220,13 @@ impl<'a> Message<'a> {
             Some(p) if p.actor.is_some() || p.task_id.is_some() || !p.rest.is_empty() => {
                 return None
             }
-            Some(p) if p.snapshot != TaskSnapshot::default() => {
-                Some(Box::new(std::mem::take(&mut p.snapshot)))
-            }
-            _ => None,
+            Some(p) => p.snapshot.take(),
+            None => None,
         };
-        body.snapshot.assignee_id = self.assignee.take();
-        let task = (body.snapshot != TaskSnapshot::default())
-            .then(|| Box::new(std::mem::take(&mut body.snapshot)));
+        if let Some(assignee) = self.assignee.take() {
+            body.snapshot().assignee_id = Some(assignee);
+        }
+        let task = body.snapshot.take();
         let mut attributes = std::mem::take(&mut body.rest);
         attributes.merge(std::mem::take(&mut meta.rest));
         attributes.merge(std::mem::take(&mut self.rest));
@@ -307,7 +304,7 @@ impl<'a> Meta<'a> {
             if self.version.is_some() {
                 return None;
             }
-            self.version = Some(text(c.scalar()?)?);
+            self.version = Some(read_text(c)?);
             return Some(());
         }
         attribute(&mut self.rest, c, key)
@@ -320,62 +317,65 @@ struct Body<'a> {
     seen: u16,
     task_id: Option<String>,
     actor: Option<String>,
-    snapshot: TaskSnapshot,
+    /// Made at the first snapshot field, where the event keeps it (a
+    /// snapshot is some 350 bytes: not built here and then moved).
+    snapshot: Option<Box<TaskSnapshot>>,
     /// Keys no rule reads: the event's `attributes`.
     rest: Obj<'a>,
 }
 
 impl<'a> Body<'a> {
+    /// The snapshot, made empty if there is none yet.
+    fn snapshot(&mut self) -> &mut TaskSnapshot {
+        self.snapshot.get_or_insert_with(Box::default)
+    }
+
     fn field(&mut self, c: &mut Scanner<'a>, key: &'a str) -> Option<()> {
-        let s = &mut self.snapshot;
         let bit = match key {
             "task_id" | "taskId" => {
-                self.task_id = Some(text(c.scalar()?)?);
+                self.task_id = Some(read_text(c)?);
                 1
             }
             "actorId" | "actor_id" | "user_id" | "userId" => {
-                self.actor = Some(text(c.scalar()?)?);
+                self.actor = Some(read_text(c)?);
                 2
             }
             "title" => {
-                s.title = Some(text(c.scalar()?)?);
+                self.snapshot().title = Some(read_text(c)?);
                 4
             }
             "description" => {
-                s.description = Some(text(c.scalar()?)?);
+                self.snapshot().description = Some(read_text(c)?);
                 8
             }
             "status" => {
-                s.status = Some(text(c.scalar()?)?);
+                self.snapshot().status = Some(read_text(c)?);
                 16
             }
             "priority" => {
-                s.priority = Some(text(c.scalar()?)?);
+                self.snapshot().priority = Some(read_text(c)?);
                 32
             }
             "completed" => {
-                let Node::Bool(b) = c.scalar()? else {
-                    return None;
-                };
-                s.completed = Some(b);
+                self.snapshot().completed = Some(c.bool_value()?);
                 64
             }
             "completed_at" => {
-                s.completed_at = Some(time(c.scalar()?)?);
+                self.snapshot().completed_at = Some(read_time(c)?);
                 128
             }
             "created_at" => {
-                s.created_at = Some(time(c.scalar()?)?);
+                self.snapshot().created_at = Some(read_time(c)?);
                 256
             }
             "due_date" => {
                 // With a `Z`, never a wall-clock reading to localise (zone
                 // keys are the tree's).
-                s.due_at = match c.scalar()? {
-                    Node::Str(t) if t.ends_with('Z') => time(Node::Str(t))?,
-                    _ => return None,
+                let t = c.string_value()?;
+                if !t.ends_with('Z') {
+                    return None;
                 }
-                .into();
+                self.snapshot().due_at = Some(time_text(t)?);
                 512
             }
             "tags" => {
@@ -385,7 +385,7 @@ impl<'a> Body<'a> {
                     return None;
                 }
                 let loc = Loc { parent: "", key };
-                s.tags = Some(conv_tags(c.value()?, loc).ok()?);
+                self.snapshot().tags = Some(conv_tags(c.value()?, loc).ok()?);
                 1024
             }
             _ => return attribute(&mut self.rest, c, key),
@@ -409,7 +409,11 @@ fn plain<'a>(rest: &mut Obj<'a>, c: &mut Scanner<'a>, key: &'a str) -> Option<()
     if rest.contains_key(key) {
         return None;
     }
-    let value = c.scalar()?;
+    // A string (most are) goes in as it is read, not as a returned `Node`.
+    let value = match c.next_token()? {
+        b'"' => Node::Str(Cow::Borrowed(c.string()?)),
+        _ => c.scalar()?,
+    };
     rest.insert(Cow::Borrowed(key), value);
     Some(())
 }
@@ -470,9 +474,30 @@ fn text(v: Node<'_>) -> Option<String> {
 /// A time written as a string, as the tree decoder reads it.
 fn time(v: Node<'_>) -> Option<DateTime<Utc>> {
     match v {
-        Node::Str(s) if plain_start(&s) => parse_time_str(&s),
+        Node::Str(s) => time_text(&s),
         _ => None,
     }
+}
+
+/// [`text`] of the value at the scanner, read without a [`Node`]. An
+/// integer's text is its JSON text (what [`number_text`] writes of it).
+fn read_text(c: &mut Scanner<'_>) -> Option<String> {
+    let s = match c.next_token()? {
+        b'"' => c.string().filter(|s| plain_start(s))?,
+        b'-' | b'0'..=b'9' => c.integer_text()?,
+        _ => return None,
+    };
+    Some(s.to_owned())
+}
+
+/// [`time`] of the value at the scanner, read without a [`Node`].
+fn read_time(c: &mut Scanner<'_>) -> Option<DateTime<Utc>> {
+    time_text(c.string_value()?)
+}
+
+/// A time string's value, as the tree decoder reads it.
+fn time_text(s: &str) -> Option<DateTime<Utc>> {
+    plain_start(s).then(|| parse_time_str(s)).flatten()
 }
 
 /// Whether `s` starts with a visible ASCII character. Blank strings count

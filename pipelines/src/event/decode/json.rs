@@ -170,12 +170,44 @@ impl<'a> Scanner<'a> {
 
     /// A string without escapes or control characters, borrowed (the
     /// scanner is on its opening quote).
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Option<&'a str> {
         let bytes = self.text.as_bytes();
         let start = self.at + 1;
         let end = start + plain_string_len(bytes.get(start..)?)?;
         self.at = end + 1;
         self.text.get(start..end)
+    }
+
+    /// The string value at the next token, borrowed; `None` for any other
+    /// value (read without a [`Node`]: one returned through the stack and
+    /// matched at once stalled the loads that read it back).
+    pub(super) fn string_value(&mut self) -> Option<&'a str> {
+        if self.next_token()? != b'"' {
+            return None;
+        }
+        self.string()
+    }
+
+    /// The integer value at the next token as its text, which for the
+    /// integers the scanner reads (no `-0`, no leading zero) is what
+    /// serde_json's `Number` writes; `None` for any other value.
+    pub(super) fn integer_text(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        let (end, _) = integer_at(self.text.as_bytes(), start)?;
+        self.at = end;
+        self.delimited()
+            .then(|| self.text.get(start..end))
+            .flatten()
+    }
+
+    /// The boolean value at the next token; `None` for any other value.
+    pub(super) fn bool_value(&mut self) -> Option<bool> {
+        match self.next_token()? {
+            b't' => self.literal("true", Node::Bool(true)).map(|_| true),
+            b'f' => self.literal("false", Node::Bool(false)).map(|_| false),
+            _ => None,
+        }
     }
 
     fn literal(&mut self, word: &str, node: Node<'a>) -> Option<Node<'a>> {
