@@ -157,15 +157,21 @@ impl TimerWakers {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new slot for `key`'s timer. It replaces one a run of the same key
+    /// left while it stops (a partition revoked and assigned again at once),
+    /// whose [`TimerWakers::unregister`] then leaves this one in place.
     pub(crate) fn register(&self, key: SlotKey) -> Arc<WakeSlot> {
-        self.slots()
-            .entry(key)
-            .or_insert_with(|| Arc::new(WakeSlot::new()))
-            .clone()
+        let slot = Arc::new(WakeSlot::new());
+        self.slots().insert(key, slot.clone());
+        slot
     }
 
-    pub(crate) fn unregister(&self, key: &SlotKey) {
-        self.slots().remove(key);
+    /// Removes `slot`, unless a later run of `key` has registered its own.
+    pub(crate) fn unregister(&self, key: &SlotKey, slot: &Arc<WakeSlot>) {
+        let mut slots = self.slots();
+        if slots.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(key);
+        }
     }
 
     /// The [`BatchGate`] of `key`'s timer, while it is registered.
@@ -375,5 +381,32 @@ mod tests {
         );
         stop.cancel();
         task.await.unwrap();
+    }
+
+    /// A partition revoked and at once assigned again: the old run stops
+    /// after the new one registered, and its unregistering leaves the new
+    /// slot (its wakes and its batch gate) in place.
+    #[test]
+    fn a_stopping_run_does_not_unregister_its_successor() {
+        let wakers = TimerWakers::default();
+        let key: SlotKey = Some((Arc::from("t"), 0));
+        let old = wakers.register(key.clone());
+        let new = wakers.register(key.clone());
+        assert!(!Arc::ptr_eq(&old, &new), "a new run gets its own slot");
+        wakers.unregister(&key, &old);
+        let gate = wakers.gate(&key).expect("the new run's slot is registered");
+        assert!(Arc::ptr_eq(&gate, &new.gate), "the gate is the new run's");
+        wakers.wake_at(&key, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(
+            new.next_ms.load(Ordering::Acquire),
+            DateTime::<Utc>::MIN_UTC.timestamp_millis()
+        );
+        assert_eq!(
+            old.next_ms.load(Ordering::Acquire),
+            i64::MAX,
+            "the old slot is not woken"
+        );
+        wakers.unregister(&key, &new);
+        assert!(wakers.gate(&key).is_none());
     }
 }

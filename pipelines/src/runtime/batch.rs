@@ -521,7 +521,7 @@ impl BatchProcessor for Pipeline {
                 partition,
             };
             run_timer_loop(self.worker.as_ref(), &ctx, owner, &slot, &self.retry, &stop).await;
-            ctx.wakers().unregister(&key);
+            ctx.wakers().unregister(&key, &slot);
         } else {
             stop.cancelled().await;
         }

@@ -69,7 +69,7 @@ pub(super) async fn run_process_timer(
         &stop,
     )
     .await;
-    ctx.wakers().unregister(&None);
+    ctx.wakers().unregister(&None, &slot);
 }
 
 /// Contends for the worker's lease and runs its timer while holding it.
@@ -156,5 +156,5 @@ pub(super) async fn run_leader_timer(
             break;
         }
     }
-    ctx.wakers().unregister(&None);
+    ctx.wakers().unregister(&None, &slot);
 }
