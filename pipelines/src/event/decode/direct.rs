@@ -755,6 +755,16 @@ mod tests {
         assert!(e.event_id.starts_with("h:"));
         assert_eq!(e.attributes.len(), 5);
         taken(r#"{"event_type":"Task.Completed","version":2,"data":{"task_id":"t"}}"#);
+        // An integer id's text is its JSON text, as the tree writes the number.
+        for id in ["0", "-7", "42", "123456789012345678", "-123456789012345678"] {
+            let msg = format!(r#"{{"event_type": "task.created", "data": {{"task_id": {id}}}}}"#);
+            assert_eq!(taken(&msg).task_id.as_deref(), Some(id));
+        }
+        // Integers the scanner does not read are the tree's.
+        for id in ["-0", "1234567890123456789", "1.0", "1e3"] {
+            let msg = format!(r#"{{"event_type": "task.created", "data": {{"task_id": {id}}}}}"#);
+            assert!(direct(&msg).is_none(), "taken: {msg}");
+        }
     }
 
     #[test]
