@@ -204,19 +204,20 @@ impl<'a> Scanner<'a> {
     /// The boolean value at the next token; `None` for any other value.
     pub(super) fn bool_value(&mut self) -> Option<bool> {
         match self.next_token()? {
-            b't' => self.literal("true", Node::Bool(true)).map(|_| true),
-            b'f' => self.literal("false", Node::Bool(false)).map(|_| false),
+            b't' => self.literal("true", true),
+            b'f' => self.literal("false", false),
             _ => None,
         }
     }
 
-    fn literal(&mut self, word: &str, node: Node<'a>) -> Option<Node<'a>> {
+    /// `value` when the text at the scanner is `word`, ending a value.
+    fn literal<T>(&mut self, word: &str, value: T) -> Option<T> {
         let rest = self.text.get(self.at..)?;
         if !rest.starts_with(word) {
             return None;
         }
         self.at += word.len();
-        self.delimited().then_some(node)
+        self.delimited().then_some(value)
     }
 
     /// Whether a value may end here (serde_json decides anything else).
