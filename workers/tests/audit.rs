@@ -734,10 +734,7 @@ async fn postgres_queries_by_task_user_and_time_use_the_brin_index_also_after_mi
             "{plan}"
         );
     }
-    assert_eq!(
-        indexes(&schema).await,
-        ["audit_records_brin", "audit_records_pkey"]
-    );
+    assert_eq!(indexes(&schema).await, ["audit_records_brin"]);
     let batch_index = format!(
         "SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' AND tablename = 'audit_batch_index'"
     );
@@ -760,10 +757,7 @@ async fn postgres_queries_by_task_user_and_time_use_the_brin_index_also_after_mi
         .await
         .unwrap();
     check_indexed_queries(&upgraded, &recs).await;
-    assert_eq!(
-        indexes(&schema).await,
-        ["audit_records_brin", "audit_records_pkey"]
-    );
+    assert_eq!(indexes(&schema).await, ["audit_records_brin"]);
     assert_eq!(sql_count(&schema, &batch_index).await, 0);
     let plan = plan_of(
         &schema,
@@ -792,7 +786,7 @@ async fn postgres_migrations_are_not_held_to_the_statement_timeout() {
         .expect("migrated despite a 1 ms statement timeout");
     assert_eq!(
         sql_count(&schema, "SELECT count(*) FROM taskstream_audit_migrations").await,
-        5
+        6
     );
     let cleanup = PgStore::connect_with_schema(&database_url(), 1, &schema)
         .await
@@ -865,7 +859,7 @@ async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
-    let (_, store) = fresh_store().await;
+    let (schema, store) = fresh_store().await;
     let recs = records();
     assert_eq!(store.append(&recs[..20], Utc::now()).await.unwrap(), 20);
     // A cutoff before this month's start drops nothing.
@@ -903,6 +897,11 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
     assert!(store.query(&gone).await.unwrap().is_empty());
     // New records continue the chain from where retention left it.
     assert_eq!(store.append(&recs[20..], Utc::now()).await.unwrap(), 20);
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_chain_starts").await,
+        1,
+        "the chain starts again in this month"
+    );
     let found = AuditQuery {
         task_id: recs[25].task_id.as_deref().map(String::from),
         ..Default::default()
@@ -912,6 +911,266 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
     assert_eq!(report.records_checked, 20);
     assert!(report.first_break.is_none(), "{report:?}");
     store.drop_schema().await.unwrap();
+}
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, sec: u32) -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, sec).unwrap()
+}
+
+/// The table has no index in chain order: `verify` reads it in storage
+/// order and puts each chain in order itself, whatever order the rows are
+/// stored in, and still sees a number written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_verify_orders_each_chain_itself_whatever_the_storage_order() {
+    let (schema, store) = fresh_store().await;
+    let mut recs = records();
+    for r in recs.iter_mut().skip(1).step_by(3) {
+        r.source.partition = 1;
+    }
+    for chunk in recs.chunks(7) {
+        store.append(chunk, Utc::now()).await.unwrap();
+    }
+    // Stored newest first.
+    sql(
+        &schema,
+        "CREATE TEMP TABLE reversed AS SELECT * FROM audit_records ORDER BY chain_seq DESC;
+         DELETE FROM audit_records;
+         INSERT INTO audit_records SELECT * FROM reversed;",
+    )
+    .await;
+    let first = sql_value::<String>(
+        &schema,
+        "SELECT chain || ' ' || chain_seq FROM audit_records LIMIT 1",
+    )
+    .await;
+    assert!(first.ends_with(" 27"), "stored newest first: {first}");
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.records_checked, 40);
+    assert!(report.first_break.is_none(), "{report:?}");
+
+    sql(
+        &schema,
+        "INSERT INTO audit_records SELECT * FROM audit_records WHERE chain = 'task-events/1' AND chain_seq = 5",
+    )
+    .await;
+    let b = store
+        .verify()
+        .await
+        .unwrap()
+        .first_break
+        .expect("a number written twice");
+    assert!(
+        b.reason.contains("sequence number 5 where") && b.reason.contains("inserted"),
+        "{b:?}"
+    );
+    assert!(b.location.contains("chain task-events/1 record 5"), "{b:?}");
+    store.drop_schema().await.unwrap();
+}
+
+/// A writer whose clock is behind a chain's last record (another replica's
+/// clock is ahead) writes at that record's time, so a chain never goes back
+/// in time, not even into the month before, whose partition it would be in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_chain_never_goes_back_in_time() {
+    let (schema, store) = fresh_store().await;
+    let recs = records();
+    let ahead = at(2026, 12, 1, 0, 0, 5);
+    assert_eq!(store.append(&recs[..10], ahead).await.unwrap(), 10);
+    // Another replica, its clock behind, that has not seen December's
+    // partition yet.
+    let behind = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    assert_eq!(
+        behind
+            .append(&recs[10..20], at(2026, 11, 30, 23, 59, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    let times = sql_value::<Vec<chrono::DateTime<Utc>>>(
+        &schema,
+        "SELECT array_agg(DISTINCT received_at) FROM audit_records_202612",
+    )
+    .await;
+    assert_eq!(times, [ahead]);
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_records_202611").await,
+        0
+    );
+    // A later clock moves on.
+    let later = at(2026, 12, 1, 0, 1, 0);
+    assert_eq!(store.append(&recs[20..], later).await.unwrap(), 20);
+    assert_eq!(
+        sql_count(
+            &schema,
+            &format!(
+                "SELECT count(*) FROM audit_records WHERE received_at = '{}'",
+                later.to_rfc3339()
+            )
+        )
+        .await,
+        20
+    );
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.records_checked, 40);
+    assert!(report.first_break.is_none(), "{report:?}");
+    store.drop_schema().await.unwrap();
+}
+
+/// Retention of the oldest months: each chain then starts at its first
+/// record of the oldest month left (or after its head, when none is left),
+/// which verify accepts and the next record continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_of_the_oldest_months_keeps_every_chain_verifiable() {
+    let (schema, store) = fresh_store().await;
+    let mut recs = records();
+    // Chain task-events/1 is written in September only.
+    for r in recs[..5].iter_mut() {
+        r.source.partition = 1;
+    }
+    assert_eq!(
+        store
+            .append(&recs[..10], at(2026, 9, 15, 8, 0, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        store
+            .append(&recs[10..20], at(2026, 10, 15, 8, 0, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        store
+            .append(&recs[20..25], at(2026, 10, 31, 23, 0, 0))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        store
+            .append(&recs[25..30], at(2026, 11, 1, 1, 0, 0))
+            .await
+            .unwrap(),
+        5
+    );
+    let starts = "SELECT count(*) FROM audit_chain_starts";
+    assert_eq!(
+        sql_count(&schema, starts).await,
+        4,
+        "task-events/0 in three months, /1 in one"
+    );
+
+    assert_eq!(
+        store
+            .enforce_retention(at(2026, 10, 1, 0, 0, 0))
+            .await
+            .unwrap(),
+        1
+    );
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.records_checked, 20);
+    assert_eq!(sql_count(&schema, starts).await, 2);
+    let anchors = sql_value::<Vec<String>>(
+        &schema,
+        "SELECT array_agg(chain || ' ' || seq ORDER BY chain) FROM audit_chain_anchors",
+    )
+    .await;
+    assert_eq!(anchors, ["task-events/0 6", "task-events/1 6"]);
+
+    assert_eq!(
+        store
+            .enforce_retention(at(2026, 11, 1, 0, 0, 0))
+            .await
+            .unwrap(),
+        1
+    );
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.records_checked, 5);
+    assert_eq!(
+        store
+            .append(&recs[30..], at(2026, 11, 20, 0, 0, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.records_checked, 15);
+    store.drop_schema().await.unwrap();
+}
+
+/// A trail written before migration 6 (with the primary key, heads without
+/// times): the upgrade records each chain's time and monthly starts from
+/// the rows, drops the key, and the trail verifies and ages out as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migration_6_backfills_chain_times_and_starts() {
+    let (schema, store) = fresh_store().await;
+    let recs = records();
+    assert_eq!(
+        store
+            .append(&recs[..10], at(2026, 10, 15, 8, 0, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        store
+            .append(&recs[10..20], at(2026, 11, 15, 8, 0, 0))
+            .await
+            .unwrap(),
+        10
+    );
+    sql(
+        &schema,
+        "ALTER TABLE audit_records ADD PRIMARY KEY (chain, chain_seq, received_at);
+         UPDATE audit_chain_heads SET last_received_at = NULL;
+         DROP TABLE audit_chain_starts;
+         DELETE FROM taskstream_audit_migrations WHERE version = 6;",
+    )
+    .await;
+    let upgraded = PgStore::connect_with_schema(&database_url(), 1, &schema)
+        .await
+        .unwrap();
+    upgraded.ready().await.unwrap();
+    assert_eq!(indexes(&schema).await, ["audit_records_brin"]);
+    let starts = sql_value::<Vec<String>>(
+        &schema,
+        "SELECT array_agg(chain || ' ' || to_char(month AT TIME ZONE 'UTC', 'YYYY-MM') || ' ' || seq ORDER BY month) FROM audit_chain_starts",
+    )
+    .await;
+    assert_eq!(
+        starts,
+        ["task-events/0 2026-10 1", "task-events/0 2026-11 11"]
+    );
+    // The head's time holds back a writer whose clock is behind.
+    assert_eq!(
+        upgraded
+            .append(&recs[20..], at(2026, 11, 1, 0, 0, 0))
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_records_202611").await,
+        30
+    );
+    assert_eq!(
+        upgraded
+            .enforce_retention(at(2026, 11, 1, 0, 0, 0))
+            .await
+            .unwrap(),
+        1
+    );
+    let report = upgraded.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.records_checked, 30);
+    upgraded.drop_schema().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,18 @@
 //!   `COPY … BINARY` the new ones, advance the chain heads, COMMIT. A
 //!   redelivered message therefore never makes a second row, without a
 //!   per-event index lookup.
-//! - Indexes: the primary key (chain, chain_seq, received_at), the order
-//!   `verify` reads in; one BRIN index over occurred_at (time ranges) and
-//!   Bloom filters of task_id and actor_id (queries by task or user):
-//!   migrations 4 and 5 say what it costs and saves.
+//! - Indexes: no primary key (migration 6 says why, and what replaces
+//!   it); one BRIN index over occurred_at (time ranges) and Bloom filters
+//!   of task_id and actor_id (queries by task or user): migrations 4 and 5
+//!   say what it costs and saves.
+//! - A chain's records never go back in time (a batch is written at the
+//!   later of the clock and its chains' last records), so retention, which
+//!   drops the oldest months, cuts a prefix off each chain; where each
+//!   chain then starts is in `audit_chain_starts`.
 //! - Tamper evidence: one SHA-256 chain per source (`topic/partition`), each
 //!   row carrying `chain_seq`, `prev_hash` and `hash` over the record's
-//!   canonical JSON; `verify` recomputes every chain.
+//!   canonical JSON; `verify` recomputes every chain, reading the table in
+//!   storage order and putting each chain in order ([`ChainLinks`]).
 //!
 //! Connections come from a deadpool-postgres pool; TLS is as the URL's
 //! `sslmode`/`sslrootcert` say, with libpq's meanings (see [`super::pg_tls`]).
@@ -80,6 +85,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "one_brin_index",
         include_str!("../../migrations/audit/0005_one_brin_index.sql"),
     ),
+    (
+        6,
+        "no_primary_key",
+        include_str!("../../migrations/audit/0006_no_primary_key.sql"),
+    ),
 ];
 
 /// The longest the migrations may take together. They are not held to
@@ -99,13 +109,22 @@ const LOCK_SPACE: i32 = 0x7a5d_0001;
 const LOCK_CHAINS: &str =
     "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k ORDER BY k";
 
-const READ_HEADS: &str =
-    "SELECT chain, seq, hash, last_offset FROM audit_chain_heads WHERE chain = ANY($1)";
+const READ_HEADS: &str = "SELECT chain, seq, hash, last_offset, last_received_at
+     FROM audit_chain_heads WHERE chain = ANY($1)";
 
-const ADVANCE_HEADS: &str = "INSERT INTO audit_chain_heads (chain, seq, hash, last_offset)
-     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
+/// `$5`: the batch's `received_at`, now the chains' latest.
+const ADVANCE_HEADS: &str =
+    "INSERT INTO audit_chain_heads (chain, seq, hash, last_offset, last_received_at)
+     SELECT c, s, h, o, $5::timestamptz FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) AS u(c, s, h, o)
      ON CONFLICT (chain) DO UPDATE
-     SET seq = excluded.seq, hash = excluded.hash, last_offset = excluded.last_offset";
+     SET seq = excluded.seq, hash = excluded.hash, last_offset = excluded.last_offset,
+         last_received_at = excluded.last_received_at";
+
+/// A chain's first record in a month (`$2`: the month's start), for
+/// retention: see migration 6.
+const ADD_CHAIN_STARTS: &str = "INSERT INTO audit_chain_starts (chain, month, seq, prev_hash)
+     SELECT c, $2::timestamptz, s, p FROM unnest($1::text[], $3::int8[], $4::text[]) AS u(c, s, p)
+     ON CONFLICT DO NOTHING";
 
 const COLUMNS: &str = "event_id, event_type, operation, actor_id, task_id, project_id, occurred_at, received_at, \
      changes, details, source_topic, source_partition, source_offset, dialect, ip_address, user_agent, \
@@ -346,8 +365,12 @@ struct ChainHead {
     hash: String,
     /// The last source offset written to the chain (-1: none).
     last_offset: i64,
-    /// Whether the batch wrote to the chain (else the head is unchanged).
-    advanced: bool,
+    /// When the chain's last record was written (`None`: never, or every
+    /// record dropped before migration 6 recorded it).
+    last_received_at: Option<DateTime<Utc>>,
+    /// The batch's first record of the chain: its number and `prev_hash`
+    /// (`None`: the batch wrote none, and the head is unchanged).
+    first_new: Option<(i64, String)>,
 }
 
 impl ChainHead {
@@ -356,9 +379,25 @@ impl ChainHead {
             seq,
             hash,
             last_offset,
-            advanced: false,
+            last_received_at: None,
+            first_new: None,
         }
     }
+}
+
+/// The time a batch is written at: the clock's, unless one of its chains
+/// has a later record (a replica whose clock is ahead wrote it), so that a
+/// chain's records never go back in time (see migration 6).
+fn batch_time(now: DateTime<Utc>, heads: &[ChainHead]) -> DateTime<Utc> {
+    heads
+        .iter()
+        .filter_map(|h| h.last_received_at)
+        .fold(now, DateTime::max)
+}
+
+/// The start of `at`'s month (UTC).
+fn month_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    month_start(at.year(), at.month()).unwrap_or(at)
 }
 
 impl PgStore {
@@ -624,25 +663,32 @@ impl PgStore {
         result
     }
 
-    /// Creates the month's partition if it is not known to exist.
-    async fn ensure_partition(&self, client: &Object, at: DateTime<Utc>) -> Result<(), StoreError> {
-        let month = (at.year(), at.month());
-        if self
-            .partitions
+    /// Whether the partition of `at`'s month is known to exist.
+    fn partition_known(&self, at: DateTime<Utc>) -> bool {
+        self.partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&month)
-        {
-            return Ok(());
-        }
-        let (y, m) = month;
+            .contains(&(at.year(), at.month()))
+    }
+
+    fn partition_exists(&self, at: DateTime<Utc>) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((at.year(), at.month()));
+    }
+
+    /// The statements that create the partition of `at`'s month, if
+    /// missing, in the caller's transaction.
+    fn partition_sql(&self, at: DateTime<Utc>) -> Result<String, StoreError> {
+        let (y, m) = (at.year(), at.month());
         let (ny, nm) = next_month(y, m);
         let (Some(from), Some(to)) = (month_start(y, m), month_start(ny, nm)) else {
             return Err(StoreError::Invalid(format!(
                 "no audit partition for the month of {at}"
             )));
         };
-        let sql = format!(
+        Ok(format!(
             "SELECT pg_advisory_xact_lock({LOCK_SPACE}, {key});
              CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_records
                  FOR VALUES FROM ('{from}') TO ('{to}');",
@@ -650,15 +696,20 @@ impl PgStore {
             name = ident(&format!("audit_records_{y:04}{m:02}")),
             from = from.to_rfc3339(),
             to = to.to_rfc3339(),
-        );
+        ))
+    }
+
+    /// Creates the month's partition if it is not known to exist.
+    async fn ensure_partition(&self, client: &Object, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if self.partition_known(at) {
+            return Ok(());
+        }
+        let sql = self.partition_sql(at)?;
         client
             .batch_execute(&format!("BEGIN; {sql} COMMIT;"))
             .await
             .map_err(|e| pg_err("creating an audit partition", e))?;
-        self.partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(month);
+        self.partition_exists(at);
         Ok(())
     }
 
@@ -672,16 +723,21 @@ impl PgStore {
         let now = chrono::SubsecRound::trunc_subsecs(now, 6);
         self.ensure_partition(client, now).await?;
         let copy_sql = format!("COPY audit_records ({COLUMNS}) FROM STDIN BINARY");
-        let (lock, read_heads, advance, copy) = futures::try_join!(
+        let (lock, read_heads, advance, starts, copy) = futures::try_join!(
             client.prepare_cached(LOCK_CHAINS),
             client.prepare_cached(READ_HEADS),
             client.prepare_cached(ADVANCE_HEADS),
+            client.prepare_cached(ADD_CHAIN_STARTS),
             client.prepare_cached(&copy_sql),
         )
         .map_err(e("preparing an audit write"))?;
-        let result = self
-            .write_batch(client, [&lock, &read_heads, &advance, &copy], records, now)
-            .await;
+        let statements = [&lock, &read_heads, &advance, &starts, &copy];
+        let result = self.write_batch(client, statements, records, now).await;
+        if let Ok((_, at)) = result {
+            // Made in the batch's transaction, which committed.
+            self.partition_exists(at);
+        }
+        let result = result.map(|(n, _)| n);
         if result.is_err() {
             // No transaction is left open on a connection that goes back to
             // the pool (a broken one is closed: see `release`).
@@ -692,14 +748,16 @@ impl PgStore {
 
     /// One batch's transaction, in four round trips: BEGIN with the chain
     /// locks and heads; the COPY's start; its rows and end; the heads'
-    /// advance with COMMIT. On an error the caller rolls back.
+    /// advance (and, in a chain's first batch of a month, its start) with
+    /// COMMIT. On an error the caller rolls back. Returns the
+    /// records written and the time they were written at.
     async fn write_batch(
         &self,
         client: &Object,
-        [lock, read_heads, advance, copy]: [&tokio_postgres::Statement; 4],
+        [lock, read_heads, advance, starts, copy]: [&tokio_postgres::Statement; 5],
         records: &[AuditRecord<'_>],
         now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, DateTime<Utc>), StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
 
         // Each record's chain (an index into `chains`): a batch holds few
@@ -742,7 +800,17 @@ impl PgStore {
             let last: Option<i64> = col(row, "last_offset")?;
             if let Some(at) = chains.iter().position(|c| *c == chain) {
                 head[at] = ChainHead::new(col(row, "seq")?, col(row, "hash")?, last.unwrap_or(-1));
+                head[at].last_received_at = col(row, "last_received_at")?;
             }
+        }
+        let at_time = batch_time(now, &head);
+        if !self.partition_known(at_time) {
+            // Only a clock behind a chain's last record gets here: `now`'s
+            // partition was made before the transaction.
+            client
+                .batch_execute(&self.partition_sql(at_time)?)
+                .await
+                .map_err(e("creating an audit partition"))?;
         }
 
         // The new records, with their place in their chain, straight into
@@ -758,7 +826,7 @@ impl PgStore {
             if record.source.offset <= h.last_offset {
                 continue;
             }
-            let r = as_stored(record, now);
+            let r = as_stored(record, at_time);
             json.clear();
             let spans = r
                 .write_json(&mut json)
@@ -768,7 +836,9 @@ impl PgStore {
             let prev_hash = std::mem::replace(&mut h.hash, hash);
             h.seq = seq;
             h.last_offset = r.source.offset;
-            h.advanced = true;
+            if h.first_new.is_none() {
+                h.first_new = Some((seq, prev_hash.clone()));
+            }
             // The `changes` and `details` columns are the same bytes as in
             // the hashed JSON.
             let rows = &mut copy_rows;
@@ -800,17 +870,27 @@ impl PgStore {
                 .batch_execute("ROLLBACK")
                 .await
                 .map_err(e("ending an audit write"))?;
-            return Ok(0);
+            return Ok((0, at_time));
         }
         let changed: Vec<(&String, &ChainHead)> = chains
             .iter()
             .zip(&head)
-            .filter(|(_, h)| h.advanced)
+            .filter(|(_, h)| h.first_new.is_some())
             .collect();
         let head_chains: Vec<&str> = changed.iter().map(|(c, _)| c.as_str()).collect();
         let head_seqs: Vec<i64> = changed.iter().map(|(_, h)| h.seq).collect();
         let head_hashes: Vec<&str> = changed.iter().map(|(_, h)| h.hash.as_str()).collect();
         let head_offsets: Vec<i64> = changed.iter().map(|(_, h)| h.last_offset).collect();
+        // The chains whose first record in this month the batch wrote.
+        let month = month_of(at_time);
+        let starting: Vec<(&str, &(i64, String))> = changed
+            .iter()
+            .filter(|(_, h)| h.last_received_at.is_none_or(|t| month_of(t) != month))
+            .filter_map(|(c, h)| Some((c.as_str(), h.first_new.as_ref()?)))
+            .collect();
+        let start_chains: Vec<&str> = starting.iter().map(|s| s.0).collect();
+        let start_seqs: Vec<i64> = starting.iter().map(|s| s.1 .0).collect();
+        let start_hashes: Vec<&str> = starting.iter().map(|s| s.1 .1.as_str()).collect();
 
         let sink = client
             .copy_in(copy)
@@ -830,10 +910,25 @@ impl PgStore {
                 client
                     .execute(
                         advance,
-                        &[&head_chains, &head_seqs, &head_hashes, &head_offsets],
+                        &[
+                            &head_chains,
+                            &head_seqs,
+                            &head_hashes,
+                            &head_offsets,
+                            &at_time,
+                        ],
                     )
                     .await
                     .map_err(e("advancing the audit chain heads"))
+            },
+            async {
+                if start_chains.is_empty() {
+                    return Ok(0);
+                }
+                client
+                    .execute(starts, &[&start_chains, &month, &start_seqs, &start_hashes])
+                    .await
+                    .map_err(e("recording where the audit chains start"))
             },
             async {
                 client
@@ -842,7 +937,7 @@ impl PgStore {
                     .map_err(e("committing audit records"))
             },
         )?;
-        Ok(new)
+        Ok((new, at_time))
     }
 
     async fn query_on(
@@ -927,10 +1022,26 @@ impl PgStore {
             .collect()
     }
 
-    /// Verifies on `client`; each round trip is bounded by the statement
-    /// timeout, not the whole scan (which grows with the trail).
+    /// Verifies on `client`, in one read-only snapshot; each round trip is
+    /// bounded by the statement timeout, not the whole scan (which grows
+    /// with the trail). The records are read in storage order (the table
+    /// has no index in chain order: see migration 6) and each chain is put
+    /// in order by its [`ChainLinks`]. The caller ends the transaction.
     async fn verify_on(&self, client: &Object) -> Result<VerifyReport, StoreError> {
         let e = |what: &'static str| move |e| pg_err(what, e);
+        self.bounded("starting verification", async {
+            // One snapshot for heads and records; storage order, which a
+            // parallel or synchronized scan would scramble.
+            client
+                .batch_execute(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                     SET LOCAL max_parallel_workers_per_gather = 0;
+                     SET LOCAL synchronize_seqscans = off",
+                )
+                .await
+                .map_err(e("starting verification"))
+        })
+        .await?;
         let mut heads: BTreeMap<String, (i64, String)> = BTreeMap::new();
         let rows = self
             .bounded("reading chain heads", async {
@@ -955,7 +1066,7 @@ impl PgStore {
         for r in &rows {
             anchors.insert(col(r, "chain")?, (col(r, "seq")?, col(r, "prev_hash")?));
         }
-        let sql = format!("SELECT {COLUMNS} FROM audit_records ORDER BY chain, chain_seq");
+        let sql = format!("SELECT {COLUMNS} FROM audit_records");
         let rows = self
             .bounded("reading audit records", async {
                 client
@@ -966,10 +1077,8 @@ impl PgStore {
             .await?;
         futures::pin_mut!(rows);
         let mut checked = 0u64;
-        let mut chain = String::new();
-        let mut expect: (i64, String) = (1, GENESIS.into());
-        let mut seen_chains: HashSet<String> = HashSet::new();
-        let broken = |location: String, reason: String, checked: u64| VerifyReport {
+        let mut chains: BTreeMap<String, ChainLinks> = BTreeMap::new();
+        let broken = |(location, reason): ChainBreakAt, checked: u64| VerifyReport {
             records_checked: checked,
             first_break: Some(ChainBreak { location, reason }),
         };
@@ -980,55 +1089,48 @@ impl PgStore {
             })
             .await?
         {
-            let this: String = col(&row, "chain")?;
+            let chain: String = col(&row, "chain")?;
             let seq: i64 = col(&row, "chain_seq")?;
             let prev_hash: String = col(&row, "prev_hash")?;
             let hash: String = col(&row, "hash")?;
-            if this != chain {
-                if !chain.is_empty() {
-                    if let Some(b) = check_end(&chain, &expect, &heads) {
-                        return Ok(broken(b.0, b.1, checked));
-                    }
-                }
-                chain = this.clone();
-                seen_chains.insert(this.clone());
-                expect = anchors.get(&chain).cloned().unwrap_or((1, GENESIS.into()));
-            }
             let event_id: String = col(&row, "event_id")?;
-            let location = format!("chain {chain} record {seq} (event {event_id})");
-            if seq != expect.0 {
-                let reason = format!(
-                    "sequence number {seq} where {} was expected: a record was deleted, inserted or moved",
-                    expect.0
-                );
-                return Ok(broken(location, reason, checked));
-            }
-            if prev_hash != expect.1 {
-                let reason = "prev_hash does not match the previous record's hash: a record was deleted, inserted or moved";
-                return Ok(broken(location, reason.into(), checked));
-            }
             let record = record_from_row(&row)?;
             let json =
                 serde_json::to_vec(&record).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            if chain_hash(seq as u64, &prev_hash, &json) != hash {
-                let reason = "hash does not match the record's content: the record was edited";
-                return Ok(broken(location, reason.into(), checked));
+            let link = Link {
+                content_ok: chain_hash(seq as u64, &prev_hash, &json) == hash,
+                prev_hash,
+                hash,
+                location: format!("chain {chain} record {seq} (event {event_id})"),
+            };
+            let links = match chains.get_mut(&chain) {
+                Some(links) => links,
+                None => {
+                    let start = anchors.get(&chain).cloned();
+                    chains
+                        .entry(chain)
+                        .or_insert_with(|| ChainLinks::new(start.unwrap_or((1, GENESIS.into()))))
+                }
+            };
+            match links.add(seq, link) {
+                Ok(linked) => checked += linked,
+                Err(b) => return Ok(broken(b, checked)),
             }
-            checked += 1;
-            expect = (seq + 1, hash);
         }
-        if !chain.is_empty() {
-            if let Some(b) = check_end(&chain, &expect, &heads) {
-                return Ok(broken(b.0, b.1, checked));
+        for (chain, links) in chains.iter() {
+            if let Some(b) = links.end(chain, &heads) {
+                return Ok(broken(b, checked));
             }
         }
         // A chain whose records are all gone, though its head says otherwise.
         for (c, (seq, _)) in &heads {
             let start = anchors.get(c).map_or(1, |a| a.0);
-            if !seen_chains.contains(c) && *seq >= start {
+            if !chains.contains_key(c) && *seq >= start {
                 return Ok(broken(
-                    format!("chain {c}"),
-                    format!("the chain's head is record {seq} but its records are missing: records were deleted"),
+                    (
+                        format!("chain {c}"),
+                        format!("the chain's head is record {seq} but its records are missing: records were deleted"),
+                    ),
                     checked,
                 ));
             }
@@ -1101,18 +1203,35 @@ impl PgStore {
                 .await
                 .map_err(e("dropping an audit partition"))?;
         }
-        // Each chain now starts at its oldest remaining record, or after its head.
+        // Each chain now starts at its first record in the oldest month
+        // left (its records run forward through the months: see migration
+        // 6), or after its head.
+        let kept_from = old.iter().map(|(_, end)| *end).max();
+        tx.execute(
+            "DELETE FROM audit_chain_starts WHERE month < $1",
+            &[&kept_from],
+        )
+        .await
+        .map_err(e("moving chain anchors"))?;
         tx.batch_execute(
             "INSERT INTO audit_chain_anchors (chain, seq, prev_hash)
              SELECT h.chain,
-                    coalesce(f.chain_seq, h.seq + 1),
+                    coalesce(f.seq, h.seq + 1),
                     coalesce(f.prev_hash, h.hash)
              FROM audit_chain_heads h
              LEFT JOIN LATERAL (
-                 SELECT chain_seq, prev_hash FROM audit_records r
-                 WHERE r.chain = h.chain ORDER BY chain_seq LIMIT 1
+                 SELECT seq, prev_hash FROM audit_chain_starts s
+                 WHERE s.chain = h.chain ORDER BY month LIMIT 1
              ) f ON true
              ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, prev_hash = excluded.prev_hash",
+        )
+        .await
+        .map_err(e("moving chain anchors"))?;
+        // A chain whose records are all gone starts afresh: its next record
+        // is its first in whatever month that is, and nothing holds its time.
+        tx.execute(
+            "UPDATE audit_chain_heads SET last_received_at = NULL WHERE last_received_at < $1",
+            &[&kept_from],
         )
         .await
         .map_err(e("moving chain anchors"))?;
@@ -1196,6 +1315,8 @@ impl AuditStore for PgStore {
         self.ready().await?;
         let client = self.client().await?;
         let result = self.verify_on(&client).await;
+        // Ends the read-only transaction, whatever happened in it.
+        client.batch_execute("ROLLBACK").await.ok();
         Self::release(client, &result);
         result
     }
@@ -1214,24 +1335,95 @@ impl AuditStore for PgStore {
     }
 }
 
-/// The end of a chain must be its recorded head.
-fn check_end(
-    chain: &str,
-    expect: &(i64, String),
-    heads: &BTreeMap<String, (i64, String)>,
-) -> Option<(String, String)> {
-    let last = expect.0 - 1;
-    match heads.get(chain) {
-        Some((seq, hash)) if *seq == last && *hash == expect.1 => None,
-        Some((seq, _)) if *seq > last => Some((
-            format!("chain {chain} after record {last}"),
-            format!("the chain's head is record {seq}: records were deleted from the end"),
-        )),
-        Some((seq, _)) => Some((
-            format!("chain {chain} record {last}"),
-            format!("the chain's head is record {seq} but the chain continues: records were added or the head was edited"),
-        )),
-        None => Some((format!("chain {chain}"), "the chain has no head: it was not written by taskstream".into())),
+/// Where a chain breaks and why.
+type ChainBreakAt = (String, String);
+
+/// One record as `verify` links it into its chain.
+struct Link {
+    prev_hash: String,
+    hash: String,
+    /// Whether `hash` is the hash of the record's content (checked as it is
+    /// read; reported when the record's turn comes).
+    content_ok: bool,
+    location: String,
+}
+
+/// One chain's records, taken in any order and checked in chain order: a
+/// record is linked to its predecessor when that has been linked, and
+/// waits until then. A table read in storage order holds a few such (two
+/// writers of one chain filled different pages), a tampered one any number.
+struct ChainLinks {
+    /// The number the next record must carry, and the hash it must follow.
+    next: (i64, String),
+    waiting: BTreeMap<i64, Link>,
+}
+
+impl ChainLinks {
+    /// A chain that starts at `start` (its anchor, or record 1 after the
+    /// genesis hash).
+    fn new(start: (i64, String)) -> ChainLinks {
+        ChainLinks {
+            next: start,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Takes record `seq`; returns how many records it let be linked, or
+    /// the first break found.
+    fn add(&mut self, seq: i64, link: Link) -> Result<u64, ChainBreakAt> {
+        if seq < self.next.0 || self.waiting.contains_key(&seq) {
+            return Err((link.location, self.unexpected(seq)));
+        }
+        if seq > self.next.0 {
+            self.waiting.insert(seq, link);
+            return Ok(0);
+        }
+        let mut linked = 0;
+        let mut link = link;
+        loop {
+            if link.prev_hash != self.next.1 {
+                let reason = "prev_hash does not match the previous record's hash: a record was deleted, inserted or moved";
+                return Err((link.location, reason.into()));
+            }
+            if !link.content_ok {
+                let reason = "hash does not match the record's content: the record was edited";
+                return Err((link.location, reason.into()));
+            }
+            self.next = (self.next.0 + 1, link.hash);
+            linked += 1;
+            match self.waiting.remove(&self.next.0) {
+                Some(following) => link = following,
+                None => return Ok(linked),
+            }
+        }
+    }
+
+    fn unexpected(&self, seq: i64) -> String {
+        format!(
+            "sequence number {seq} where {} was expected: a record was deleted, inserted or moved",
+            self.next.0
+        )
+    }
+
+    /// After the last record: none may still wait (one before it is
+    /// missing), and the chain must end at its recorded head.
+    fn end(&self, chain: &str, heads: &BTreeMap<String, (i64, String)>) -> Option<ChainBreakAt> {
+        if let Some((seq, link)) = self.waiting.iter().next() {
+            return Some((link.location.clone(), self.unexpected(*seq)));
+        }
+        let last = self.next.0 - 1;
+        match heads.get(chain) {
+            Some((seq, hash)) if *seq == last && *hash == self.next.1 => None,
+            Some((seq, _)) if *seq > last => Some((
+                format!("chain {chain} after record {last}"),
+                format!("the chain's head is record {seq}: records were deleted from the end"),
+            )),
+            Some((seq, _)) => Some((
+                format!("chain {chain} record {last}"),
+                format!("the chain's head is record {seq} but the chain continues: records were added or the head was edited"),
+            )),
+            None => Some((format!("chain {chain}"), "the chain has no head: it was not written by taskstream".into())),
+        }
     }
 }
 
@@ -1247,6 +1439,99 @@ mod tests {
         match value.to_sql_checked(ty, &mut b).unwrap() {
             IsNull::Yes => (-1i32).to_be_bytes().to_vec(),
             IsNull::No => [&(b.len() as i32).to_be_bytes()[..], &b[..]].concat(),
+        }
+    }
+
+    /// Records as `verify` reads them: (seq, link).
+    type Records = Vec<(i64, Link)>;
+
+    /// A chain of `n` records.
+    fn chain(n: i64) -> Records {
+        let hash = |i: i64| {
+            if i == 0 {
+                GENESIS.to_string()
+            } else {
+                format!("h{i}")
+            }
+        };
+        (1..=n)
+            .map(|i| {
+                let link = Link {
+                    prev_hash: hash(i - 1),
+                    hash: hash(i),
+                    content_ok: true,
+                    location: format!("record {i}"),
+                };
+                (i, link)
+            })
+            .collect()
+    }
+
+    fn check(records: Records, head: i64) -> Result<u64, ChainBreakAt> {
+        let mut links = ChainLinks::new((1, GENESIS.into()));
+        let mut linked = 0;
+        for (seq, link) in records {
+            linked += links.add(seq, link)?;
+        }
+        let heads = BTreeMap::from([("c".to_string(), (head, format!("h{head}")))]);
+        match links.end("c", &heads) {
+            Some(b) => Err(b),
+            None => Ok(linked),
+        }
+    }
+
+    /// In any order a whole chain verifies; a record missing, repeated or
+    /// edited is found whatever the order.
+    #[test]
+    fn a_chain_is_checked_in_its_order_whatever_the_order_read() {
+        let orders: [fn(&mut Records); 4] = [
+            |_| {},
+            |c| c.reverse(),
+            |c| c.rotate_left(7),
+            |c| {
+                // Pairs swapped, as two writers' pages interleave.
+                for pair in c.chunks_mut(2) {
+                    pair.reverse();
+                }
+            },
+        ];
+        for order in orders {
+            let mut c = chain(20);
+            order(&mut c);
+            assert_eq!(check(c, 20), Ok(20));
+
+            let mut c = chain(20);
+            c.retain(|(seq, _)| *seq != 8);
+            order(&mut c);
+            let b = check(c, 20).unwrap_err();
+            assert!(
+                b.1.contains("sequence number 9 where 8 was expected"),
+                "{b:?}"
+            );
+
+            let mut c = chain(20);
+            let (seq, l) = &c[4];
+            let copy = Link {
+                prev_hash: l.prev_hash.clone(),
+                hash: l.hash.clone(),
+                content_ok: true,
+                location: "copy".into(),
+            };
+            c.push((*seq, copy));
+            order(&mut c);
+            let b = check(c, 20).unwrap_err();
+            assert!(b.1.contains("sequence number 5 where"), "{b:?}");
+
+            let mut c = chain(20);
+            c[11].1.content_ok = false;
+            order(&mut c);
+            assert_eq!(check(c, 20).unwrap_err().0, "record 12");
+
+            let mut c = chain(20);
+            c.pop();
+            order(&mut c);
+            let b = check(c, 20).unwrap_err();
+            assert!(b.1.contains("deleted from the end"), "{b:?}");
         }
     }
 
