@@ -1018,6 +1018,32 @@ async fn postgres_a_chain_never_goes_back_in_time() {
     store.drop_schema().await.unwrap();
 }
 
+/// The partition a batch makes in its own transaction (its chain's time
+/// is in a month this process has not written in) is known to exist only
+/// once a batch that made it commits: one that wrote nothing (a
+/// redelivery) rolled it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_partition_made_by_a_batch_that_wrote_nothing_is_made_again() {
+    let (schema, store) = fresh_store().await;
+    let recs = records();
+    let now = at(2026, 11, 20, 0, 0, 0);
+    assert_eq!(store.append(&recs[..10], now).await.unwrap(), 10);
+    // The chain's time moved to a month with no partition (as if the head
+    // were written by a replica whose clock is far ahead).
+    sql(
+        &schema,
+        "UPDATE audit_chain_heads SET last_received_at = '2027-02-03T00:00:00Z'",
+    )
+    .await;
+    assert_eq!(store.append(&recs[..10], now).await.unwrap(), 0);
+    assert_eq!(store.append(&recs[10..20], now).await.unwrap(), 10);
+    assert_eq!(
+        sql_count(&schema, "SELECT count(*) FROM audit_records_202702").await,
+        10
+    );
+    store.drop_schema().await.unwrap();
+}
+
 /// Retention of the oldest months: each chain then starts at its first
 /// record of the oldest month left (or after its head, when none is left),
 /// which verify accepts and the next record continues.

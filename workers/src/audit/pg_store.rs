@@ -733,9 +733,12 @@ impl PgStore {
         .map_err(e("preparing an audit write"))?;
         let statements = [&lock, &read_heads, &advance, &starts, &copy];
         let result = self.write_batch(client, statements, records, now).await;
-        if let Ok((_, at)) = result {
-            // Made in the batch's transaction, which committed.
-            self.partition_exists(at);
+        if let Ok((written, at)) = result {
+            if written > 0 {
+                // Made in the batch's transaction, which committed (one
+                // that wrote nothing rolled back).
+                self.partition_exists(at);
+            }
         }
         let result = result.map(|(n, _)| n);
         if result.is_err() {
