@@ -450,6 +450,13 @@ async fn cli_queries_report_and_verify_on_files_and_detects_tampering() {
 
 // ---------------------------------------------------------------- PostgreSQL tamper evidence and retention
 
+/// `store`'s trail verifies: no break, and `checked` records checked.
+async fn assert_verifies(store: &dyn AuditStore, checked: u64) {
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{report:?}");
+    assert_eq!(report.records_checked, checked);
+}
+
 /// A connection of its own with `schema` on the search path.
 async fn connect_to(schema: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
@@ -518,9 +525,7 @@ async fn postgres_migration_2_backfills_the_chain_offsets_so_redelivery_is_still
         10,
         "the 30 already stored are recognised from the backfilled offsets"
     );
-    let report = upgraded.verify().await.unwrap();
-    assert_eq!(report.records_checked, 40);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&upgraded, 40).await;
     upgraded.drop_schema().await.unwrap();
 }
 
@@ -665,9 +670,7 @@ async fn postgres_keeps_every_text_and_time_exactly() {
         let want = taskstream::audit::record::as_stored(want, now);
         assert_eq!(got, &*want);
     }
-    let report = store.verify().await.unwrap();
-    assert_eq!(report.records_checked, recs.len() as u64);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&store, recs.len() as u64).await;
     store.drop_schema().await.unwrap();
 }
 
@@ -765,9 +768,7 @@ async fn postgres_queries_by_task_user_and_time_use_the_brin_index_also_after_mi
     )
     .await;
     assert!(plan.contains("Bitmap Index Scan"), "{plan}");
-    let report = upgraded.verify().await.unwrap();
-    assert_eq!(report.records_checked, 40);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&upgraded, 40).await;
     upgraded.drop_schema().await.unwrap();
 }
 
@@ -851,9 +852,7 @@ async fn postgres_batch_interleaving_partitions_writes_each_chain_once_in_order(
         .unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].event_id, second[4].event_id);
-    let report = store.verify().await.unwrap();
-    assert_eq!(report.records_checked, 10);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&store, 10).await;
     store.drop_schema().await.unwrap();
 }
 
@@ -907,9 +906,7 @@ async fn postgres_retention_drops_whole_partitions_and_the_chain_continues() {
         ..Default::default()
     };
     assert_eq!(store.query(&found).await.unwrap().len(), 1);
-    let report = store.verify().await.unwrap();
-    assert_eq!(report.records_checked, 20);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&store, 20).await;
     store.drop_schema().await.unwrap();
 }
 
@@ -944,9 +941,7 @@ async fn postgres_verify_orders_each_chain_itself_whatever_the_storage_order() {
     )
     .await;
     assert!(first.ends_with(" 27"), "stored newest first: {first}");
-    let report = store.verify().await.unwrap();
-    assert_eq!(report.records_checked, 40);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&store, 40).await;
 
     sql(
         &schema,
@@ -1012,9 +1007,7 @@ async fn postgres_a_chain_never_goes_back_in_time() {
         .await,
         20
     );
-    let report = store.verify().await.unwrap();
-    assert_eq!(report.records_checked, 40);
-    assert!(report.first_break.is_none(), "{report:?}");
+    assert_verifies(&store, 40).await;
     store.drop_schema().await.unwrap();
 }
 
@@ -1097,9 +1090,7 @@ async fn postgres_retention_of_the_oldest_months_keeps_every_chain_verifiable() 
             .unwrap(),
         1
     );
-    let report = store.verify().await.unwrap();
-    assert!(report.first_break.is_none(), "{report:?}");
-    assert_eq!(report.records_checked, 20);
+    assert_verifies(&store, 20).await;
     assert_eq!(sql_count(&schema, starts).await, 2);
     let anchors = sql_value::<Vec<String>>(
         &schema,
@@ -1115,9 +1106,7 @@ async fn postgres_retention_of_the_oldest_months_keeps_every_chain_verifiable() 
             .unwrap(),
         1
     );
-    let report = store.verify().await.unwrap();
-    assert!(report.first_break.is_none(), "{report:?}");
-    assert_eq!(report.records_checked, 5);
+    assert_verifies(&store, 5).await;
     assert_eq!(
         store
             .append(&recs[30..], at(2026, 11, 20, 0, 0, 0))
@@ -1125,9 +1114,7 @@ async fn postgres_retention_of_the_oldest_months_keeps_every_chain_verifiable() 
             .unwrap(),
         10
     );
-    let report = store.verify().await.unwrap();
-    assert!(report.first_break.is_none(), "{report:?}");
-    assert_eq!(report.records_checked, 15);
+    assert_verifies(&store, 15).await;
     store.drop_schema().await.unwrap();
 }
 
@@ -1193,9 +1180,7 @@ async fn postgres_migration_6_backfills_chain_times_and_starts() {
             .unwrap(),
         1
     );
-    let report = upgraded.verify().await.unwrap();
-    assert!(report.first_break.is_none(), "{report:?}");
-    assert_eq!(report.records_checked, 30);
+    assert_verifies(&upgraded, 30).await;
     upgraded.drop_schema().await.unwrap();
 }
 

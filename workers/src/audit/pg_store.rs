@@ -671,7 +671,8 @@ impl PgStore {
             .contains(&(at.year(), at.month()))
     }
 
-    fn partition_exists(&self, at: DateTime<Utc>) {
+    /// Notes that the partition of `at`'s month exists.
+    fn remember_partition(&self, at: DateTime<Utc>) {
         self.partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -709,7 +710,7 @@ impl PgStore {
             .batch_execute(&format!("BEGIN; {sql} COMMIT;"))
             .await
             .map_err(|e| pg_err("creating an audit partition", e))?;
-        self.partition_exists(at);
+        self.remember_partition(at);
         Ok(())
     }
 
@@ -737,7 +738,7 @@ impl PgStore {
             if written > 0 {
                 // Made in the batch's transaction, which committed (one
                 // that wrote nothing rolled back).
-                self.partition_exists(at);
+                self.remember_partition(at);
             }
         }
         let result = result.map(|(n, _)| n);
@@ -1106,15 +1107,9 @@ impl PgStore {
                 hash,
                 location: format!("chain {chain} record {seq} (event {event_id})"),
             };
-            let links = match chains.get_mut(&chain) {
-                Some(links) => links,
-                None => {
-                    let start = anchors.get(&chain).cloned();
-                    chains
-                        .entry(chain)
-                        .or_insert_with(|| ChainLinks::new(start.unwrap_or((1, GENESIS.into()))))
-                }
-            };
+            let links = chains.entry(chain).or_insert_with_key(|c| {
+                ChainLinks::new(anchors.get(c).cloned().unwrap_or((1, GENESIS.into())))
+            });
             match links.add(seq, link) {
                 Ok(linked) => checked += linked,
                 Err(b) => return Ok(broken(b, checked)),
